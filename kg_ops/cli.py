@@ -1,0 +1,69 @@
+"""``kgops``: one command per pipeline stage (the bridge between Airflow and Ray).
+
+Each stage lives in its own module exposing ``HELP``, ``add_arguments(parser)`` and
+``run(args)``; this file only dispatches. Stage modules keep heavy imports (torch, Ray) inside
+functions so ``kgops --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from kg_ops import __version__
+from kg_ops.errors import KGOpsError
+
+COMMANDS: dict[str, str] = {
+    "import": "kg_ops.graph.importers.cli",
+    "synth": "kg_ops.graph.synth",
+    "validate": "kg_ops.graph.validate_cmd",
+    "info": "kg_ops.graph.info",
+    "encode": "kg_ops.encode.cli",
+    "partition": "kg_ops.partition.cli",
+    "train": "kg_ops.train.cli",
+    "evaluate": "kg_ops.evaluate.cli",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kgops", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kg_ops {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # stage not installed in this build
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        rc = args.func(args)
+    except KGOpsError as exc:
+        print(f"kgops {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
