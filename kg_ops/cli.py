@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name != module_name:
+            if not (exc.name and (module_name + ".").startswith(exc.name + ".")):
                 raise
             continue  # stage not installed in this build
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)

@@ -1,0 +1,1 @@
+"""Graph data model: schema, canonical Parquet format, importers, validation."""
