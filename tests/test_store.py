@@ -1,0 +1,125 @@
+"""The artifact store, run against a local directory and a real local S3 server alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from kg_ops.manifest import MANIFEST_NAME, Stage, StageInputError, read_manifest, require_manifest
+from kg_ops.store import StoreError, get_store, join
+
+
+def test_bytes_json_parquet_roundtrip(artifact_root):
+    store = get_store(artifact_root)
+    store.write_bytes(join(artifact_root, "a", "b.bin"), b"\x00\x01payload")
+    store.write_json(join(artifact_root, "a", "c.json"), {"x": [1, 2], "y": "z"})
+    table = pa.table({"id": np.arange(5, dtype=np.int64), "key": list("abcde")})
+    store.write_parquet(join(artifact_root, "t", "nodes.parquet"), table)
+
+    assert store.read_bytes(join(artifact_root, "a", "b.bin")) == b"\x00\x01payload"
+    assert store.read_json(join(artifact_root, "a", "c.json")) == {"x": [1, 2], "y": "z"}
+    assert store.read_parquet(join(artifact_root, "t", "nodes.parquet")).equals(table)
+    assert store.read_parquet(join(artifact_root, "t", "nodes.parquet"),
+                              columns=["key"]).column_names == ["key"]
+
+
+def test_listing_existence_hash_delete(artifact_root):
+    store = get_store(artifact_root)
+    uris = [join(artifact_root, p) for p in ("x/1.txt", "x/sub/2.txt", "y/3.txt")]
+    for i, uri in enumerate(uris):
+        store.write_bytes(uri, str(i).encode())
+    assert store.list(join(artifact_root, "x")) == sorted(uris[:2])
+    assert store.exists(uris[0]) and not store.exists(join(artifact_root, "x/missing"))
+    # sha256 of b"0"
+    assert store.sha256(uris[0]) == \
+        "5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9"
+    assert store.delete_prefix(join(artifact_root, "x")) == 2
+    assert store.list(join(artifact_root, "x")) == []
+    assert store.list(join(artifact_root, "y")) == [uris[2]]
+
+
+def test_missing_artifact_names_the_uri(artifact_root):
+    store = get_store(artifact_root)
+    with pytest.raises(FileNotFoundError, match="artifact not found: .*nope.json"):
+        store.read_json(join(artifact_root, "nope.json"))
+
+
+def test_local_path_gives_a_readable_file(artifact_root):
+    store = get_store(artifact_root)
+    uri = join(artifact_root, "blob.bin")
+    store.write_bytes(uri, b"abc" * 1000)
+    with store.local_path(uri) as path, open(path, "rb") as fh:
+        assert fh.read() == b"abc" * 1000
+
+
+def test_corrupt_json_and_parquet_are_reported(artifact_root):
+    store = get_store(artifact_root)
+    store.write_bytes(join(artifact_root, "bad.json"), b"{not json")
+    store.write_bytes(join(artifact_root, "bad.parquet"), b"PAR1 garbage")
+    with pytest.raises(StoreError, match="bad.json: not valid JSON"):
+        store.read_json(join(artifact_root, "bad.json"))
+    with pytest.raises(StoreError, match="bad.parquet: not a readable Parquet file"):
+        store.read_parquet(join(artifact_root, "bad.parquet"))
+
+
+def test_unknown_scheme_is_rejected():
+    with pytest.raises(StoreError, match="unsupported artifact URI scheme"):
+        get_store("gs://bucket/x")
+
+
+def _run_stage(out, config, fail_after_first_file=False):
+    with Stage("demo", out, config=config) as st:
+        if st.reused:
+            return st
+        st.store.write_bytes(st.uri("part-0.bin"), b"first")
+        if fail_after_first_file:
+            raise RuntimeError("worker died mid-stage")
+        st.store.write_bytes(st.uri("part-1.bin"), b"second")
+        st.counts["parts"] = 2
+    return st
+
+
+def test_manifest_is_written_last_and_reused(artifact_root, capsys):
+    out = join(artifact_root, "dag", "run1", "demo")
+    st = _run_stage(out, {"k": 1})
+    manifest = read_manifest(out)
+    assert manifest["stage"] == "demo" and manifest["counts"] == {"parts": 2}
+    for key in ("created_at", "inputs", "outputs", "config", "metrics", "timings", "versions"):
+        assert key in manifest
+    assert f"KGOPS_MANIFEST {join(out, MANIFEST_NAME)}" in capsys.readouterr().out
+    # Same inputs and config: reused, nothing rewritten.
+    again = _run_stage(out, {"k": 1})
+    assert again.reused and again.manifest["created_at"] == st.manifest["created_at"]
+    # Changed config: recomputed.
+    assert not _run_stage(out, {"k": 2}).reused
+
+
+def test_failure_mid_stage_leaves_no_complete_manifest(artifact_root):
+    out = join(artifact_root, "dag", "run1", "demo")
+    _run_stage(out, {"k": 1})
+    assert read_manifest(out) is not None
+    # A rerun with a new config fails half-way: the old manifest must not survive next to
+    # the new, partial files.
+    with pytest.raises(RuntimeError, match="worker died"):
+        _run_stage(out, {"k": 2}, fail_after_first_file=True)
+    assert read_manifest(out) is None
+    with pytest.raises(StageInputError, match="no _manifest.json.*Run the 'demo' stage"):
+        require_manifest(out, "demo")
+
+
+def test_input_hash_change_forces_recompute(artifact_root):
+    src = join(artifact_root, "input.tsv")
+    store = get_store(artifact_root)
+    store.write_bytes(src, b"a\tb\tc\n")
+    out = join(artifact_root, "stage")
+    with Stage("demo", out, inputs={"data": src}) as st:
+        pass
+    assert st.manifest["inputs"]["data"]["sha256"]
+    with Stage("demo", out, inputs={"data": src}) as st2:
+        pass
+    assert st2.reused
+    store.write_bytes(src, b"a\tb\td\n")
+    with Stage("demo", out, inputs={"data": src}) as st3:
+        pass
+    assert not st3.reused
