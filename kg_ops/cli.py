@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from kg_ops import __version__
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kgops", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"kg_ops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute the stage even if a complete identical run exists")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         try:
@@ -57,6 +60,8 @@ def setup_logging(verbose: bool = False) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.force:
+        os.environ["KGOPS_FORCE"] = "1"  # read by kg_ops.manifest.Stage
     try:
         rc = args.func(args)
     except KGOpsError as exc:

@@ -15,6 +15,9 @@ Usage::
         st.counts["nodes"] = n
         st.metrics["nodes_per_s"] = ...
 
+``kgops --force <stage>`` (or ``KGOPS_FORCE=1``) recomputes even when a complete identical run
+exists.
+
 On leaving the block without an exception the manifest is written and a line
 ``KGOPS_MANIFEST <uri>`` is printed to stdout: that is how an Airflow operator watching the Ray
 job finds the stage's result without data travelling through XCom.
@@ -118,7 +121,7 @@ class Stage:
         self.store = get_store(self.out)
         self.config = dict(config or {})
         self.input_uris = dict(inputs or {})
-        self.force = force
+        self.force = force or os.environ.get("KGOPS_FORCE") == "1"
         self.announce = announce
         self.inputs: dict[str, dict[str, str]] = {}
         self.outputs: dict[str, Any] = {}
