@@ -1,0 +1,271 @@
+"""CSR graph and a vectorised K-hop neighbour sampler, shared by partitioning and training.
+
+Message direction. ``CSRGraph.from_edges`` stores, for every node, its *incoming* messages. A
+triple ``[h, r, t]`` sends a message ``h -> t`` with relation ``r`` and, with
+``add_inverse=True`` (the default), also ``t -> h`` with relation ``r + R`` (R = number of base
+relations), so message passing runs both ways and a conv sees ``2R`` relation types.
+
+Globally deterministic sampling. At hop ``k`` a node ``v`` keeps the ``fanouts[k-1]`` incoming
+messages with the smallest random key, where the key is a hash of
+``(seed, global id of v, global id of the sender, relation)`` -- nothing else: not the position
+of the edge in some array, not the batch, not the hop. So any graph that holds a node's sampled
+messages (a partition holding part of the full graph, with local ids mapped to global ids through
+``node_ids``) draws exactly the same sample as the full graph. That is what makes partitions
+self-sufficient and testable. Because the key does not depend on the hop, a smaller fanout
+draws a subset of a larger one (the hop-2 sample of a node is inside its hop-1 sample when
+``fanouts[1] <= fanouts[0]``): partitions stay small, and training may use fanouts up to the
+partition's. ``fanout = -1`` keeps every message.
+
+Layer-wise (GraphSAGE-style) computation graph. ``nodes_0`` are the seeds; hop ``k`` samples
+the incoming messages of *every* node in ``nodes_{k-1}`` and ``nodes_k`` adds their senders. A
+K-layer GNN then computes exactly what the full graph would with the same samples: its layer
+``l`` (1 = the first, applied to input features) uses ``hops[K - l]`` and maps the first
+``sizes[K-l+1]`` nodes to the first ``sizes[K-l]`` nodes (see :meth:`ComputationGraph.gnn_layers`).
+With all fanouts ``-1`` this is the exact K-hop neighbourhood.
+
+Everything is numpy over CSR arrays; the frontier is processed in chunks of edges to bound
+memory; there is no Python loop per node or edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def edge_keys(seed: int, dst: np.ndarray, src: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """The random key of each message ``src -rel-> dst`` (global ids): a hash, nothing else."""
+    with np.errstate(over="ignore"):
+        base = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
+        k = _mix(base ^ np.asarray(dst).astype(np.uint64))
+        k = _mix(k ^ (np.asarray(src).astype(np.uint64) + _GOLDEN))
+        return _mix(k ^ (np.asarray(rel).astype(np.uint64) * _GOLDEN))
+
+
+@dataclass
+class CSRGraph:
+    """Incoming messages per node: for node ``v``, positions ``indptr[v]:indptr[v+1]`` of
+    ``src`` (sender), ``rel`` (relation, ``+R`` for inverse messages) and ``eid`` (row of the
+    triple in the ``edges`` passed to :meth:`from_edges`). Inside a segment messages are sorted
+    by (global sender id, relation), so the order never depends on local numbering."""
+
+    indptr: np.ndarray
+    src: np.ndarray
+    rel: np.ndarray
+    eid: np.ndarray
+    num_nodes: int
+    num_relations: int
+    node_ids: np.ndarray | None = None   # local -> global id; None means ids are global
+    inverse: bool = True
+
+    @classmethod
+    def from_edges(cls, edges: np.ndarray, num_nodes: int, num_relations: int | None = None,
+                   add_inverse: bool = True, node_ids: np.ndarray | None = None) -> CSRGraph:
+        """Build from ``(E, 3)`` ``[h, r, t]`` triples. ``num_relations`` is the number of base
+        relations R (default ``max(r) + 1``; pass it so inverse ids are ``r + R`` for the whole
+        graph's R). ``node_ids`` maps these (local) ids to global ids for hashing and ordering.
+        Duplicate triples are kept as given; give unique triples."""
+        edges = np.asarray(edges, dtype=np.int64).reshape(-1, 3)
+        if num_relations is None:
+            num_relations = int(edges[:, 1].max()) + 1 if len(edges) else 0
+        if len(edges) and (edges[:, [0, 2]].min() < 0 or edges[:, [0, 2]].max() >= num_nodes):
+            raise ValueError(f"edge endpoints must be in [0, {num_nodes})")
+        eid = np.arange(len(edges), dtype=np.int64)
+        src, dst, rel = edges[:, 0], edges[:, 2], edges[:, 1]
+        if add_inverse:
+            src = np.concatenate([src, edges[:, 2]])
+            dst = np.concatenate([dst, edges[:, 0]])
+            rel = np.concatenate([rel, edges[:, 1] + num_relations])
+            eid = np.concatenate([eid, eid])
+        gsrc = src if node_ids is None else np.asarray(node_ids, dtype=np.int64)[src]
+        order = np.lexsort((rel, gsrc, dst))
+        counts = np.bincount(dst, minlength=num_nodes)
+        indptr = np.zeros(num_nodes + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return cls(indptr=indptr, src=src[order], rel=rel[order], eid=eid[order],
+                   num_nodes=int(num_nodes), num_relations=int(num_relations),
+                   node_ids=None if node_ids is None else np.asarray(node_ids, dtype=np.int64),
+                   inverse=add_inverse)
+
+    @property
+    def degree(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @property
+    def num_messages(self) -> int:
+        return int(self.indptr[-1])
+
+    def to_global(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        return ids if self.node_ids is None else self.node_ids[ids]
+
+
+@dataclass
+class Hop:
+    """Messages sampled at one hop, as positions into ``ComputationGraph.nodes``."""
+
+    src: np.ndarray   # int64 local (computation-graph) index of the sender
+    dst: np.ndarray   # int64 local index of the receiver (always < sizes[k-1])
+    rel: np.ndarray   # int64 relation id (r or r + R)
+    eid: np.ndarray   # int64 row of the triple in the CSR's input edges
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    @property
+    def edge_index(self):
+        """``torch.LongTensor [2, E]`` (row 0 = source, row 1 = target), PyG convention."""
+        import torch
+
+        return torch.from_numpy(np.stack([self.src, self.dst]))
+
+    @property
+    def edge_type(self):
+        import torch
+
+        return torch.from_numpy(self.rel)
+
+
+@dataclass
+class ComputationGraph:
+    """What a K-layer GNN needs to embed ``seeds``. ``nodes`` are CSR ids: seeds first
+    (deduplicated, first appearance order), then the nodes first reached at hop 1, hop 2, ...
+    (each group sorted by global id); ``sizes[k]`` = number of nodes reached within k hops."""
+
+    nodes: np.ndarray
+    sizes: list[int]
+    hops: list[Hop]
+    seed_index: np.ndarray            # position in ``nodes`` of each input seed
+    global_nodes: np.ndarray = field(repr=False, default=None)
+
+    def gnn_layers(self) -> list[tuple[Hop, int, int]]:
+        """``(hop, n_src, n_dst)`` in the order a GNN applies them: first layer first. Layer l
+        reads features of ``nodes[:n_src]`` and produces ``nodes[:n_dst]``."""
+        k = len(self.hops)
+        return [(self.hops[k - 1 - i], self.sizes[k - i], self.sizes[k - 1 - i])
+                for i in range(k)]
+
+    def edge_index(self):
+        """All hops' messages together (``edge_index, edge_type``) for a GNN that runs every
+        layer on the whole sampled subgraph instead of layer by layer; duplicates removed."""
+        import torch
+
+        src = np.concatenate([h.src for h in self.hops])
+        dst = np.concatenate([h.dst for h in self.hops])
+        rel = np.concatenate([h.rel for h in self.hops])
+        uniq = np.unique(np.stack([dst, src, rel], axis=1), axis=0)
+        return (torch.from_numpy(np.ascontiguousarray(uniq[:, [1, 0]].T)),
+                torch.from_numpy(np.ascontiguousarray(uniq[:, 2])))
+
+    def global_triples(self, hop: int) -> np.ndarray:
+        """Hop ``hop`` (1-based) as ``(E, 3)`` global ``[src, rel, dst]``, for comparisons."""
+        h = self.hops[hop - 1]
+        return np.stack([self.global_nodes[h.src], h.rel, self.global_nodes[h.dst]], axis=1)
+
+
+def _segment_arange(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated ``arange(starts[i], starts[i] + counts[i])`` and the segment of each item."""
+    total = int(counts.sum())
+    seg = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    offsets = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=offsets[1:])
+    pos = np.arange(total, dtype=np.int64) - offsets[seg] + starts[seg]
+    return pos, seg
+
+
+def sample_messages(csr: CSRGraph, frontier: np.ndarray, fanout: int, seed: int,
+                    chunk_messages: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """For each node of ``frontier`` (CSR ids), its sampled incoming messages: returns
+    ``(positions into csr.src/rel/eid, index into frontier of the receiver)``, ordered by
+    receiver then CSR order. ``fanout = -1`` keeps all; else the ``fanout`` smallest keys."""
+    frontier = np.asarray(frontier, dtype=np.int64)
+    deg = csr.indptr[frontier + 1] - csr.indptr[frontier]
+    keep_n = deg if fanout < 0 else np.minimum(deg, fanout)
+    # Chunks of whole segments, each about chunk_messages long (one segment may exceed it).
+    cum = np.cumsum(deg)
+    bounds = np.searchsorted(cum, np.arange(chunk_messages, int(cum[-1]) if len(cum) else 0,
+                                            chunk_messages), side="left") + 1
+    bounds = np.unique(np.concatenate([[0], bounds, [len(frontier)]]))
+    out_pos, out_seg = [], []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        pos, seg = _segment_arange(csr.indptr[frontier[a:b]], deg[a:b])
+        seg += a
+        capped = deg[seg] > keep_n[seg]          # only segments over the fanout need keys
+        if capped.any():
+            cpos, cseg = pos[capped], seg[capped]
+            key = edge_keys(seed, csr.to_global(frontier[cseg]), csr.to_global(csr.src[cpos]),
+                            csr.rel[cpos])
+            order = np.lexsort((key, cseg))
+            first = np.searchsorted(cseg, cseg[order], side="left")   # cseg is sorted
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order), dtype=np.int64) - first
+            keep = np.ones(len(pos), dtype=bool)
+            keep[np.flatnonzero(capped)] = rank < keep_n[cseg]
+            pos, seg = pos[keep], seg[keep]
+        out_pos.append(pos)
+        out_seg.append(seg)
+    if not out_pos:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(out_pos), np.concatenate(out_seg)
+
+
+def parse_fanouts(text: str | Sequence[int]) -> list[int]:
+    """``"25,10"`` -> ``[25, 10]``; ``-1`` means all neighbours."""
+    vals = [int(x) for x in (text.split(",") if isinstance(text, str) else text)]
+    if not vals or any(v == 0 or v < -1 for v in vals):
+        raise ValueError(f"fanouts must be positive integers or -1 (all), got {text!r}")
+    return vals
+
+
+def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence[int],
+                             seed: int = 0, chunk_messages: int = 1 << 22) -> ComputationGraph:
+    """The layer-wise sampled K-hop computation graph of ``seeds`` (CSR ids), K = len(fanouts).
+    ``seed`` selects the sample; see the module docstring for what is guaranteed."""
+    seeds = np.asarray(seeds, dtype=np.int64).ravel()
+    _, first = np.unique(seeds, return_index=True)
+    nodes = seeds[np.sort(first)]
+    # Lookup structure: sorted ids and, for each, its position in ``nodes``.
+    sorted_pos = np.argsort(nodes, kind="stable")
+    sorted_ids = nodes[sorted_pos]
+    sizes = [len(nodes)]
+    hops: list[Hop] = []
+    for fanout in fanouts:
+        frontier = nodes  # every node reached so far gets this layer's messages
+        pos, seg = sample_messages(csr, frontier, int(fanout), seed, chunk_messages)
+        src_ids = csr.src[pos]
+        cand = np.unique(src_ids)
+        known = _isin_sorted(cand, sorted_ids)
+        new = cand[~known]
+        if len(new):
+            new = new[np.argsort(csr.to_global(new), kind="stable")]
+            nodes = np.concatenate([nodes, new])
+            sorted_pos = np.argsort(nodes, kind="stable")
+            sorted_ids = nodes[sorted_pos]
+        src_local = sorted_pos[np.searchsorted(sorted_ids, src_ids)]
+        hops.append(Hop(src=src_local, dst=seg, rel=csr.rel[pos], eid=csr.eid[pos]))
+        sizes.append(len(nodes))
+    seed_index = sorted_pos[np.searchsorted(sorted_ids, seeds)]
+    return ComputationGraph(nodes=nodes, sizes=sizes, hops=hops, seed_index=seed_index,
+                            global_nodes=csr.to_global(nodes))
+
+
+def _isin_sorted(values: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
+    if not len(sorted_ref):
+        return np.zeros(len(values), dtype=bool)
+    idx = np.minimum(np.searchsorted(sorted_ref, values), len(sorted_ref) - 1)
+    return sorted_ref[idx] == values
