@@ -119,3 +119,169 @@ def _to_arrow(df: pd.DataFrame):
     import pyarrow as pa
 
     return pa.Table.from_pandas(df.astype({"line": "int64"}), preserve_index=False)
+
+
+# --- checks of a graph (in memory after an import, or stored: `kgops validate`) ---------------
+class Report:
+    """Result of :func:`validate_graph`: errors make a graph unusable, warnings are facts worth
+    knowing (duplicate edges, train/test overlap) that a user may accept."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.checks: dict[str, int] = {}    # check name -> number of offending rows (0 = passed)
+        self.bad_rows = BadRows("quarantine")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def record(self, check: str, n: int, message: str | None = None,
+               warning: bool = False) -> None:
+        self.checks[check] = self.checks.get(check, 0) + int(n)
+        if n and message:
+            (self.warnings if warning else self.errors).append(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "errors": self.errors, "warnings": self.warnings,
+                "checks": self.checks}
+
+
+def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] | None = None,
+                   where: str = "") -> Report:
+    """Structural checks, vectorised over the edge arrays: ids in range, relation ids known,
+    head/tail types as declared, node tables consistent with the schema (ids, unique non-null
+    keys, attribute storage types); plus warnings for duplicate edges and split overlap.
+    ``where`` prefixes file names in messages (the graph URI)."""
+    from kg_ops.graph.builder import ARROW_TYPES
+    from kg_ops.graph.schema import SPLITS
+
+    rep = Report()
+    pre = f"{where.rstrip('/')}/" if where else ""
+    schema.validate()
+
+    for t in schema.node_types:
+        table = (nodes or {}).get(t.name)
+        if table is None:
+            continue
+        file = f"{pre}nodes/{t.name}.parquet"
+        if table.num_rows != t.count:
+            rep.record("node_count", abs(table.num_rows - t.count),
+                       f"{file}: {table.num_rows} rows but schema.json says {t.count} "
+                       f"{t.name} nodes. Re-import the graph; the files do not belong together.")
+            continue
+        ids = table.column("id").to_numpy()
+        wrong = np.flatnonzero(ids != np.arange(t.offset, t.offset + t.count))
+        rep.record("node_ids", len(wrong),
+                   f"{file} row {wrong[0] if len(wrong) else 0}: id "
+                   f"{ids[wrong[0]] if len(wrong) else 0} but ids of {t.name} must run "
+                   f"{t.offset}..{t.offset + t.count - 1} in order. Re-import the graph.")
+        keys = table.column("key").to_pandas()
+        dup = np.flatnonzero(keys.duplicated().to_numpy())
+        rep.record("duplicate_node_key", len(dup),
+                   f"{file} row {dup[0] if len(dup) else 0}: duplicate {t.name} key "
+                   f"{keys.iloc[dup[0]] if len(dup) else ''!r} ({len(dup)} duplicates). "
+                   "Keys must be unique per node type; fix the input and re-import.")
+        null = np.flatnonzero(keys.isna().to_numpy())
+        rep.record("null_node_key", len(null),
+                   f"{file} row {null[0] if len(null) else 0}: {t.name} node without a key. "
+                   "Fix the input and re-import.")
+        for a in t.attributes:
+            if a.name not in table.column_names:
+                rep.record("attribute_missing", 1,
+                           f"{file}: attribute column {a.name!r} ({a.kind}) declared in "
+                           "schema.json is missing. Re-import the graph.")
+            elif table.schema.field(a.name).type != ARROW_TYPES[a.kind]:
+                rep.record("attribute_type", 1,
+                           f"{file}: column {a.name!r} is stored as "
+                           f"{table.schema.field(a.name).type} but a {a.kind} attribute must be "
+                           f"{ARROW_TYPES[a.kind]} (unparsed numbers or dates?). Re-import "
+                           "the graph.")
+
+    seen_train: np.ndarray | None = None
+    encoded: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        e = edges.get(split)
+        file = f"{pre}edges/{split}.parquet"
+        if e is None:
+            rep.record("missing_split", 1, f"{file} is missing. Re-import the graph.")
+            continue
+        if split == "train" and not len(e):
+            rep.record("empty_train", 1, f"{file} has no edges: nothing to train on. Check the "
+                       "import's input files.")
+        fine = _check_edges(rep, schema, e, file)
+        code = _encode(e, schema.num_nodes, schema.num_relations)
+        encoded[split] = code
+        dups = int(len(code) - len(np.unique(code))) if len(code) else 0
+        rep.record(f"duplicate_edges_{split}", dups,
+                   f"{file}: {dups} duplicate edges (kept; they weigh double in training)",
+                   warning=True)
+        h, tl = np.where(fine, e[:, 0], 0), np.where(fine, e[:, 2], 0)
+        if split == "train":
+            seen_train = np.zeros(schema.num_nodes, dtype=bool)
+            seen_train[h[fine]] = True
+            seen_train[tl[fine]] = True
+        elif seen_train is not None and len(e):
+            unseen = int((fine & ~(seen_train[h] & seen_train[tl])).sum())
+            rep.record(f"unseen_in_train_{split}", unseen,
+                       f"{file}: {unseen} edges have an entity that never occurs in train "
+                       "(a model cannot rank it)", warning=True)
+    if "train" in encoded:
+        for split in ("valid", "test"):
+            if split in encoded and len(encoded[split]):
+                leak = int(np.isin(encoded[split], encoded["train"]).sum())
+                rep.record(f"{split}_in_train", leak,
+                           f"{pre}edges/{split}.parquet: {leak} edges also occur in train "
+                           "(test leakage)", warning=True)
+    return rep
+
+
+def _check_edges(rep: Report, schema, e: np.ndarray, file: str) -> np.ndarray:
+    """Ids in range, relation known, head/tail of the declared types; returns the rows that
+    passed the range checks."""
+    n_nodes, n_rel = schema.num_nodes, schema.num_relations
+    head_t, tail_t = schema.relation_head_tail_types()
+    type_names = np.array([t.name for t in schema.node_types], dtype=object)
+    rel_names = np.array([r.name for r in schema.relations], dtype=object)
+    h, r, tl = e[:, 0], e[:, 1], e[:, 2]
+    bad_rel = (r < 0) | (r >= n_rel)
+    _first(rep, "unknown_relation", bad_rel, file,
+           lambda i: f"relation id {r[i]} is not one of the schema's {n_rel} relations")
+    bad_h = (h < 0) | (h >= n_nodes)
+    bad_t = (tl < 0) | (tl >= n_nodes)
+    _first(rep, "unknown_node", bad_h | bad_t, file,
+           lambda i: f"node id {h[i] if bad_h[i] else tl[i]} is outside 0..{n_nodes - 1}")
+    fine = ~(bad_rel | bad_h | bad_t)
+    rr = np.where(fine, r, 0)
+    ht = schema.type_of(np.where(fine, h, 0))
+    tt = schema.type_of(np.where(fine, tl, 0))
+    viol = fine & ((ht != head_t[rr]) | (tt != tail_t[rr]))
+    _first(rep, "relation_type_violation", viol, file, lambda i: (
+        f"edge ({h[i]}, {rel_names[r[i]]}, {tl[i]}) links a {type_names[ht[i]]} to a "
+        f"{type_names[tt[i]]} but relation {rel_names[r[i]]!r} is declared "
+        f"{type_names[head_t[r[i]]]} -> {type_names[tail_t[r[i]]]}"))
+    return fine
+
+
+def _first(rep: Report, check: str, mask: np.ndarray, file: str, describe) -> None:
+    """Record a row-level check: count every offending row, spell out the first, and keep all
+    of them (row numbers) in the report's quarantine table."""
+    bad = np.flatnonzero(mask)
+    if not len(bad):
+        rep.record(check, 0)
+        return
+    i = int(bad[0])
+    more = f" ({len(bad)} such rows)" if len(bad) > 1 else ""
+    rep.record(check, len(bad), f"{file} row {i}: {describe(i)}{more}. The graph files are "
+               "inconsistent: re-import the graph.")
+    rep.bad_rows.add(check, file, bad, bad.astype(str), [describe(int(j)) for j in bad[:100_000]]
+                     if len(bad) <= 100_000 else describe(i) + " (first of many)",
+                     "Re-import the graph", unit="row")
+
+
+def _encode(e: np.ndarray, n_nodes: int, n_rel: int) -> np.ndarray:
+    """One int64 per (head, relation, tail), for duplicate and overlap checks."""
+    n, r = max(n_nodes, 1), max(n_rel, 1)
+    if float(n) * n * r < 2 ** 62:
+        return (e[:, 0] * r + e[:, 1]) * n + e[:, 2]
+    return pd.util.hash_pandas_object(pd.DataFrame(e), index=False).to_numpy().view(np.int64)
