@@ -1,0 +1,173 @@
+"""The evaluate stage: embed every entity, rank, score AUC, write report + artifacts + manifest.
+
+Outputs under ``out``: ``metrics.json`` (headline metrics, protocol, per-relation rows),
+``per_relation.parquet``, ``embeddings.parquet``, ``report.html`` with its PNGs, and
+``_manifest.json`` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+
+from kg_ops.errors import KGOpsError
+from kg_ops.evaluate.auc import evaluate_auc, negatives_policy
+from kg_ops.evaluate.filters import FilterIndex
+from kg_ops.evaluate.ranking import (
+    KS,
+    TIE_POLICY,
+    candidate_ranges,
+    overall_metrics,
+    per_relation_metrics,
+    rank_queries,
+)
+from kg_ops.graph.kg import load_edges, load_schema
+from kg_ops.graph.schema import SPLITS
+from kg_ops.manifest import Stage, require_manifest
+
+log = logging.getLogger(__name__)
+
+MANIFEST_METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "auc", "mean_rank", "mrr_tail",
+                    "mrr_head", "mrr_optimistic", "mrr_pessimistic", "tc_mrr", "tc_hits@1",
+                    "tc_hits@3", "tc_hits@10")
+
+
+def pair_scorer(trained, emb):
+    """``(B, 3)`` id triples -> scores, through the model's own ``score`` on embeddings."""
+    import torch
+
+    def score(trip: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(trip))
+        with torch.inference_mode():
+            return trained.score(emb[t[:, 0]], t[:, 1], emb[t[:, 2]]).float().numpy()
+    return score
+
+
+def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
+                   split: str = "test", batch_size: int | None = None,
+                   memory_mib: float = 512.0, max_queries: int | None = None, seed: int = 0,
+                   auc_negatives: int = 1, embed_batch_size: int = 65536,
+                   force: bool = False) -> dict:
+    """Evaluate ``trained`` (anything with ``embed_all``, ``score_tails``, ``score_heads``,
+    ``score`` and ``history``) on ``graph_uri``'s ``split``; returns the manifest."""
+    from kg_ops.evaluate.export import export_embeddings
+    from kg_ops.evaluate.report import write_report
+
+    if split not in ("test", "valid"):
+        raise KGOpsError(f"--split must be 'test' or 'valid', not {split!r}")
+    require_manifest(graph_uri)  # a clearer message than the fingerprint's "not found"
+    config = {"split": split, "max_queries": max_queries, "seed": seed,
+              "auc_negatives_per_positive": auc_negatives, "ks": list(KS)}
+    with Stage("evaluate", out, config=config,
+               inputs={"model": model_uri, "graph": graph_uri}, force=force) as st:
+        if st.reused:
+            return st.manifest
+        schema = load_schema(graph_uri)
+        with st.phase("filters"):
+            edges = {s: load_edges(graph_uri, s) for s in SPLITS}
+            filters = FilterIndex(np.concatenate([edges[s] for s in SPLITS]), schema.num_nodes,
+                                  schema.num_relations)
+        triples = edges[split]
+        if not len(triples):
+            raise KGOpsError(f"{graph_uri}: the '{split}' split has no edges to evaluate")
+        if max_queries and max_queries < len(triples):
+            pick = np.sort(np.random.default_rng(seed).choice(len(triples), max_queries,
+                                                              replace=False))
+            triples = triples[pick]
+        typed = len(schema.node_types) > 1
+        ranges = candidate_ranges(schema)
+
+        with st.phase("embed"):
+            emb = trained.embed_all(batch_size=embed_batch_size)
+        if tuple(emb.shape)[:1] != (schema.num_nodes,):
+            raise KGOpsError(f"{model_uri}: the model embeds {emb.shape[0]} entities but "
+                             f"{graph_uri} has {schema.num_nodes}; evaluate against the graph "
+                             "the model was trained on")
+        with st.phase("rank"):
+            res = rank_queries(emb, trained, triples, filters,
+                               ranges=ranges if typed else None, batch_size=batch_size,
+                               memory_mib=memory_mib)
+        names = [r.name for r in schema.relations]
+        metrics = overall_metrics(res)
+        per_rel = per_relation_metrics(res, names)
+        with st.phase("auc"):
+            auc = evaluate_auc(pair_scorer(trained, emb), triples, filters, ranges,
+                               schema.num_relations, k=auc_negatives, seed=seed)
+        metrics["auc"] = auc.auc
+        for row in per_rel:
+            row["auc"] = float(auc.per_relation[row["relation_id"]])
+
+        protocol = {
+            "split": split,
+            "queries": "both directions of every triple: tail (h, r, ?) and head (?, r, t)",
+            "triples_evaluated": int(len(triples)),
+            "subsample": (f"{len(triples)} of {len(edges[split])} triples, seeded "
+                          f"(seed {seed})" if len(triples) < len(edges[split]) else "none"),
+            "candidates": f"all {schema.num_nodes} entities",
+            "filter": "known true triples of train+valid+test removed from the candidates "
+                      "(the query's own answer is kept)",
+            "filter_triples": {s: int(len(edges[s])) for s in SPLITS}
+            | {"unique": filters.num_triples},
+            "ties": TIE_POLICY,
+            "hits_at": list(KS),
+            "type_constrained": ("tc_* metrics rank among entities of the node type the "
+                                 "relation expects on the query side" if typed else
+                                 "not computed: the graph has one node type"),
+            "auc_negatives": negatives_policy(auc_negatives, seed, 50)
+            | {"positives": auc.positives, "negatives": auc.negatives,
+               "dropped": auc.dropped},
+        }
+
+        with st.phase("write"):
+            import pyarrow as pa
+
+            st.outputs["metrics"] = st.uri("metrics.json")
+            st.store.write_json(st.outputs["metrics"], {"metrics": metrics, "protocol": protocol,
+                                                         "per_relation": per_rel})
+            st.outputs["per_relation"] = st.uri("per_relation.parquet")
+            st.store.write_parquet(st.outputs["per_relation"], pa.Table.from_pylist(per_rel))
+            st.outputs["embeddings"] = st.uri("embeddings.parquet")
+            export_embeddings(st.outputs["embeddings"], graph_uri, schema,
+                              emb.detach().cpu().numpy())
+            context = {"model": model_uri, "graph": f"{graph_uri} ({schema.name})",
+                       "split": split, "entities": schema.num_nodes,
+                       "relations": schema.num_relations,
+                       "model config": getattr(trained, "config", {})}
+            st.outputs.update(write_report(out, metrics=metrics, protocol=protocol,
+                                           per_relation=per_rel,
+                                           history=list(getattr(trained, "history", []) or []),
+                                           context=context))
+        st.metrics.update({k: metrics[k] for k in MANIFEST_METRICS if k in metrics})
+        st.counts.update({"queries": metrics["queries"], "triples": int(len(triples)),
+                          "entities": schema.num_nodes, "relations": schema.num_relations,
+                          "auc_negatives": auc.negatives})
+        st.extra["protocol"] = protocol
+        st.extra["per_relation"] = per_rel
+    print_table(st.manifest)
+    return st.manifest
+
+
+def print_table(manifest: dict, file=None, max_relations: int = 60) -> None:
+    """Headline metrics, then per-relation rows (worst first when there are many)."""
+    file = file or sys.stdout
+    m = manifest["metrics"]
+    print(f"\nevaluation of {manifest['inputs']['model']['uri']} on "
+          f"{manifest['config']['split']} ({manifest['counts']['queries']} queries)", file=file)
+    for k in MANIFEST_METRICS:
+        if k in m:
+            print(f"  {k:<16} {m[k]:.4f}", file=file)
+    rows = [r for r in manifest.get("per_relation", []) if r["queries"]]
+    if not rows:
+        return
+    shown = sorted(rows, key=lambda r: r["mrr"])[:max_relations]
+    title = "per relation" + (f" (worst {max_relations} of {len(rows)})"
+                              if len(rows) > max_relations else "")
+    print(f"\n{title}:\n  {'relation':<40} {'n':>6} {'mrr':>7} {'h@1':>6} {'h@10':>6} "
+          f"{'auc':>6}", file=file)
+    for r in shown:
+        print(f"  {r['relation'][:40]:<40} {r['queries']:>6} {r['mrr']:>7.4f} "
+              f"{r['hits@1']:>6.3f} {r['hits@10']:>6.3f} {r['auc']:>6.3f}", file=file)
+    print(f"\nreport: {manifest['outputs'].get('report')}", file=file)
