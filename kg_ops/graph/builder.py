@@ -153,6 +153,10 @@ class GraphBuilder:
             None if lines is None else np.asarray(lines, dtype=np.int64),
             None if raw is None else np.asarray(raw, dtype=object), fix))
 
+    def key_index(self, node_type: str) -> pd.Index:
+        """The unique keys of a node type; position = id - offset of the type."""
+        return self._nodes[node_type].index
+
     # --- output -----------------------------------------------------------------------------
     def build(self) -> KnowledgeGraph:
         """Assign ids and resolve edges. Bad rows are recorded in ``bad_rows``, never raised

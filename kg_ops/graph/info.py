@@ -28,6 +28,7 @@ def summarize(schema: GraphSchema, edges: dict[str, np.ndarray]) -> dict[str, An
         "relation_types": {r.name: int(c) for r, c in zip(schema.relations, rel_counts,
                                                           strict=True)},
         "relation_signatures": {r.name: f"{r.head} -> {r.tail}" for r in schema.relations},
+        "relation_labels": {r.name: r.label for r in schema.relations if r.label},
         "attributes": {t.name: {a.name: a.kind for a in t.attributes} for t in schema.node_types},
     }
 
@@ -73,9 +74,12 @@ def format_table(info: dict[str, Any]) -> str:
         lines.append(f"  {name:<{width}}  {count:>10,}  {attrs or '-'}")
     lines.append("")
     rwidth = max([len("relation"), *map(len, info["relation_types"])])
+    labels = info.get("relation_labels", {})
     lines.append(f"  {'relation':<{rwidth}}  {'edges':>10}  head -> tail")
     for name, count in info["relation_types"].items():
-        lines.append(f"  {name:<{rwidth}}  {count:>10,}  {info['relation_signatures'][name]}")
+        label = f"  ({labels[name]})" if name in labels else ""
+        lines.append(f"  {name:<{rwidth}}  {count:>10,}  {info['relation_signatures'][name]}"
+                     f"{label}")
     return "\n".join(lines)
 
 
