@@ -1,4 +1,6 @@
-"""``kgops evaluate``: filtered link-prediction metrics, AUC, report and embedding export."""
+"""``kgops evaluate``: filtered link-prediction metrics, AUC, report and embedding export.
+
+``kgops --force evaluate ...`` recomputes even when a complete identical run exists."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--batch-size", type=int, default=None,
                    help="ranking queries per batch (default: from --memory-mib)")
-    p.add_argument("--memory-mib", type=float, default=512.0,
-                   help="working-memory budget for one batch of scores (default 512)")
+    p.add_argument("--memory-mib", type=float, default=256.0,
+                   help="working-memory budget for one batch of scores (default 256)")
     p.add_argument("--embed-batch-size", type=int, default=65536,
                    help="entities per batch during full-graph inference")
     p.add_argument("--max-queries", type=int, default=None,
@@ -25,8 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="type-constrained negatives per positive for ROC-AUC (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--force", action="store_true", help="recompute even if a complete "
-                   "identical run exists at --out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +43,5 @@ def run(args: argparse.Namespace) -> int:
     evaluate_model(trained, model_uri=args.model, graph_uri=args.graph, out=args.out,
                    split=args.split, batch_size=args.batch_size, memory_mib=args.memory_mib,
                    max_queries=args.max_queries, seed=args.seed,
-                   auc_negatives=args.auc_negatives, embed_batch_size=args.embed_batch_size,
-                   force=args.force)
+                   auc_negatives=args.auc_negatives, embed_batch_size=args.embed_batch_size)
     return 0

@@ -48,7 +48,7 @@ def pair_scorer(trained, emb):
 
 def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
                    split: str = "test", batch_size: int | None = None,
-                   memory_mib: float = 512.0, max_queries: int | None = None, seed: int = 0,
+                   memory_mib: float = 256.0, max_queries: int | None = None, seed: int = 0,
                    auc_negatives: int = 1, embed_batch_size: int = 65536,
                    force: bool = False) -> dict:
     """Evaluate ``trained`` (anything with ``embed_all``, ``score_tails``, ``score_heads``,
