@@ -215,7 +215,8 @@ def overall_metrics(res: RankResult, ks: tuple[int, ...] = KS) -> dict[str, floa
 
 
 def per_relation_metrics(res: RankResult, relation_names: list[str],
-                         ks: tuple[int, ...] = KS) -> list[dict]:
+                         ks: tuple[int, ...] = KS, labels: list[str] | None = None,
+                         ) -> list[dict]:
     """One row per relation (both directions pooled, plus MRR per direction); relations without
     evaluation triples get ``queries = 0`` and NaN metrics, so the table lists every relation."""
     num_rel = len(relation_names)
@@ -237,5 +238,7 @@ def per_relation_metrics(res: RankResult, relation_names: list[str],
     cols["mrr_head"] = mean_by(1.0 / real, res.side == HEAD)
     if res.tc_optimistic is not None:
         cols["tc_mrr"] = mean_by(1.0 / res.tc_realistic)
-    return [{"relation_id": r, "relation": relation_names[r], "queries": int(counts[r]),
+    labels = labels or [""] * num_rel
+    return [{"relation_id": r, "relation": relation_names[r], "label": labels[r],
+             "queries": int(counts[r]),
              **{k: float(v[r]) for k, v in cols.items()}} for r in range(num_rel)]

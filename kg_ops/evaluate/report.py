@@ -68,6 +68,7 @@ def _png(fig) -> bytes:
 def curves_png(history: list[dict]) -> bytes | None:
     """Loss, sampled validation MRR and edges/s per epoch; None without history."""
     from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+    from matplotlib.ticker import MaxNLocator
 
     panels = [("loss", "training loss"), ("valid_mrr_sampled", "validation MRR (sampled)"),
               ("edges_per_s", "edges/s")]
@@ -82,6 +83,7 @@ def curves_png(history: list[dict]) -> bytes | None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -101,7 +103,8 @@ def per_relation_png(rows: list[dict], key: str = "mrr") -> tuple[bytes | None, 
         half = MAX_BARS // 2
         note = (f"best {half} and worst {half} of {len(rows)} relations (full table below)")
         rows = rows[:half] + rows[-half:]
-    labels = [f"{r['relation'][:40]} (n={r['queries']})" for r in rows]
+    labels = [f"{(r['relation'] + ' ' + r.get('label', '')).strip()[:48]} (n={r['queries']})"
+              for r in rows]
     fig = Figure(figsize=(8, 0.6 + 0.22 * len(rows)))
     ax = fig.add_subplot(1, 1, 1)
     ax.barh(range(len(rows)), [r[key] for r in rows], color="#4878a8")

@@ -92,7 +92,7 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
                                memory_mib=memory_mib)
         names = [r.name for r in schema.relations]
         metrics = overall_metrics(res)
-        per_rel = per_relation_metrics(res, names)
+        per_rel = per_relation_metrics(res, names, labels=[r.label for r in schema.relations])
         with st.phase("auc"):
             auc = evaluate_auc(pair_scorer(trained, emb), triples, filters, ranges,
                                schema.num_relations, k=auc_negatives, seed=seed)
@@ -168,6 +168,7 @@ def print_table(manifest: dict, file=None, max_relations: int = 60) -> None:
     print(f"\n{title}:\n  {'relation':<40} {'n':>6} {'mrr':>7} {'h@1':>6} {'h@10':>6} "
           f"{'auc':>6}", file=file)
     for r in shown:
-        print(f"  {r['relation'][:40]:<40} {r['queries']:>6} {r['mrr']:>7.4f} "
+        name = f"{r['relation']} {r['label']}".strip()
+        print(f"  {name[:40]:<40} {r['queries']:>6} {r['mrr']:>7.4f} "
               f"{r['hits@1']:>6.3f} {r['hits@10']:>6.3f} {r['auc']:>6.3f}", file=file)
     print(f"\nreport: {manifest['outputs'].get('report')}", file=file)
