@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kg_ops.errors import KGOpsError
-from kg_ops.evaluate.auc import evaluate_auc, negatives_policy
+from kg_ops.evaluate.auc import evaluate_auc, negatives_policy, roc_auc
 from kg_ops.evaluate.filters import FilterIndex
 from kg_ops.evaluate.ranking import (
     KS,
@@ -24,15 +24,16 @@ from kg_ops.evaluate.ranking import (
     per_relation_metrics,
     rank_queries,
 )
-from kg_ops.graph.kg import load_edges, load_schema
+from kg_ops.graph.kg import load_edges, load_schema, table_to_edges
 from kg_ops.graph.schema import SPLITS
 from kg_ops.manifest import Stage, require_manifest
+from kg_ops.store import get_store, join
 
 log = logging.getLogger(__name__)
 
 MANIFEST_METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "auc", "mean_rank", "mrr_tail",
                     "mrr_head", "mrr_optimistic", "mrr_pessimistic", "tc_mrr", "tc_hits@1",
-                    "tc_hits@3", "tc_hits@10")
+                    "tc_hits@3", "tc_hits@10", "auc_hard_negatives")
 
 
 def pair_scorer(trained, emb):
@@ -44,6 +45,20 @@ def pair_scorer(trained, emb):
         with torch.inference_mode():
             return trained.score(emb[t[:, 0]], t[:, 1], emb[t[:, 2]]).float().numpy()
     return score
+
+
+def _hard_negatives_auc(graph_uri: str, split: str, score, positives: np.ndarray,
+                        ) -> dict | None:
+    """ROC-AUC against the dataset's own negatives (CoDEx ships hard negatives for valid/test,
+    imported to ``negatives/<split>.parquet``); None when the graph has none."""
+    uri = join(graph_uri, "negatives", f"{split}.parquet")
+    store = get_store(uri)
+    if not store.exists(uri):
+        return None
+    neg = table_to_edges(store.read_parquet(uri))
+    return {"auc": roc_auc(score(positives), score(neg)),
+            "policy": f"ROC-AUC of the evaluated positives vs the dataset's {len(neg)} shipped "
+                      f"negatives ({uri})"}
 
 
 def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
@@ -97,6 +112,9 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
             auc = evaluate_auc(pair_scorer(trained, emb), triples, filters, ranges,
                                schema.num_relations, k=auc_negatives, seed=seed)
         metrics["auc"] = auc.auc
+        hard = _hard_negatives_auc(graph_uri, split, pair_scorer(trained, emb), triples)
+        if hard is not None:
+            metrics["auc_hard_negatives"] = hard["auc"]
         for row in per_rel:
             row["auc"] = float(auc.per_relation[row["relation_id"]])
 
@@ -120,6 +138,8 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
             | {"positives": auc.positives, "negatives": auc.negatives,
                "dropped": auc.dropped},
         }
+        if hard is not None:
+            protocol["auc_hard_negatives"] = hard["policy"]
 
         with st.phase("write"):
             import pyarrow as pa

@@ -18,7 +18,7 @@ from kg_ops.evaluate.auc import sample_negatives
 from kg_ops.evaluate.filters import FilterIndex
 from kg_ops.evaluate.ranking import TAIL, candidate_ranges
 from kg_ops.evaluate.run import evaluate_model
-from kg_ops.graph.kg import KnowledgeGraph
+from kg_ops.graph.kg import KnowledgeGraph, edges_to_table
 from kg_ops.graph.schema import GraphSchema, NodeType, Relation
 from kg_ops.manifest import Stage, read_manifest
 from kg_ops.store import get_store, join
@@ -66,8 +66,10 @@ def tiny_graph(root: str, seed: int = 0):
              "city": pa.table({"id": np.arange(12, 18)[::-1].copy(),   # stored out of order
                                "key": [f"city-{i}" for i in range(17, 11, -1)]})}
     uri = join(root, "graph")
-    with Stage("import", uri, announce=False):
+    hard = np.array([[0, 0, 12], [1, 1, 2], [13, 2, 14], [3, 0, 17], [4, 1, 5]])
+    with Stage("import", uri, announce=False) as st:  # hard negatives as CoDEx ships them
         KnowledgeGraph(schema, edges, nodes).save(uri)
+        st.store.write_parquet(join(uri, "negatives", "test.parquet"), edges_to_table(hard))
     emb = torch.from_numpy(rng.integers(-1, 2, (18, 3)).astype(np.float32))
     mats = torch.from_numpy(rng.integers(-1, 2, (3, 3, 3)).astype(np.float32))
     history = [{"epoch": e, "loss": 1 / (e + 1), "valid_mrr_sampled": 0.1 * e,
@@ -110,6 +112,10 @@ def test_stage_numbers_equal_brute_force_and_outputs_are_complete(artifact_root,
     s_neg = [score(*map(int, x)) for x in neg.triples]
     pairs = [1.0 if p > q else 0.5 if p == q else 0.0 for p in s_pos for q in s_neg]
     assert met["auc"] == pytest.approx(np.mean(pairs))
+    s_hard = [score(0, 0, 12), score(1, 1, 2), score(13, 2, 14), score(3, 0, 17), score(4, 1, 5)]
+    pairs = [1.0 if p > q else 0.5 if p == q else 0.0 for p in s_pos for q in s_hard]
+    assert met["auc_hard_negatives"] == pytest.approx(np.mean(pairs))
+    assert "5 shipped negatives" in man["protocol"]["auc_hard_negatives"]
 
     # Per-relation table: manifest, metrics.json and Parquet agree with the brute force.
     store = get_store(out)
@@ -169,6 +175,7 @@ def test_subsample_valid_split_and_no_history(tmp_path):
                          out=str(tmp_path / "eval"), split="valid", max_queries=6)
     assert man["counts"]["triples"] == 6 and man["counts"]["queries"] == 12
     assert man["protocol"]["subsample"].startswith("6 of 15 triples")
+    assert "auc_hard_negatives" not in man["metrics"]  # the graph ships none for valid
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "recorded no per-epoch history" in page
     assert not (tmp_path / "eval" / "training_curves.png").exists()
