@@ -1,0 +1,184 @@
+"""``kgops partition``: split the training edges into P self-sufficient partitions.
+
+Every training edge is owned by exactly one partition (``metis`` or ``random``, see
+``metis.py``); each partition then gets the sampled K-hop neighbourhood its core nodes need
+(``expand.py``), so a Ray Train worker trains on its partition alone. Valid and test edges are
+never training edges of any partition: a training triple that also occurs in valid/test is
+removed (and counted), as are duplicate training triples. Layout: ``io.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+
+import numpy as np
+
+from kg_ops.errors import KGOpsError
+
+HELP = "partition the training graph into self-sufficient K-hop partitions"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--graph", required=True, help="graph artifact URI (kgops import/synth)")
+    p.add_argument("--parts", type=int, required=True, help="number of partitions P")
+    p.add_argument("--hops", type=int, default=2, help="GNN layers K to expand for (default 2)")
+    p.add_argument("--fanout", default="25,10",
+                   help="neighbours kept per node per hop, comma separated, -1 = all "
+                        "(one value = same for every hop; default 25,10)")
+    p.add_argument("--method", choices=("metis", "random"), default="metis")
+    p.add_argument("--seed", type=int, default=0, help="seed of METIS, owner order, sampling")
+    p.add_argument("--out", required=True, help="output URI (local path or s3://)")
+    p.add_argument("--features", default=None,
+                   help="encode stage URI; recorded so workers load their feature rows")
+
+
+def fanouts_for(text: str, hops: int) -> list[int]:
+    from kg_ops.sampling import parse_fanouts
+
+    try:
+        fanouts = parse_fanouts(text)
+    except ValueError as exc:
+        raise KGOpsError(f"--fanout: {exc}") from exc
+    if hops < 1:
+        raise KGOpsError(f"--hops must be at least 1, got {hops}")
+    if len(fanouts) == 1:
+        fanouts = fanouts * hops
+    if len(fanouts) != hops:
+        raise KGOpsError(f"--fanout {text!r} gives {len(fanouts)} values for --hops {hops}; "
+                         "give one value per hop or a single value for all hops")
+    return fanouts
+
+
+def training_edges(train: np.ndarray, held_out: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Unique training triples that are not valid/test triples, and how many were removed."""
+    uniq = np.unique(train, axis=0)
+    counts = {"train_duplicates_removed": int(len(train) - len(uniq))}
+    if len(held_out):
+        held = np.unique(held_out, axis=0)
+        both = np.concatenate([uniq, held])
+        _, inv, cnt = np.unique(both, axis=0, return_inverse=True, return_counts=True)
+        leak = cnt[inv[:len(uniq)]] > 1
+        counts["train_in_valid_or_test_removed"] = int(leak.sum())
+        uniq = uniq[~leak]
+    else:
+        counts["train_in_valid_or_test_removed"] = 0
+    for what, n in counts.items():
+        if n:
+            log.warning("partition: %s: %d training triples", what.replace("_", " "), n)
+    return uniq, counts
+
+
+def run(args: argparse.Namespace) -> int:
+    partition(args.graph, args.parts, args.out, hops=args.hops, fanout=args.fanout,
+              method=args.method, seed=args.seed, features=args.features)
+    return 0
+
+
+def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = "25,10",
+              method: str = "metis", seed: int = 0, features: str | None = None,
+              force: bool = False) -> dict:
+    """Run the stage; returns the manifest."""
+    from kg_ops.graph.kg import load_edges, load_schema
+    from kg_ops.manifest import Stage, require_manifest
+    from kg_ops.partition.expand import ExpandContext, expand_partition
+    from kg_ops.partition.io import part_dir, write_partition
+    from kg_ops.partition.metis import partition_edges
+    from kg_ops.progress import Progress
+    from kg_ops.sampling import CSRGraph
+    from kg_ops.store import get_store, normalize
+
+    fanouts = fanouts_for(fanout, hops)
+    graph = normalize(graph)
+    schema = load_schema(graph)           # requires the graph's manifest
+    inputs = {"graph": graph}
+    if features:
+        features = normalize(features)
+        require_manifest(features, "encode")
+        inputs["features"] = features
+    config = {"parts": parts, "hops": hops, "fanouts": fanouts, "method": method, "seed": seed}
+    with Stage("partition", out, config=config, inputs=inputs, force=force) as st:
+        if st.reused:
+            return st.manifest
+        with st.phase("load"):
+            raw = load_edges(graph, "train")
+            held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
+            edges, dropped = training_edges(raw, held)
+            if not len(edges):
+                raise KGOpsError(f"{graph}: no training edges to partition")
+            csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations)
+        st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
+                          "train_edges_in_graph": int(len(raw)),
+                          "train_edges": int(len(edges)), **dropped})
+        log.info("partition: %d training edges, %d nodes, %d relations -> %d parts (%s, "
+                 "fanouts %s, seed %d)", len(edges), schema.num_nodes, schema.num_relations,
+                 parts, method, fanouts, seed)
+        with st.phase("assign"):
+            owner, info = partition_edges(edges, schema.num_nodes, parts, method, seed)
+        by_owner = np.argsort(owner, kind="stable")
+        starts = np.searchsorted(owner[by_owner], np.arange(parts + 1))
+
+        store = get_store(st.out)
+        for uri in store.list(st.out):     # files of partitions a previous run had beyond P
+            name = uri[len(st.out):].lstrip("/").split("/")[0]
+            if name.startswith("part-") and int(name[5:]) >= parts:
+                store.delete(uri)
+
+        head_t, tail_t = schema.relation_head_tail_types()
+        ctx = ExpandContext(edges=edges, csr=csr, type_offsets=schema.offsets(),
+                            num_relations=schema.num_relations, fanouts=fanouts, seed=seed)
+        stats, sizes = [], []
+        progress = Progress("partition/expand", total=parts, unit="partitions", every_s=0.0)
+        for p in range(parts):
+            with st.phase("expand"):
+                part, s = expand_partition(ctx, p, by_owner[starts[p]:starts[p + 1]])
+            part.node_type_names = [t.name for t in schema.node_types]
+            part.relation_head_type, part.relation_tail_type = head_t, tail_t
+            part.features_uri = features
+            with st.phase("write"):
+                written = write_partition(st.out, part)
+            s["bytes"] = int(sum(written.values()))
+            s["uri"] = part_dir(st.out, p)
+            stats.append(s)
+            sizes.append(s["bytes"])
+            progress.update(1, core_edges=s["core_edges"], halo_edges=s["halo_edges"],
+                            nodes=s["core_nodes"] + s["halo_nodes"])
+            del part
+        progress.done()
+
+        core = np.array([s["core_edges"] for s in stats], dtype=np.float64)
+        stored = np.array([s["core_edges"] + s["halo_edges"] for s in stats], dtype=np.float64)
+        local_nodes = np.array([s["core_nodes"] + s["halo_nodes"] for s in stats], np.float64)
+        covered = int(np.count_nonzero(csr.degree))
+        edge_rep = float(stored.sum() / len(edges))
+        st.metrics.update({
+            "parts": parts,
+            "edge_replication_factor": round(edge_rep, 4),
+            "node_replication_factor": round(float(local_nodes.sum() / covered), 4),
+            "core_node_replication_factor": round(
+                float(sum(s["core_nodes"] for s in stats) / covered), 4),
+            "balance": round(float(core.max() / core.mean()), 4),
+            "speedup_bound": round(parts / edge_rep, 4),
+            "halo_edges": _summary([s["halo_edges"] for s in stats]),
+            "halo_nodes": _summary([s["halo_nodes"] for s in stats]),
+            "bytes_per_partition": _summary(sizes),
+            "est_peak_worker_memory_bytes": _summary(
+                [s["est_worker_memory_bytes"] for s in stats]),
+            "partitioner_peak_rss_mib": round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            **info,
+        })
+        st.outputs.update({"parts": parts, "format": "kgops-partition/1",
+                           "features_uri": features, "partitions": stats})
+        log.info("partition: edge replication %.3f, node replication %.3f, balance %.3f, "
+                 "speedup bound %.2f", edge_rep, st.metrics["node_replication_factor"],
+                 st.metrics["balance"], st.metrics["speedup_bound"])
+    return st.manifest
+
+
+def _summary(values: list[int]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"min": int(v.min()), "mean": round(float(v.mean()), 1), "max": int(v.max()),
+            "per_part": [int(x) for x in values]}
