@@ -40,6 +40,8 @@ img{max-width:100%}code{background:#f3f3f3;padding:0 .2em}.note{color:#666}
 
 
 def fmt(v: Any) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, float):
         return "–" if math.isnan(v) else f"{v:.4f}"
     if isinstance(v, (list, tuple)):
@@ -95,7 +97,8 @@ def per_relation_png(rows: list[dict], key: str = "mrr") -> tuple[bytes | None, 
     MAX_BARS/2 are shown and the caption says so."""
     from matplotlib.figure import Figure
 
-    rows = sorted((r for r in rows if r["queries"] and not math.isnan(r[key])),
+    rows = sorted((r for r in rows if r["queries"] and r[key] is not None
+                   and not math.isnan(r[key])),
                   key=lambda r: -r[key])
     if not rows:
         return None, "no relation has evaluation triples"

@@ -8,6 +8,7 @@ Outputs under ``out``: ``metrics.json`` (headline metrics, protocol, per-relatio
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from typing import Any
 
@@ -45,6 +46,16 @@ def pair_scorer(trained, emb):
         with torch.inference_mode():
             return trained.score(emb[t[:, 0]], t[:, 1], emb[t[:, 2]]).float().numpy()
     return score
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
 
 
 def _hard_negatives_auc(graph_uri: str, split: str, score, positives: np.ndarray,
@@ -117,6 +128,8 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
             metrics["auc_hard_negatives"] = hard["auc"]
         for row in per_rel:
             row["auc"] = float(auc.per_relation[row["relation_id"]])
+        # Undefined numbers (a relation without test triples) are null, not NaN: strict JSON.
+        metrics, per_rel = _nan_to_none(metrics), _nan_to_none(per_rel)
 
         protocol = {
             "split": split,
@@ -170,6 +183,10 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
     return st.manifest
 
 
+def _num(v: float | None, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
 def print_table(manifest: dict, file=None, max_relations: int = 60) -> None:
     """Headline metrics, then per-relation rows (worst first when there are many)."""
     file = file or sys.stdout
@@ -178,17 +195,18 @@ def print_table(manifest: dict, file=None, max_relations: int = 60) -> None:
           f"{manifest['config']['split']} ({manifest['counts']['queries']} queries)", file=file)
     for k in MANIFEST_METRICS:
         if k in m:
-            print(f"  {k:<16} {m[k]:.4f}", file=file)
+            print(f"  {k:<18} {_num(m[k], 4)}", file=file)
     rows = [r for r in manifest.get("per_relation", []) if r["queries"]]
     if not rows:
         return
-    shown = sorted(rows, key=lambda r: r["mrr"])[:max_relations]
+    shown = sorted(rows, key=lambda r: r["mrr"])[:max_relations]  # rows with queries have an MRR
     title = "per relation" + (f" (worst {max_relations} of {len(rows)})"
                               if len(rows) > max_relations else "")
     print(f"\n{title}:\n  {'relation':<40} {'n':>6} {'mrr':>7} {'h@1':>6} {'h@10':>6} "
           f"{'auc':>6}", file=file)
     for r in shown:
         name = f"{r['relation']} {r['label']}".strip()
-        print(f"  {name[:40]:<40} {r['queries']:>6} {r['mrr']:>7.4f} "
-              f"{r['hits@1']:>6.3f} {r['hits@10']:>6.3f} {r['auc']:>6.3f}", file=file)
+        print(f"  {name[:40]:<40} {r['queries']:>6} {_num(r['mrr'], 4):>7} "
+              f"{_num(r['hits@1'], 3):>6} {_num(r['hits@10'], 3):>6} {_num(r['auc'], 3):>6}",
+              file=file)
     print(f"\nreport: {manifest['outputs'].get('report')}", file=file)

@@ -158,7 +158,7 @@ def test_stage_numbers_equal_brute_force_and_outputs_are_complete(artifact_root,
         assert store.read_bytes(join(out, png)).startswith(b"\x89PNG")
 
     printed = capsys.readouterr().out
-    assert f"mrr              {met['mrr']:.4f}" in printed
+    assert f"mrr                {met['mrr']:.4f}" in printed
     assert "KGOPS_MANIFEST" in printed and "lives_in" in printed
     assert read_manifest(out)["stage"] == "evaluate"
 
@@ -172,10 +172,19 @@ def test_subsample_valid_split_and_no_history(tmp_path):
     graph_uri, model_uri, _, edges, model = tiny_graph(str(tmp_path), seed=1)
     model.history = []
     man = evaluate_model(model, model_uri=model_uri, graph_uri=graph_uri,
-                         out=str(tmp_path / "eval"), split="valid", max_queries=6)
-    assert man["counts"]["triples"] == 6 and man["counts"]["queries"] == 12
-    assert man["protocol"]["subsample"].startswith("6 of 15 triples")
+                         out=str(tmp_path / "eval"), split="valid", max_queries=1)
+    assert man["counts"]["triples"] == 1 and man["counts"]["queries"] == 2
+    assert man["protocol"]["subsample"].startswith("1 of 15 triples")
     assert "auc_hard_negatives" not in man["metrics"]  # the graph ships none for valid
+    # One triple covers one relation: the others have no metrics, stored as null (strict JSON).
+    empty = [r for r in man["per_relation"] if r["queries"] == 0]
+    assert len(empty) == 2 and all(r["mrr"] is None and r["auc"] is None for r in empty)
+
+    def no_nan(c):
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    json.loads((tmp_path / "eval" / "metrics.json").read_text(), parse_constant=no_nan)
+    json.loads((tmp_path / "eval" / "_manifest.json").read_text(), parse_constant=no_nan)
     page = (tmp_path / "eval" / "report.html").read_text()
     assert "recorded no per-epoch history" in page
     assert not (tmp_path / "eval" / "training_curves.png").exists()
