@@ -87,10 +87,14 @@ class GraphBuilder:
         """Add a node type. ``keys`` are unique names (converted to str); ``attributes`` maps
         attribute name -> column aligned with ``keys`` (array, list, pandas or Arrow), converted
         to the Arrow type of its kind in ``specs``. ``origin``/``lines`` locate each key in the
-        input for error messages. Duplicate keys keep their first row; the others are bad rows."""
+        input for error messages (``lines`` may also map attribute name -> line of each value,
+        with ``"key"`` for the keys). Duplicate keys keep their first row; the others are bad
+        rows."""
         if name in self._nodes:
             raise ValueError(f"node type {name!r} added twice")
         keys = _as_str_array(keys)
+        attr_lines = dict(lines) if isinstance(lines, Mapping) else {}
+        lines = attr_lines.get("key") if isinstance(lines, Mapping) else lines
         lines = None if lines is None else np.asarray(lines, dtype=np.int64)
         codes, uniques = pd.factorize(keys, use_na_sentinel=False)
         keep = None
@@ -117,9 +121,11 @@ class GraphBuilder:
             arr, bad = coerce(spec.kind, values)
             if bad is not None and bad.any():
                 vals = np.asarray(_to_pandas(values), dtype=object)[bad]
+                where = attr_lines.get(attr, lines)
                 self.bad_rows.add(
                     f"unparseable_{'date' if spec.kind == 'date' else 'number'}",
-                    origin or f"{name} nodes", None if lines is None else lines[bad], vals,
+                    origin or f"{name} nodes",
+                    None if where is None else np.asarray(where, np.int64)[bad], vals,
                     [f"{attr} of {name} {k!r} is not a "
                      f"{'date (ISO 8601 expected)' if spec.kind == 'date' else 'number'}"
                      for k in keys[bad]],
