@@ -148,11 +148,12 @@ class Report:
 
 
 def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] | None = None,
-                   where: str = "") -> Report:
+                   where: str = "", node_schemas: dict[str, Any] | None = None) -> Report:
     """Structural checks, vectorised over the edge arrays: ids in range, relation ids known,
     head/tail types as declared, node tables consistent with the schema (ids, unique non-null
     keys, attribute storage types); plus warnings for duplicate edges and split overlap.
-    ``where`` prefixes file names in messages (the graph URI)."""
+    ``where`` prefixes file names in messages (the graph URI). ``node_schemas`` (Arrow schemas
+    per node type) lets a caller check attribute storage types without reading the columns."""
     from kg_ops.graph.builder import ARROW_TYPES
     from kg_ops.graph.schema import SPLITS
 
@@ -186,15 +187,16 @@ def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] |
         rep.record("null_node_key", len(null),
                    f"{file} row {null[0] if len(null) else 0}: {t.name} node without a key. "
                    "Fix the input and re-import.")
+        arrow_schema = (node_schemas or {}).get(t.name, table.schema)
         for a in t.attributes:
-            if a.name not in table.column_names:
+            if a.name not in arrow_schema.names:
                 rep.record("attribute_missing", 1,
                            f"{file}: attribute column {a.name!r} ({a.kind}) declared in "
                            "schema.json is missing. Re-import the graph.")
-            elif table.schema.field(a.name).type != ARROW_TYPES[a.kind]:
+            elif arrow_schema.field(a.name).type != ARROW_TYPES[a.kind]:
                 rep.record("attribute_type", 1,
                            f"{file}: column {a.name!r} is stored as "
-                           f"{table.schema.field(a.name).type} but a {a.kind} attribute must be "
+                           f"{arrow_schema.field(a.name).type} but a {a.kind} attribute must be "
                            f"{ARROW_TYPES[a.kind]} (unparsed numbers or dates?). Re-import "
                            "the graph.")
 
