@@ -6,15 +6,23 @@ triple ``[h, r, t]`` sends a message ``h -> t`` with relation ``r`` and, with
 relations), so message passing runs both ways and a conv sees ``2R`` relation types.
 
 Globally deterministic sampling. At hop ``k`` a node ``v`` keeps the ``fanouts[k-1]`` incoming
-messages with the smallest random key, where the key is a hash of
-``(seed, global id of v, global id of the sender, relation)`` -- nothing else: not the position
-of the edge in some array, not the batch, not the hop. So any graph that holds a node's sampled
+messages with the smallest random key, where the key is a function of
+``(seed, global id of the sender, global id of v, relation)`` only -- not the position of the
+edge in some array, not the batch, not the hop. So any graph that holds a node's sampled
 messages (a partition holding part of the full graph, with local ids mapped to global ids through
 ``node_ids``) draws exactly the same sample as the full graph. That is what makes partitions
 self-sufficient and testable. Because the key does not depend on the hop, a smaller fanout
 draws a subset of a larger one (the hop-2 sample of a node is inside its hop-1 sample when
 ``fanouts[1] <= fanouts[0]``): partitions stay small, and training may use fanouts up to the
 partition's. ``fanout = -1`` keeps every message.
+
+The key's high 40 bits are a hash of ``(seed, sender)`` alone, its low 24 bits a hash of the
+whole message (tie-break): every node ranks its senders by one shared random order of all nodes,
+as in LABOR sampling (Balin & Catalyurek, "Layer-Neighbor Sampling", NeurIPS 2023). Each node's
+sample is still a uniformly random subset of its senders, but different nodes pick overlapping
+senders, so computation graphs and partitions touch far fewer distinct nodes than with
+independent per-edge keys. A sender's messages to one node (several relations, both directions)
+rank next to each other.
 
 Layer-wise (GraphSAGE-style) computation graph. ``nodes_0`` are the seeds; hop ``k`` samples
 the incoming messages of *every* node in ``nodes_{k-1}`` and ``nodes_k`` adds their senders. A
@@ -48,13 +56,20 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+_HIGH = np.uint64(0xFFFFFFFFFF000000)
+_LOW = np.uint64(0x0000000000FFFFFF)
+
+
 def edge_keys(seed: int, dst: np.ndarray, src: np.ndarray, rel: np.ndarray) -> np.ndarray:
-    """The random key of each message ``src -rel-> dst`` (global ids): a hash, nothing else."""
+    """The random key of each message ``src -rel-> dst`` (global ids): high bits from
+    ``(seed, src)``, low bits from ``(seed, dst, src, rel)``; see the module docstring."""
     with np.errstate(over="ignore"):
         base = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
-        k = _mix(base ^ np.asarray(dst).astype(np.uint64))
-        k = _mix(k ^ (np.asarray(src).astype(np.uint64) + _GOLDEN))
-        return _mix(k ^ (np.asarray(rel).astype(np.uint64) * _GOLDEN))
+        s = np.asarray(src).astype(np.uint64)
+        node = _mix(base ^ (s + _GOLDEN))
+        k = _mix(_mix(base ^ np.asarray(dst).astype(np.uint64)) ^ s)
+        k = _mix(k ^ (np.asarray(rel).astype(np.uint64) * _GOLDEN))
+        return (node & _HIGH) | (k & _LOW)
 
 
 @dataclass

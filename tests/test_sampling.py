@@ -168,3 +168,19 @@ def test_parse_fanouts():
     assert parse_fanouts("-1") == [-1]
     with pytest.raises(ValueError):
         parse_fanouts("0,3")
+
+
+def test_nodes_with_the_same_neighbours_pick_the_same_senders():
+    """Keys rank senders by one shared random order (LABOR-style), so two nodes with identical
+    neighbourhoods draw identical senders, while each sample stays a k-subset."""
+    hubs = np.arange(2)
+    leaves = np.arange(2, 52)
+    edges = np.concatenate([np.stack([leaves, np.zeros(50, int), np.full(50, h)], 1)
+                            for h in hubs])
+    csr = CSRGraph.from_edges(edges, 52, num_relations=1)
+    cg = sample_computation_graph(csr, hubs, [5], seed=3)
+    hop = cg.hops[0]
+    picked = [set(cg.nodes[hop.src[hop.dst == i]].tolist()) for i in range(2)]
+    assert len(picked[0]) == 5 and picked[0] == picked[1]
+    other = sample_computation_graph(csr, hubs, [5], seed=4)
+    assert set(other.nodes[other.hops[0].src[other.hops[0].dst == 0]].tolist()) != picked[0]
