@@ -1,0 +1,313 @@
+"""Distributed transform: Ray actors encode row ranges and write their shards themselves.
+
+Each worker is an actor (``ShardEncoder``) that receives the fitted encoders once, loads the text
+model once, reads the node-table columns it needs from the artifact store (cached per node type),
+and writes one Parquet shard per (attribute, row range) straight to the store. The driver only
+hands out row ranges and gathers shard manifests (paths, row counts, id ranges, timings): the
+feature arrays never pass through it. Keeping two items in flight per worker hides the round trip.
+
+``encode_in_process`` runs the very same per-item code in this process over whole tables: the
+reference the distributed output is tested against.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kg_ops.encode.features import shard_path, write_shard
+from kg_ops.encode.fit import EncodeError, FittedEncoder, _column_lookup, encode_column, prepare
+from kg_ops.errors import KGOpsError
+from kg_ops.graph.schema import GraphSchema
+from kg_ops.progress import Progress
+from kg_ops.store import join
+
+log = logging.getLogger(__name__)
+
+PHASES = ("tabular", "text")
+_ENV_PASSED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+               "AWS_PROFILE", "KGOPS_S3_ENDPOINT_URL", "HF_HUB_OFFLINE")
+
+
+@dataclass
+class WorkItem:
+    """Rows ``[start, stop)`` of one node table, for some of its attributes, in one phase."""
+
+    node_type: str
+    start: int
+    stop: int
+    attributes: list[str]
+    phase: str
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class Plan:
+    items: dict[str, list[WorkItem]] = field(default_factory=lambda: {p: [] for p in PHASES})
+
+    def rows(self, phase: str) -> int:
+        return sum(i.rows for i in self.items[phase])
+
+
+def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
+               text_chunk: int = 512, tabular_chunk: int = 250_000) -> Plan:
+    """Row ranges per phase: tabular split in ~2 items per worker (capped for memory), text in
+    small chunks so the workers stay balanced and progress is fine-grained."""
+    plan = Plan()
+    for nt in schema.node_types:
+        mine = [e for e in encoders if e.node_type == nt.name]
+        for phase in PHASES:
+            attrs = [e.attribute for e in mine if (e.kind == "text") == (phase == "text")]
+            if not attrs or nt.count == 0:
+                continue
+            chunk = text_chunk if phase == "text" else min(
+                tabular_chunk, max(1, math.ceil(nt.count / (2 * workers))))
+            plan.items[phase].extend(WorkItem(nt.name, s, min(s + chunk, nt.count), attrs, phase)
+                                     for s in range(0, nt.count, chunk))
+    return plan
+
+
+class ShardEncoder:
+    """One worker: fitted encoders + (lazily) the text model; encodes and writes work items."""
+
+    def __init__(self, graph_uri: str, out_uri: str | None, encoders: list[dict[str, Any]],
+                 on_bad: str = "error", threads: int | None = None, text_batch_size: int = 64,
+                 worker_id: int = 0):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.graph_uri, self.out_uri, self.on_bad = graph_uri, out_uri, on_bad
+        self.threads, self.worker_id, self.text_batch_size = threads, worker_id, text_batch_size
+        self.encoders = {(e["node_type"], e["attribute"]): FittedEncoder(**e) for e in encoders}
+        self.lookups = {k: _column_lookup(e) for k, e in self.encoders.items()
+                        if e.kind in ("categorical", "multilabel")}
+        self._tables: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._text = None
+        if any(e.kind == "text" for e in self.encoders.values()):
+            self._text_model()  # load once, up front: the startup phase pays for it
+
+    def ready(self) -> int:
+        return self.worker_id
+
+    def _text_model(self):
+        if self._text is None:
+            from kg_ops.encode.text import TextEncoder
+
+            params = next(e.params for e in self.encoders.values() if e.kind == "text")
+            self._text = TextEncoder(params, threads=self.threads,
+                                     batch_size=self.text_batch_size)
+        return self._text
+
+    def _table(self, node_type: str, attributes: list[str]):
+        from kg_ops.graph.kg import load_nodes
+
+        key = (node_type, tuple(attributes))
+        if key not in self._tables:
+            self._tables[key] = load_nodes(self.graph_uri, node_type,
+                                           columns=["id", "key", *attributes])
+        return self._tables[key]
+
+    def encode_item(self, item: WorkItem) -> tuple[dict[str, tuple], dict[str, float]]:
+        """Per attribute: (global node ids, values, stats) of the item's rows."""
+        t0 = time.perf_counter()
+        table = self._table(item.node_type, item.attributes).slice(item.start, item.rows)
+        t_read = time.perf_counter() - t0
+        where = join(self.graph_uri, "nodes", f"{item.node_type}.parquet")
+        ids = table.column("id").to_numpy()
+        keys = table.column("key")
+        out = {}
+        for attr in item.attributes:
+            enc = self.encoders[(item.node_type, attr)]
+            col = table.column(attr)
+            if enc.kind == "text":
+                prep = prepare("text", col, f"{where} rows {item.start}+", attr)
+                values = self._text_model().encode(prep.data.to_pylist())
+                rows = prep.rows
+                stats = {"present": len(rows), "missing": prep.missing, "bad": 0, "unknown": 0,
+                         "bad_examples": []}
+            else:
+                res = encode_column(enc, col, where, self.on_bad, keys,
+                                    self.lookups.get((item.node_type, attr)))
+                rows, values, stats = res.rows, res.values, res.stats
+            out[attr] = (ids[rows], values, stats)
+        return out, {"read_s": t_read, "encode_s": time.perf_counter() - t0 - t_read}
+
+    def run(self, item: WorkItem) -> dict[str, Any]:
+        """Encode and write one item; returns only its shard manifests and timings."""
+        t0 = time.perf_counter()
+        encoded, timing = self.encode_item(item)
+        t1 = time.perf_counter()
+        shards = {}
+        for attr, (ids, values, stats) in encoded.items():
+            enc = self.encoders[(item.node_type, attr)]
+            shard = (write_shard(self.out_uri, shard_path(item.node_type, attr, item.start), ids,
+                                 values, enc.dim) if len(ids) else None)
+            shards[attr] = {"shard": shard, "start": item.start, "stats": stats}
+        timing["write_s"] = time.perf_counter() - t1
+        timing["busy_s"] = time.perf_counter() - t0
+        return {"worker": self.worker_id, "node_type": item.node_type, "phase": item.phase,
+                "rows": item.rows, "shards": shards, "timing": timing}
+
+
+def encode_in_process(graph_uri: str, schema: GraphSchema, encoders: list[FittedEncoder],
+                      on_bad: str = "error", threads: int | None = None,
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Single-process transform of whole tables: ``{"type/attr": (node_ids, values)}``."""
+    worker = ShardEncoder(graph_uri, None, [e.__dict__ for e in encoders], on_bad, threads)
+    out = {}
+    for phase in PHASES:
+        for item in plan_items(schema, encoders, workers=1, text_chunk=1 << 62,
+                               tabular_chunk=1 << 62).items[phase]:
+            encoded, _ = worker.encode_item(item)
+            for attr, (ids, values, _stats) in encoded.items():
+                out[f"{item.node_type}/{attr}"] = (ids, values)
+    return out
+
+
+# --- the driver ---------------------------------------------------------------------------------
+def _unwrap(exc: Exception) -> Exception:
+    """A KGOpsError raised on a worker, as itself (clear message, exit 2), else unchanged."""
+    cause = getattr(exc, "cause", None)
+    while cause is not None and not isinstance(cause, KGOpsError):
+        cause = getattr(cause, "cause", None)
+    return cause if isinstance(cause, KGOpsError) else exc
+
+
+def worker_env(uris: list[str]) -> dict[str, str]:
+    """Storage/model env the workers need (passed explicitly: a remote cluster does not inherit
+    the driver's environment). Values are never logged."""
+    if not any(u.startswith("s3://") for u in uris):
+        return {}
+    return {k: os.environ[k] for k in _ENV_PASSED if os.environ.get(k)}
+
+
+@dataclass
+class TransformResult:
+    results: list[dict[str, Any]]
+    phase_wall_s: dict[str, float]
+    startup_s: float
+    workers: int
+    threads: int
+
+
+def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], workers: int,
+                  threads: int, on_bad: str, text_batch_size: int) -> list:
+    import ray
+
+    env = worker_env([graph_uri, out_uri])
+    actor = ray.remote(ShardEncoder).options(
+        num_cpus=threads, runtime_env={"env_vars": env} if env else None)
+    shared = ray.put([e.__dict__ for e in encoders])  # the fitted encoders, placed once
+    actors = [actor.remote(graph_uri, out_uri, shared, on_bad, threads, text_batch_size, i)
+              for i in range(workers)]
+    try:
+        ray.get([a.ready.remote() for a in actors])
+    except Exception as exc:  # actor construction failed: surface the worker's own error
+        raise _unwrap(exc) from exc
+    return actors
+
+
+def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 2,
+              ) -> list[dict[str, Any]]:
+    """Hand items to whichever worker is free; gather their small result dicts."""
+    import ray
+
+    progress = Progress(f"encode/{phase}", total=sum(i.rows for i in items), unit="rows")
+    queue = list(reversed(items))
+    free = [a for a in actors for _ in range(in_flight)]
+    pending: dict[Any, Any] = {}
+    results = []
+    while queue or pending:
+        while queue and free:
+            a = free.pop(0)
+            pending[a.run.remote(queue.pop())] = a
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            free.append(pending.pop(ref))
+            try:
+                res = ray.get(ref)
+            except Exception as exc:
+                raise _unwrap(exc) from exc
+            results.append(res)
+            progress.update(res["rows"])
+    progress.done()
+    return results
+
+
+def transform(graph_uri: str, out_uri: str, schema: GraphSchema, encoders: list[FittedEncoder],
+              workers: int, threads: int, on_bad: str = "error", text_chunk: int = 512,
+              text_batch_size: int = 64, phase_timer=None) -> TransformResult:
+    plan = plan_items(schema, encoders, workers, text_chunk=text_chunk)
+    t0 = time.perf_counter()
+    actors = start_workers(graph_uri, out_uri, encoders, workers, threads, on_bad, text_batch_size)
+    startup = time.perf_counter() - t0
+    log.info("encode: %d worker(s) x %d thread(s) ready in %.1fs", workers, threads, startup)
+    results, walls = [], {}
+    for phase in PHASES:
+        if not plan.items[phase]:
+            walls[phase] = 0.0
+            continue
+        t = time.perf_counter()
+        if phase_timer is not None:
+            with phase_timer(phase):
+                results += run_items(actors, plan.items[phase], phase)
+        else:
+            results += run_items(actors, plan.items[phase], phase)
+        walls[phase] = time.perf_counter() - t
+    import ray
+
+    for a in actors:
+        ray.kill(a)
+    return TransformResult(results, walls, startup, workers, threads)
+
+
+def gather_blocks(encoders: list[FittedEncoder], results: list[dict[str, Any]],
+                  fit_stats: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The index entries of features.json, from the workers' shard manifests (schema order)."""
+    per_block: dict[str, list[dict]] = defaultdict(list)
+    for res in results:
+        for attr, s in res["shards"].items():
+            per_block[f"{res['node_type']}/{attr}"].append(s)
+    blocks = []
+    for e in encoders:
+        parts = sorted(per_block.get(e.name, []), key=lambda s: s["start"])
+        shards = [p["shard"] for p in parts if p["shard"] is not None]
+        stats = {k: sum(p["stats"][k] for p in parts) for k in ("present", "missing", "bad",
+                                                                   "unknown")}
+        examples = [k for p in parts for k in p["stats"]["bad_examples"]][:5]
+        if stats["bad"] and not examples:
+            examples = fit_stats.get(e.name, {}).get("bad_examples", [])
+        blocks.append({
+            "node_type": e.node_type, "attribute": e.attribute, "kind": e.kind, "dim": e.dim,
+            "rows": stats["present"], "shards": [s["path"] for s in shards],
+            "shard_rows": [s["rows"] for s in shards],
+            "shard_id_ranges": [s["id_range"] for s in shards],
+            "missing": stats["missing"], "bad": stats["bad"], "unknown": stats["unknown"],
+            "bad_examples": examples, "encoder": e.summary(),
+        })
+        if sum(s["rows"] for s in shards) != stats["present"]:
+            raise EncodeError(f"{e.name}: shard rows do not add up to the encoded rows")
+    return blocks
+
+
+def worker_timings(res: TransformResult) -> dict[str, float]:
+    """Mean per-worker busy/read/encode/write seconds over both phases."""
+    busy = defaultdict(lambda: defaultdict(float))
+    for r in res.results:
+        for k, v in r["timing"].items():
+            busy[r["worker"]][k] += v
+    n = max(res.workers, 1)
+    return {k: sum(w[k] for w in busy.values()) / n
+            for k in ("busy_s", "read_s", "encode_s", "write_s")}
