@@ -1,0 +1,176 @@
+"""Refresh knowledge-graph embeddings: import -> encode -> partition -> train -> evaluate -> publish.
+
+Runs daily, and also whenever the graph-source asset is updated. Every heavy stage is a ``kgops``
+command submitted as a Ray job; XCom carries only artifact URIs and headline metrics. Artifacts go
+to ``{artifact_root}/{dag_id}/{run_key}/{stage}`` so a backfill of one date never touches another
+date's tree, and a re-run of the same run reuses every stage that already finished.
+
+Trigger a manual run or a backfill from the UI form (Params) or the CLI::
+
+    airflow dags trigger kg_embedding_refresh --conf '{"source": "codex-s", "epochs": 20}'
+    airflow backfill create --dag-id kg_embedding_refresh --from-date 2026-11-01 --to-date 2026-11-07
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    get_current_context,
+    task,
+)
+
+from kg_ops.airflow import (
+    EncodeAttributesOperator,
+    EvaluateEmbeddingsOperator,
+    ImportGraphOperator,
+    PartitionGraphOperator,
+    RayJobSensor,
+    TrainEmbeddingsOperator,
+)
+from kg_ops.airflow.published import (
+    EMBEDDINGS_ASSET_NAME,
+    EMBEDDINGS_ASSET_URI,
+    GRAPH_SOURCE_ASSET_NAME,
+)
+from kg_ops.airflow.runs import check_quality_gate, plan_run
+
+DAG_ID = "kg_embedding_refresh"
+ARTIFACT_ROOT = os.environ.get("KGOPS_ARTIFACT_ROOT", "/tmp/kgops-artifacts")
+DATASETS_ROOT = os.environ.get("KGOPS_DATASETS", "/opt/kgops/datasets")
+RAY_CONN_ID = os.environ.get("KGOPS_RAY_CONN_ID", "ray_default")
+
+graph_source = Asset(name=GRAPH_SOURCE_ASSET_NAME,
+                     uri=os.environ.get("KGOPS_GRAPH_SOURCE_URI",
+                                        "kgops://graph-source/enterprise-kg"))
+embeddings = Asset(name=EMBEDDINGS_ASSET_NAME, uri=EMBEDDINGS_ASSET_URI)
+
+PLAN = "{{ ti.xcom_pull(task_ids='plan') }}"
+
+
+def planned(key: str) -> str:
+    """Jinja for one URI of the run's plan (rendered at task run time)."""
+    return "{{ ti.xcom_pull(task_ids='plan')['" + key + "'] }}"
+
+
+with DAG(
+    dag_id=DAG_ID,
+    description="Nightly refresh of knowledge-graph embeddings on a Ray cluster",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+                                 assets=[graph_source]),
+    start_date=datetime(2026, 11, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
+    tags=["kg_ops", "embeddings"],
+    params={
+        "source": Param("synth", enum=["synth", "codex-s", "codex-m", "debian", "graph"],
+                        description="Graph to embed: a synthetic KG, a shared dataset, or an "
+                                    "already-imported graph (graph_uri)."),
+        "graph_uri": Param("", type="string",
+                           description="With source=graph: URI of an imported kgops graph."),
+        "datasets_root": Param(DATASETS_ROOT, type="string",
+                               description="Folder holding codex/ and debian/ raw datasets."),
+        "synth_nodes": Param(3000, type="integer", minimum=100),
+        "synth_edges": Param(24000, type="integer", minimum=100),
+        "encode_attributes": Param(True, type="boolean",
+                                   description="Encode node attributes (BERT for text)."),
+        "model": Param("rgcn", enum=["rgcn", "relgnn"]),
+        "workers": Param(2, type="integer", minimum=1, maximum=64,
+                         description="Ray Train workers = graph partitions."),
+        "epochs": Param(8, type="integer", minimum=1, maximum=1000),
+        "artifact_root": Param(ARTIFACT_ROOT, type="string",
+                               description="Local path or s3:// prefix for all artifacts."),
+        "force": Param(False, type="boolean",
+                       description="Recompute stages even if identical results exist."),
+        "min_mrr": Param(0.05, type="number", minimum=0,
+                         description="Gate: fail the run below this filtered MRR."),
+        "max_mrr_drop": Param(0.05, type="number", minimum=0,
+                              description="Gate: fail if MRR drops more than this below the "
+                                          "last published version."),
+    },
+    render_template_as_native_obj=False,
+    doc_md=__doc__,
+) as dag:
+
+    @task
+    def plan() -> dict:
+        """Resolve params into this run's artifact URIs (see kg_ops.airflow.runs)."""
+        return plan_run(get_current_context())
+
+    common = {"ray_conn_id": RAY_CONN_ID, "force": "{{ params.force }}"}
+
+    import_graph = ImportGraphOperator(
+        task_id="import_graph",
+        source="{{ params.source }}",
+        out_uri=planned("graph"),
+        graph_uri="{{ params.graph_uri }}",
+        datasets_root="{{ params.datasets_root }}",
+        synth_nodes="{{ params.synth_nodes }}",
+        synth_edges="{{ params.synth_edges }}",
+        **common,
+    )
+    encode = EncodeAttributesOperator(
+        task_id="encode_attributes",
+        graph_uri=planned("graph"),
+        out_uri=planned("features"),
+        enabled="{{ params.encode_attributes }}",
+        workers="{{ params.workers }}",
+        **common,
+    )
+    partition = PartitionGraphOperator(
+        task_id="partition_graph",
+        graph_uri=planned("graph"),
+        features_uri=planned("features"),
+        out_uri=planned("partitions"),
+        parts="{{ params.workers }}",
+        **common,
+    )
+    train = TrainEmbeddingsOperator(
+        task_id="train",
+        partitions_uri=planned("partitions"),
+        out_uri=planned("model"),
+        model="{{ params.model }}",
+        workers="{{ params.workers }}",
+        epochs="{{ params.epochs }}",
+        wait_for_completion=False,
+        **common,
+    )
+    wait_for_training = RayJobSensor(
+        task_id="wait_for_training",
+        submission_id="{{ ti.xcom_pull(task_ids='train', key='submission_id') }}",
+        ray_conn_id=RAY_CONN_ID,
+        deferrable=True,
+        poke_interval=5,
+        timeout=6 * 3600,
+    )
+    evaluate = EvaluateEmbeddingsOperator(
+        task_id="evaluate",
+        model_uri=planned("model"),
+        graph_uri=planned("graph"),
+        out_uri=planned("evaluation"),
+        **common,
+    )
+
+    @task(inlets=[embeddings])
+    def quality_gate() -> dict:
+        """Fail the run if MRR is below the floor or fell too far below the last release."""
+        return check_quality_gate(get_current_context(), embeddings)
+
+    @task(outlets=[embeddings])
+    def publish(gate: dict) -> dict:
+        """Emit the embeddings asset event: metrics + URIs, the version record users see."""
+        context = get_current_context()
+        context["outlet_events"][embeddings].extra = gate
+        return gate
+
+    gate = quality_gate()
+    (plan() >> import_graph >> encode >> partition >> train >> wait_for_training >> evaluate
+     >> gate)
+    publish(gate)

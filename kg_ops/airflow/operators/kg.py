@@ -1,0 +1,222 @@
+"""KG pipeline operators: each submits one ``kgops <stage>`` command as a Ray job.
+
+They are thin: the command line *is* the contract between Airflow and Ray (DESIGN.md "The
+bridge"). Everything about submission, re-attachment, deferral, timeouts, log streaming and
+results comes from :class:`SubmitRayJobOperator`; the task's return value is the stage's manifest
+URI with its headline metrics (XCom never carries data).
+
+Reuse them in your own DAG::
+
+    from kg_ops.airflow import PartitionGraphOperator, TrainEmbeddingsOperator, RayJobSensor
+
+    partition = PartitionGraphOperator(task_id="partition", graph_uri="s3://kg/graph",
+                                       out_uri="s3://kg/runs/{{ ds_nodash }}/partitions", parts=8)
+    train = TrainEmbeddingsOperator(task_id="train", partitions_uri=partition.output["outputs"]...)
+
+All URIs and options are templated.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
+from kg_ops.airflow.operators.ray import SubmitRayJobOperator, as_bool
+
+
+def _join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+class KgStageOperator(SubmitRayJobOperator):
+    """Base class: ``kgops [--force] <command...> --out <out_uri> [extra_args...]``.
+
+    :param out_uri: where the stage writes its artifacts and ``_manifest.json`` (templated).
+    :param extra_args: more ``kgops`` options, appended verbatim (templated).
+    :param force: recompute even if this stage already finished with identical inputs
+        (passes ``kgops --force`` and resubmits a job that already succeeded).
+    """
+
+    template_fields: Sequence[str] = (*SubmitRayJobOperator.template_fields, "out_uri",
+                                      "extra_args")
+    ui_color = "#e4f0e8"
+
+    def __init__(self, *, out_uri: str, extra_args: Sequence[str] | None = None, **kwargs):
+        kwargs.setdefault("entrypoint_num_cpus", 0)  # the driver only coordinates
+        super().__init__(**kwargs)
+        self.out_uri = out_uri
+        self.extra_args = list(extra_args or [])
+
+    def stage_command(self) -> list[str]:
+        """The ``kgops`` sub-command and its options, without ``--out``."""
+        raise TypeError(f"{type(self).__name__} must define stage_command()")
+
+    def build_entrypoint(self, context: Any) -> str:
+        args = ["kgops"]
+        if as_bool(self.force):
+            args.append("--force")
+        args += [*self.stage_command(), "--out", str(self.out_uri), *map(str, self.extra_args)]
+        return shlex.join(args)
+
+
+class ImportGraphOperator(KgStageOperator):
+    """Import (and validate) the graph into the canonical Parquet + schema.json format.
+
+    :param source: ``synth`` | ``codex-s`` | ``codex-m`` | ``debian`` | ``triples`` | ``graph``.
+        ``graph`` validates an already-imported graph at ``graph_uri`` in place.
+    :param datasets_root: folder with the raw ``codex/`` and ``debian/`` datasets.
+    :param triples: for ``triples``: ``{"train": uri, "valid": uri, "test": uri}``.
+    :param on_bad_rows: ``fail`` (default) or ``quarantine`` (bad rows set aside, counted).
+    """
+
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "source", "graph_uri",
+                                      "datasets_root", "synth_nodes", "synth_edges",
+                                      "synth_seed", "triples", "on_bad_rows")
+
+    def __init__(self, *, source: str = "synth", graph_uri: str = "", datasets_root: str = "",
+                 synth_nodes: int | str = 3000, synth_edges: int | str = 24000,
+                 synth_seed: int | str = 0, triples: dict[str, str] | None = None,
+                 on_bad_rows: str = "fail", **kwargs):
+        super().__init__(**kwargs)
+        self.source = source
+        self.graph_uri = graph_uri
+        self.datasets_root = datasets_root
+        self.synth_nodes, self.synth_edges, self.synth_seed = synth_nodes, synth_edges, synth_seed
+        self.triples = triples or {}
+        self.on_bad_rows = on_bad_rows
+
+    def _bad_rows(self) -> list[str]:
+        return ["--on-bad-rows", str(self.on_bad_rows)]
+
+    def stage_command(self) -> list[str]:
+        bad = self._bad_rows()
+        source = str(self.source)
+        if source == "synth":
+            return ["synth", "--nodes", str(self.synth_nodes), "--edges", str(self.synth_edges),
+                    "--seed", str(self.synth_seed)]
+        if source in ("codex-s", "codex-m"):
+            return ["import", "codex", "--root", _join(str(self.datasets_root), "codex"),
+                    "--size", source[-1], *bad]
+        if source == "debian":
+            return ["import", "debian", "--root", _join(str(self.datasets_root), "debian"), *bad]
+        if source == "triples":
+            files = [f"--{split}" for split in ("train", "valid", "test")
+                     if self.triples.get(split)]
+            return ["import", "triples",
+                    *[x for f in files for x in (f, self.triples[f[2:]])], *bad]
+        raise ValueError(f"{self.task_id}: unknown source {source!r}; expected synth, codex-s, "
+                         "codex-m, debian, triples or graph")
+
+    def build_entrypoint(self, context: Any) -> str:
+        if str(self.source) == "graph":
+            if not self.graph_uri:
+                raise ValueError(f"{self.task_id}: source='graph' needs graph_uri")
+            return shlex.join(["kgops", "validate", str(self.graph_uri), *self._bad_rows()])
+        return super().build_entrypoint(context)
+
+
+class EncodeAttributesOperator(KgStageOperator):
+    """Fit the attribute encoders over all nodes and encode them on Ray workers.
+
+    :param enabled: ``False`` skips encoding (the model then learns an embedding per entity);
+        the task still succeeds and returns ``{"skipped": True}``.
+    :param workers: Ray workers for the transform.
+    :param text_model: local Hugging Face model path (default: the packaged all-MiniLM-L6-v2).
+    """
+
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "graph_uri", "workers",
+                                      "text_model", "enabled")
+
+    def __init__(self, *, graph_uri: str, workers: int | str = 2, text_model: str = "",
+                 enabled: bool | str = True, **kwargs):
+        super().__init__(**kwargs)
+        self.graph_uri, self.workers, self.text_model = graph_uri, workers, text_model
+        self.enabled = enabled
+
+    def stage_command(self) -> list[str]:
+        cmd = ["encode", "--graph", str(self.graph_uri), "--workers", str(self.workers)]
+        if self.text_model:
+            cmd += ["--text-model", str(self.text_model)]
+        return cmd
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if not as_bool(self.enabled):
+            self.log.info("attribute encoding disabled: entities get learned embeddings")
+            return {"skipped": True}
+        return super().execute(context)
+
+
+class PartitionGraphOperator(KgStageOperator):
+    """Partition training edges (METIS) and expand each part to a self-sufficient K-hop
+    neighbourhood.
+
+    :param features_uri: the encode stage's output; ignored if that stage was skipped.
+    """
+
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "graph_uri",
+                                      "features_uri", "parts", "hops", "fanout", "method", "seed")
+
+    def __init__(self, *, graph_uri: str, parts: int | str = 2, hops: int | str = 2,
+                 fanout: str = "25,10", method: str = "metis", seed: int | str = 0,
+                 features_uri: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.graph_uri, self.features_uri = graph_uri, features_uri
+        self.parts, self.hops, self.fanout, self.method, self.seed = parts, hops, fanout, \
+            method, seed
+
+    def stage_command(self) -> list[str]:
+        cmd = ["partition", "--graph", str(self.graph_uri), "--parts", str(self.parts),
+               "--hops", str(self.hops), "--fanout", str(self.fanout), "--method",
+               str(self.method), "--seed", str(self.seed)]
+        if self.features_uri and self._features_exist():
+            cmd += ["--features", str(self.features_uri)]
+        return cmd
+
+    def _features_exist(self) -> bool:
+        from kg_ops.manifest import read_manifest
+
+        return read_manifest(str(self.features_uri)) is not None
+
+
+class TrainEmbeddingsOperator(KgStageOperator):
+    """Ray Train data-parallel training, one worker per partition.
+
+    Usually run with ``wait_for_completion=False`` and followed by a ``RayJobSensor`` so no
+    worker slot is held for hours.
+    """
+
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "partitions_uri",
+                                      "model", "workers", "epochs", "resume")
+
+    def __init__(self, *, partitions_uri: str, model: str = "rgcn", workers: int | str = 2,
+                 epochs: int | str = 10, resume: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.partitions_uri, self.model, self.workers, self.epochs = partitions_uri, model, \
+            workers, epochs
+        self.resume = resume
+
+    def stage_command(self) -> list[str]:
+        cmd = ["train", "--partitions", str(self.partitions_uri), "--model", str(self.model),
+               "--workers", str(self.workers), "--epochs", str(self.epochs)]
+        if self.resume:
+            cmd += ["--resume", str(self.resume)]
+        return cmd
+
+
+class EvaluateEmbeddingsOperator(KgStageOperator):
+    """Filtered ranking (MRR, Hits@k), ROC-AUC, HTML report and Parquet embeddings export."""
+
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "model_uri",
+                                      "graph_uri", "split")
+
+    operator_extra_links = (RayJobLink(), EvaluationReportLink())
+
+    def __init__(self, *, model_uri: str, graph_uri: str, split: str = "test", **kwargs):
+        super().__init__(**kwargs)
+        self.model_uri, self.graph_uri, self.split = model_uri, graph_uri, split
+
+    def stage_command(self) -> list[str]:
+        return ["evaluate", "--model", str(self.model_uri), "--graph", str(self.graph_uri),
+                "--split", str(self.split)]

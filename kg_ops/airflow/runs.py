@@ -1,0 +1,108 @@
+"""Per-run planning and the evaluation gate of the refresh DAG.
+
+Kept out of the DAG file so they can be unit-tested and reused in other teams' DAGs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from kg_ops.store import join
+
+STAGES = ("graph", "features", "partitions", "model", "evaluation")
+HEADLINE = ("mrr", "hits@1", "hits@3", "hits@10", "auc")
+
+
+def run_key(dag_run: Any) -> str:
+    """Short, stable, path-safe key of an Airflow run.
+
+    Runs with a logical date (scheduled runs, backfills, dated manual runs) are keyed by that
+    date, so a backfill of one day writes only that day's tree and re-running a day reuses its
+    finished stages. Runs without a logical date are keyed by their run id.
+    """
+    logical = getattr(dag_run, "logical_date", None)
+    if logical is not None:
+        return logical.strftime("%Y%m%dT%H%M%SZ")
+    run_id = str(dag_run.run_id)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-")
+    if len(safe) > 40:
+        safe = safe[:31] + "-" + hashlib.sha1(run_id.encode()).hexdigest()[:8]
+    return safe
+
+
+def plan_run(context: dict) -> dict[str, str]:
+    """This run's artifact URIs: ``{artifact_root}/{dag_id}/{run_key}/{stage}``."""
+    params = context["params"]
+    dag_run = context["dag_run"]
+    key = run_key(dag_run)
+    base = join(str(params["artifact_root"]), dag_run.dag_id, key)
+    plan = {stage: join(base, stage) for stage in STAGES}
+    if params.get("source") == "graph":
+        if not params.get("graph_uri"):
+            raise ValueError("params.source is 'graph' but params.graph_uri is empty: give the "
+                             "URI of a graph imported with `kgops import`")
+        plan["graph"] = str(params["graph_uri"])
+    plan["run_key"] = key
+    plan["base"] = base
+    return plan
+
+
+def _previous_release(inlet_events: Any, asset: Any, run_id: str) -> dict | None:
+    """Newest published version that did not come from this run (a re-run may follow a
+    publish)."""
+    try:
+        events = list(inlet_events[asset])
+    except (KeyError, LookupError):
+        return None
+    for event in reversed(events):
+        extra = dict(getattr(event, "extra", None) or {})
+        if extra.get("run_id") != run_id and "mrr" in extra:
+            return extra
+    return None
+
+
+def check_quality_gate(context: dict, asset: Any) -> dict[str, Any]:
+    """Fail the run (``AirflowFailException``: no retry) when the new embeddings are not good
+    enough; otherwise return the version record that publish attaches to the asset event."""
+    from airflow.exceptions import AirflowFailException
+
+    ti, params = context["ti"], context["params"]
+    result = ti.xcom_pull(task_ids="evaluate") or {}
+    plan = ti.xcom_pull(task_ids="plan") or {}
+    metrics = result.get("metrics") or {}
+    if "mrr" not in metrics:
+        raise AirflowFailException(
+            f"quality gate: the evaluate task returned no MRR (result: {result!r}); "
+            "check the evaluate task log")
+    mrr = float(metrics["mrr"])
+    outputs = result.get("outputs") or {}
+    record = {
+        **{k: float(metrics[k]) for k in HEADLINE if k in metrics},
+        "model": params.get("model"),
+        "run_key": plan.get("run_key"),
+        "run_id": context["dag_run"].run_id,
+        "graph_uri": plan.get("graph"),
+        "model_uri": plan.get("model"),
+        "evaluation_uri": plan.get("evaluation"),
+        "embeddings_uri": outputs.get("embeddings"),
+        "report_uri": outputs.get("report"),
+    }
+    floor = float(params.get("min_mrr", 0.0))
+    if mrr < floor:
+        raise AirflowFailException(
+            f"quality gate: filtered test MRR {mrr:.4f} is below min_mrr {floor:.4f}; the "
+            f"embeddings were not published. Report: {record['report_uri']}")
+    previous = _previous_release(context.get("inlet_events", {}), asset,
+                                 context["dag_run"].run_id)
+    if previous is not None:
+        record["previous_mrr"] = float(previous["mrr"])
+        drop = float(previous["mrr"]) - mrr
+        max_drop = float(params.get("max_mrr_drop", 1.0))
+        if drop > max_drop:
+            raise AirflowFailException(
+                f"quality gate: MRR {mrr:.4f} is {drop:.4f} below the last published version "
+                f"({previous['mrr']:.4f}, run {previous.get('run_id')}), more than max_mrr_drop "
+                f"{max_drop:.4f}; not published. Report: {record['report_uri']}")
+    return record
