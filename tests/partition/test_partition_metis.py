@@ -1,0 +1,81 @@
+"""Edge-ownership rules against hand-built graphs and brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kg_ops.partition.metis import (
+    owners_from_node_parts,
+    partition_edges,
+    random_owners,
+    undirected_adjacency,
+)
+
+
+def test_undirected_adjacency_matches_brute_force():
+    edges = np.array([[0, 0, 1], [1, 1, 0], [1, 0, 2], [2, 0, 2], [3, 1, 0], [0, 1, 1]])
+    xadj, adjncy, w = undirected_adjacency(edges, 5)
+    got = {}
+    for v in range(5):
+        for j in range(xadj[v], xadj[v + 1]):
+            got[(v, int(adjncy[j]))] = int(w[j])
+    # pairs {0,1} x3 (any relation/direction), {1,2} x1, {0,3} x1; the self-loop is left out
+    want = {(0, 1): 3, (1, 0): 3, (1, 2): 1, (2, 1): 1, (0, 3): 1, (3, 0): 1}
+    assert got == want
+    assert xadj[-1] == len(adjncy) == 6
+
+
+def test_cut_edges_replicate_the_end_that_is_cheapest_per_edge():
+    """A hub in part 1 with 30 leaves in part 0: its edges go to part 0 (the hub is replicated
+    once) rather than replicating 30 leaves into part 1."""
+    hub, leaves = 0, np.arange(1, 31)
+    edges = np.stack([leaves, np.zeros(30, int), np.full(30, hub)], 1)
+    extra = np.stack([np.arange(31, 61), np.zeros(30, int), np.arange(32, 62) % 30 + 31], 1)
+    edges = np.concatenate([edges, extra])
+    node_part = np.zeros(62, dtype=np.int64)
+    node_part[hub] = 1
+    node_part[31:] = 1
+    deg = np.bincount(edges[:, 0], minlength=62) + np.bincount(edges[:, 2], minlength=62)
+    owner = owners_from_node_parts(edges, node_part, 2, np.minimum(deg, 25).astype(float),
+                                   slack=1.0)
+    assert (owner[:30] == 0).all()                # hub edges stay with the leaves
+    assert (owner[30:] == 1).all()                # internal edges stay home
+
+
+def test_owner_rule_keeps_partitions_balanced():
+    """Every edge is cut and the cost rule prefers part 1 for all of them; rebalancing must
+    hand edges back to part 0 until no part exceeds the mean by more than the slack."""
+    rng = np.random.default_rng(0)
+    edges = np.stack([rng.integers(0, 100, 3000), np.zeros(3000, int),
+                      rng.integers(100, 200, 3000)], 1)
+    node_part = (np.arange(200) >= 100).astype(np.int64)
+    cost = np.where(np.arange(200) >= 100, 1000.0, 1.0)   # replicating part-1 nodes is dear
+    unbalanced = owners_from_node_parts(edges, node_part, 2, cost, slack=10.0)
+    assert (unbalanced == 1).all()
+    owner = owners_from_node_parts(edges, node_part, 2, cost)
+    assert np.bincount(owner, minlength=2).max() <= np.ceil(len(edges) / 2 * 1.05)
+    ends = node_part[edges[:, [0, 2]]]
+    assert (ends == owner[:, None]).any(1).all()          # always the part of one end
+
+
+def test_random_owners_balanced_and_seeded():
+    a, b, c = random_owners(1001, 4, 0), random_owners(1001, 4, 0), random_owners(1001, 4, 1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert sorted(np.bincount(a).tolist()) == [250, 250, 250, 251]
+
+
+def test_metis_beats_random_on_a_clustered_graph():
+    """Four planted clusters: METIS ownership cuts far fewer clusters per edge end."""
+    rng = np.random.default_rng(1)
+    cluster = np.repeat(np.arange(4), 50)
+    h = rng.integers(0, 200, 4000)
+    same = rng.random(4000) < 0.95
+    t = np.where(same, cluster[h] * 50 + rng.integers(0, 50, 4000), rng.integers(0, 200, 4000))
+    edges = np.stack([h, np.zeros(4000, int), t], 1)
+    owner, info = partition_edges(edges, 200, 4, "metis", seed=0, first_fanout=10)
+    # Each partition's core nodes mostly come from one cluster.
+    core_nodes = sum(len(np.unique(edges[owner == p][:, [0, 2]])) for p in range(4))
+    rnd = random_owners(len(edges), 4, 0)
+    core_nodes_random = sum(len(np.unique(edges[rnd == p][:, [0, 2]])) for p in range(4))
+    assert core_nodes < 0.5 * core_nodes_random
+    assert info["metis_cut_edge_fraction"] < 0.15
