@@ -1,0 +1,114 @@
+"""Load a ``kgops train`` artifact for inference and evaluation.
+
+``load_trained(uri)`` reads ``model_config.json``, ``history.json`` and ``model.pt`` (with
+``torch.load(weights_only=True)``) and returns a :class:`TrainedModel`:
+
+* ``embed_all(batch_size)`` -> ``[num_nodes, d]``: full-graph inference, every entity's
+  embedding from its exact K-hop neighbourhood in the graph's training edges (the message
+  graph training used, before fanout sampling), layer by layer in chunks of target nodes;
+* ``score_tails(h[B,d], rel[B], cand[N,d]) -> [B,N]``, ``score_heads(t[B,d], rel[B],
+  cand[N,d]) -> [B,N]``, ``score(h[B,d], rel[B], t[B,d]) -> [B]``: the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from kg_ops.errors import KGOpsError
+from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
+from kg_ops.store import get_store, join, normalize
+
+
+class TrainedModelError(KGOpsError):
+    pass
+
+
+class TrainedModel:
+    def __init__(self, uri: str, config: dict[str, Any], history: list[dict],
+                 model: LinkPredictor):
+        self.uri, self.config, self.history, self.model = uri, config, history, model
+        self._embeddings: torch.Tensor | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.config["num_nodes"])
+
+    def message_graph(self):
+        """The training message graph: the graph's train edges, cleaned exactly as the
+        partition stage does (duplicates and triples also in valid/test removed)."""
+        from kg_ops.graph.kg import load_edges
+        from kg_ops.partition.cli import training_edges
+        from kg_ops.sampling import CSRGraph
+
+        graph = self.config["graph"]
+        held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
+        edges, _ = training_edges(load_edges(graph, "train"), held)
+        return CSRGraph.from_edges(edges, self.num_nodes, self.config["num_relations"])
+
+    def features(self):
+        from kg_ops.models.attributes import NodeFeatures
+
+        uri = self.config.get("features")
+        if not uri:
+            feats = None
+        else:
+            from kg_ops.encode.features import load_feature_blocks
+
+            feats = NodeFeatures.from_blocks(load_feature_blocks(uri),
+                                             np.arange(self.num_nodes), source=uri)
+        self.model.inputs.check(feats)
+        return feats
+
+    @torch.no_grad()
+    def embed_all(self, batch_size: int = 65536) -> torch.Tensor:
+        """Embeddings of every entity (cached after the first call)."""
+        if self._embeddings is None:
+            self.model.eval()
+            self._embeddings = self.model.encode_full(self.message_graph(), self.features(),
+                                                      batch_size=batch_size)
+        return self._embeddings
+
+    def score(self, h: torch.Tensor, rel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder.score(h, rel, t)
+
+    def score_tails(self, h: torch.Tensor, rel: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder.score_tails(h, rel, cand)
+
+    def score_heads(self, t: torch.Tensor, rel: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder.score_heads(t, rel, cand)
+
+
+def load_trained(model_uri: str) -> TrainedModel:
+    """Load the training artifact at ``model_uri`` (see the module docstring)."""
+    from kg_ops.manifest import require_manifest
+    from kg_ops.train.checkpoints import load_torch
+
+    uri = normalize(model_uri)
+    require_manifest(uri, "train")
+    store = get_store(uri)
+    try:
+        config = store.read_json(join(uri, "model_config.json"))
+        history = store.read_json(join(uri, "history.json"))
+    except FileNotFoundError as exc:
+        raise TrainedModelError(f"{uri}: incomplete training artifact ({exc}); rerun "
+                                "`kgops --force train`") from exc
+    state = load_torch(join(uri, "model.pt"), what="model checkpoint")
+    try:
+        model = LinkPredictor(ModelConfig.from_dict(config))
+    except (TypeError, ValueError) as exc:
+        raise TrainedModelError(f"{uri}/model_config.json: not a valid model config ({exc})") \
+            from exc
+    if not isinstance(state, dict):
+        raise TrainedModelError(f"{uri}/model.pt: expected a state_dict, found "
+                                f"{type(state).__name__}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise TrainedModelError(f"{uri}/model.pt does not match model_config.json "
+                                f"({str(exc).splitlines()[0]} ...); the files come from "
+                                "different runs. Retrain.") from exc
+    model.eval()
+    return TrainedModel(uri, config, history, model)
