@@ -6,10 +6,12 @@ exactly as it would to MinIO or AWS. Credentials are throwaway values for that s
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +21,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KGOPS_SHARED", REPO.parent / "shared"))
 DATASETS = SHARED / "datasets"
+
+# Airflow reads its configuration when first imported: point it at a throwaway home with a
+# SQLite DB and this repo's dags/ before any test module imports it.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="kgops-airflow-")
+os.environ.update({
+    "AIRFLOW_HOME": _AIRFLOW_HOME,
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+    "HF_HUB_OFFLINE": "1",
+})
+os.environ.pop("RAY_ADDRESS", None)
 
 
 def free_port() -> int:
@@ -83,3 +98,32 @@ def datasets() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"shared datasets not found at {DATASETS} (set KGOPS_SHARED)")
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """A migrated SQLite Airflow metadata DB for the session (``airflow db migrate``)."""
+    airflow = str(Path(sys.executable).parent / "airflow")
+    proc = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}"
+                           f"\n{proc.stderr[-2000:]}")
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A private local Ray head (127.0.0.1, token auth, own temp dir and ports) for the
+    session; only this cluster is stopped at the end."""
+    from kg_ops.devcluster import LocalRayHead
+
+    with LocalRayHead(num_cpus=2) as head:
+        yield head
+
+
+@pytest.fixture
+def ray_conn(ray_head, monkeypatch) -> str:
+    """The ``ray_default`` Airflow connection pointing at the session's Ray head."""
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps({
+        "conn_type": "ray", "host": ray_head.dashboard_url, "password": ray_head.token}))
+    return "ray_default"
