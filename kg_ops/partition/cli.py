@@ -129,7 +129,8 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
 
         head_t, tail_t = schema.relation_head_tail_types()
         ctx = ExpandContext(edges=edges, csr=csr, type_offsets=schema.offsets(),
-                            num_relations=schema.num_relations, fanouts=fanouts, seed=seed)
+                            num_relations=schema.num_relations, fanouts=fanouts, seed=seed,
+                            feature_bytes_per_type=feature_row_bytes(features, schema))
         stats, sizes = [], []
         progress = Progress("partition/expand", total=parts, unit="partitions", every_s=0.0)
         for p in range(parts):
@@ -177,6 +178,19 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
                  "speedup bound %.2f", edge_rep, st.metrics["node_replication_factor"],
                  st.metrics["balance"], st.metrics["speedup_bound"])
     return st.manifest
+
+
+def feature_row_bytes(features: str | None, schema) -> np.ndarray | None:
+    """Bytes of one node's feature rows per node type (all its blocks, float32 + id), from the
+    encode stage's index; None without --features."""
+    if not features:
+        return None
+    from kg_ops.encode.features import read_index
+
+    out = np.zeros(len(schema.node_types), dtype=np.int64)
+    for block in read_index(features)["blocks"]:
+        out[schema.node_type_index(block["node_type"])] += 4 * int(block["dim"]) + 8
+    return out
 
 
 def _summary(values: list[int]) -> dict:

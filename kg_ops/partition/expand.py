@@ -31,6 +31,7 @@ class ExpandContext:
     num_relations: int
     fanouts: list[int]
     seed: int
+    feature_bytes_per_type: np.ndarray | None = None   # bytes of feature rows per node type
 
     def __post_init__(self) -> None:
         self._to_local = np.full(self.csr.num_nodes, -1, dtype=np.int64)   # reused buffer
@@ -82,15 +83,16 @@ def expand_partition(ctx: ExpandContext, part_id: int, core_eids: np.ndarray,
         "core_nodes": int(len(core_nodes)),
         "halo_nodes": int(len(halo_nodes)),
         "sampled_messages_per_hop": [int(len(h)) for h in cg.hops],
-        "est_worker_memory_bytes": estimate_worker_bytes(len(global_ids),
-                                                         len(core_local) + len(halo_local)),
+        "est_worker_memory_bytes": estimate_worker_bytes(
+            len(global_ids), len(core_local) + len(halo_local),
+            0 if ctx.feature_bytes_per_type is None
+            else int(ctx.feature_bytes_per_type[part.node_type].sum())),
     }
     return part, stats
 
 
-def estimate_worker_bytes(num_nodes: int, num_edges: int, feature_bytes_per_node: int = 0,
-                          ) -> int:
-    """Memory a training worker needs for this partition's graph data (not the model): local
-    edges (24 B each), the CSR with inverse messages (2 messages x src/rel/eid, 48 B per edge,
-    plus its sort temporaries of the same size), node arrays (16 B) and the feature rows."""
-    return int(num_edges * (24 + 48 * 2) + num_nodes * (16 + 8 + feature_bytes_per_node))
+def estimate_worker_bytes(num_nodes: int, num_edges: int, feature_bytes: int = 0) -> int:
+    """Memory a training worker needs for this partition's data (not the model): local edges
+    (24 B each), the CSR with inverse messages (2 messages x src/rel/eid = 48 B per edge, plus
+    sort temporaries of the same size), node arrays (24 B per node) and the feature rows."""
+    return int(num_edges * (24 + 48 * 2) + num_nodes * 24 + feature_bytes)

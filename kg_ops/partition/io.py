@@ -19,10 +19,10 @@ Negative pool: the core nodes of each node type (type-constrained negatives). On
 are candidates, because only their K-hop computation graphs are stored complete; as core nodes
 are sorted by global id and ids are contiguous per type, each type's pool is one local range.
 
-Features: the partition stage records the encode stage's URI (``features_uri``). A worker reads
-only its rows with :meth:`Partition.load_features`, which asks
-``kg_ops.encode.features.load_feature_blocks(features_uri, node_ids=global_ids)``; nothing is
-copied per partition, so partitions stay small and features are stored once.
+Features: the partition stage records the encode stage's URI (``features_uri``, given with
+``--features``). A worker reads only its rows with :meth:`Partition.load_features`, i.e.
+``kg_ops.encode.features.load_feature_blocks(features_uri, node_ids=global_ids)``: nothing is
+copied per partition, so features are stored once and partitions stay small.
 """
 
 from __future__ import annotations
@@ -96,8 +96,18 @@ class Partition:
         e = self.core_edges
         return np.stack([self.global_ids[e[:, 0]], e[:, 1], self.global_ids[e[:, 2]]], axis=1)
 
+    def to_local(self, global_ids: np.ndarray) -> np.ndarray:
+        """Local ids of global ids (-1 where a node is not in this partition)."""
+        g = np.asarray(global_ids, dtype=np.int64)
+        order = np.argsort(self.global_ids, kind="stable")
+        pos = np.minimum(np.searchsorted(self.global_ids[order], g), len(order) - 1)
+        hit = self.global_ids[order][pos] == g
+        return np.where(hit, order[pos], -1)
+
     def load_features(self) -> Any:
-        """This partition's rows of the encoded node features, in local id order."""
+        """The encode stage's feature blocks (``list[FeatureBlock]``, every block even if
+        empty) restricted to this partition's nodes; each block's ``node_ids`` are global ids,
+        map them with :meth:`to_local`. Nodes without a row in a block miss that attribute."""
         if not self.features_uri:
             raise PartitionError(f"{self.uri}: partitioned without --features; rerun "
                                  "`kgops partition ... --features <encode output URI>`")

@@ -214,3 +214,51 @@ def test_codex_s_import_then_partition(datasets, tmp_path):
         for k in (1, 2):
             assert np.array_equal(a.global_triples(k), b.global_triples(k))
     assert m["metrics"]["edge_replication_factor"] < 4.0
+
+
+def write_features(uri: str, graph_uri: str) -> dict[str, np.ndarray]:
+    """A features artifact in the encode stage's format, written with its own shard writer
+    (running ``kgops encode`` needs Ray and attributes; the format is what matters here)."""
+    from kg_ops.encode import features as F
+
+    rng = np.random.default_rng(0)
+    blocks, index = {}, []
+    for node_type, attr, first, count, dim in (("person", "age", 0, N_PERSON, 2),
+                                               ("item", "tags", N_PERSON, N_ITEM, 3)):
+        ids = np.arange(first, first + count)[rng.random(count) < 0.8]   # some rows missing
+        vals = rng.random((len(ids), dim)).astype(np.float32)
+        blocks[attr] = (ids, vals)
+        shard = F.write_shard(uri, F.shard_path(node_type, attr, 0), ids, vals, dim)
+        index.append({"node_type": node_type, "attribute": attr, "kind": "numeric",
+                      "dim": dim, "rows": len(ids), "shards": [shard["path"]],
+                      "shard_rows": [shard["rows"]], "shard_id_ranges": [shard["id_range"]]})
+    with Stage("encode", uri, announce=False) as st:
+        st.store.write_json(st.uri(F.INDEX_NAME), {
+            "format": F.FORMAT, "graph": graph_uri, "num_nodes": N_PERSON + N_ITEM,
+            "blocks": index})
+    return blocks
+
+
+def test_features_reference_gives_each_partition_its_rows(graph, tmp_path):
+    uri, _ = graph
+    features = str(tmp_path / "features")
+    blocks = write_features(features, uri)
+    out = str(tmp_path / "p")
+    m = partition(uri, 2, out, fanout="3,2", features=features)
+    assert m["inputs"]["features"]["uri"] == features
+    for part in parts_of(out):
+        assert part.features_uri == features
+        got = {b.attribute: b for b in part.load_features()}
+        assert set(got) == {"age", "tags"}
+        for attr, (ids, vals) in blocks.items():
+            mine = np.isin(ids, part.global_ids)
+            assert np.array_equal(got[attr].node_ids, ids[mine])
+            assert np.array_equal(got[attr].values, vals[mine])
+            local = part.to_local(got[attr].node_ids)
+            assert (local >= 0).all()
+            assert np.array_equal(part.global_ids[local], got[attr].node_ids)
+        assert part.to_local(np.array([10**9])).tolist() == [-1]
+    est = m["metrics"]["est_peak_worker_memory_bytes"]["per_part"]
+    plain = partition(uri, 2, str(tmp_path / "q"), fanout="3,2")
+    assert all(a > b for a, b in zip(est, plain["metrics"]["est_peak_worker_memory_bytes"]
+                                     ["per_part"], strict=True))
