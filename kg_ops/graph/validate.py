@@ -78,8 +78,8 @@ class BadRows:
     @staticmethod
     def message(rec: dict[str, Any]) -> str:
         where = rec["file"] if rec["line"] < 0 else f"{rec['file']} {rec['unit']} {rec['line']}"
-        return (f"{where}: {rec['problem']}: {rec['row']!r}. "
-                f"{rec['fix']} or {QUARANTINE_HINT}.")
+        glue = "; or" if " or " in rec["fix"] else " or"
+        return f"{where}: {rec['problem']}: {rec['row']!r}. {rec['fix']}{glue} {QUARANTINE_HINT}."
 
     def messages(self, limit: int | None = None) -> list[str]:
         df = self.frame()

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from kg_ops.graph.builder import GraphBuilder
-from kg_ops.graph.importers.common import InputError, finish_import, read_text
+from kg_ops.graph.importers.common import InputError, finish_import, read_text, require_files
 from kg_ops.graph.importers.triples import ENTITY, build_triples_graph, read_triples
 from kg_ops.graph.kg import KnowledgeGraph, edges_to_table
 from kg_ops.graph.schema import Attribute
@@ -83,7 +83,10 @@ def import_codex(out: str, root: str, size: str, *, on_bad_rows: str = "fail",
     name = f"codex-{size}"
     config = {"importer": "codex", "name": name, "size": size, "on_bad_rows": on_bad_rows}
     t0 = time.perf_counter()
-    with Stage("import", out, config=config, inputs=files, force=force) as st:
+    require_files({f"CoDEx {k.replace('_', ' ')}": v for k, v in files.items()
+                   if "negatives" not in k})
+    inputs = {k: v for k, v in files.items() if "negatives" not in k or Path(v).is_file()}
+    with Stage("import", out, config=config, inputs=inputs, force=force) as st:
         if st.reused:
             return st.manifest
         bad = BadRows(on_bad_rows)

@@ -31,6 +31,15 @@ class InputError(KGOpsError):
     """An input file is missing, empty or unreadable."""
 
 
+def require_files(files: dict[str, str | None]) -> None:
+    """Fail early, with the role of the file in the message, if a local input is missing (before
+    the Stage fingerprints inputs). ``None`` entries are optional inputs that were not given."""
+    for what, path in files.items():
+        if path is not None and not is_s3(path) and not Path(path).is_file():
+            hint = " (it is a directory)" if Path(path).is_dir() else ""
+            raise InputError(f"{what} file not found: {path}{hint}. Check the path.")
+
+
 def read_text(uri: str, what: str) -> str:
     """The decoded text of a local or s3:// file (``.xz``/``.gz``/``.bz2`` decompressed).
     ``what`` names the file's role in messages ("train triples")."""
@@ -52,7 +61,8 @@ def read_text(uri: str, what: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
-        raise InputError(f"{uri} line {line}: not valid UTF-8 (byte {exc.start}: "
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise InputError(f"{uri} line {line} column {column}: not valid UTF-8 (byte "
                          f"{data[exc.start:exc.start + 1]!r}). Re-encode the file as UTF-8."
                          ) from exc
     if not text.strip():
@@ -119,6 +129,12 @@ def finish_import(st: Stage, kg: KnowledgeGraph, bad: BadRows, *, rows_read: int
     the built graph, write it and the quarantine report, and fill the manifest (counts of every
     kind of set-aside row included, so nothing disappears without a number)."""
     bad.check()
+    if not len(kg.edges.get("train", ())):
+        first = f" First: {bad.messages(1)[0]}" if len(bad) else ""
+        raise InputError(f"no usable train edges are left: {len(bad)} bad rows were set aside "
+                         f"({', '.join(f'{k}: {v}' for k, v in bad.counts().items())}).{first}"
+                         if len(bad) else "the input holds no edges to train on. Check the "
+                         "input files.")
     with st.phase("validate"):
         report = validate_graph(kg.schema, kg.edges, kg.nodes)
     if not report.ok:   # the importer built something inconsistent: a bug, not bad input

@@ -26,7 +26,7 @@ def parse_deb822(text: str, origin: str, fields: Iterable[str], bad: BadRows,
     """One row per stanza with one column per wanted field (``None`` when absent; multi-line
     values keep their newlines and the continuation lines' leading space), and a frame of the
     same shape with each field's line number. Both carry the stanza's first line as column
-    ``line``. Malformed lines and repeated fields go to ``bad``."""
+    ``line``; ``values`` also has the stanza's ``first_field`` ("Name: value") for messages. Malformed lines and repeated fields go to ``bad``."""
     fields = list(fields)
     text = text.replace("\r\n", "\n")
     folded = text.replace("\n ", _FOLD + " ").replace("\n\t", _FOLD + "\t")
@@ -53,7 +53,9 @@ def parse_deb822(text: str, origin: str, fields: Iterable[str], bad: BadRows,
     value = pc.replace_substring(pc.utf8_trim_whitespace(kept.field("value")), _FOLD, "\n")
     df = pd.DataFrame({"stanza": stanza[keep], "name": name,
                        "value": value.to_numpy(zero_copy_only=False), "line": lineno[keep]})
-    starts = df.groupby("stanza", sort=False)["line"].min()
+    first = df.drop_duplicates("stanza").set_index("stanza")
+    starts = first["line"]
+    first_text = (first["name"] + ": " + first["value"]).to_numpy(dtype=object)
     df = df[df["name"].isin(fields)]
     dup = df.duplicated(["stanza", "name"]).to_numpy()
     if dup.any():
@@ -69,6 +71,7 @@ def parse_deb822(text: str, origin: str, fields: Iterable[str], bad: BadRows,
     line_of = line_of.reindex(index=starts.index, columns=fields)
     values = values.astype(object).where(values.notna(), None)
     values.insert(0, "line", starts.to_numpy())
+    values.insert(1, "first_field", first_text)
     line_of = line_of.fillna(-1).astype(np.int64)
     line_of.insert(0, "line", starts.to_numpy())
     return values.reset_index(drop=True), line_of.reset_index(drop=True)

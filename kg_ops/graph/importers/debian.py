@@ -158,7 +158,7 @@ def package_frame(text: str, origin: str, bad: BadRows) -> tuple[pd.DataFrame, p
     missing = values["Package"].isna().to_numpy()
     if missing.any():
         bad.add("missing_package_field", origin, values["line"][missing],
-                np.full(int(missing.sum()), "(stanza)", dtype=object),
+                values["first_field"][missing],
                 "stanza without a Package field", "Add the Package field or delete the stanza")
     name_ok = values["Package"].str.fullmatch(NAME_RE).fillna(False).to_numpy(dtype=bool)
     invalid = ~missing & ~name_ok
@@ -227,7 +227,7 @@ def build_debian_graph(dump: str, origin: str, translations: dict[str, str], bad
             for f in DEPENDENCY_FIELDS}
     built_using = dependency_targets(pkgs["Built-Using"], lines["Built-Using"], origin,
                                      "Built-Using", names, bad)
-    is_pkg = pd.Index(names, dtype=object)
+    is_pkg = pd.Index(pd.unique(names), dtype=object)
     all_targets = pd.concat([d["target"] for d in deps.values()], ignore_index=True)
     virtual = pd.unique(all_targets[is_pkg.get_indexer(all_targets) < 0].to_numpy())
     provided = pd.Index(virtual, dtype=object).isin(deps["Provides"]["target"])

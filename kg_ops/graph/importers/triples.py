@@ -17,7 +17,7 @@ import pandas as pd
 
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.builder import GraphBuilder, resplit
-from kg_ops.graph.importers.common import finish_import, parse_tsv, read_text
+from kg_ops.graph.importers.common import finish_import, parse_tsv, read_text, require_files
 from kg_ops.graph.validate import BadRows
 from kg_ops.manifest import Stage
 
@@ -111,6 +111,8 @@ def import_triples(out: str, train: str, valid: str | None = None, test: str | N
     config = {"importer": "triples", "name": name, "header": header, "on_bad_rows": on_bad_rows,
               "split": list(fractions) if fractions else "given", "seed": seed}
     t0 = time.perf_counter()
+    require_files({"train triples": train, "valid triples": valid, "test triples": test,
+                   "relations": relations, "entities": entities})
     with Stage("import", out, config=config, inputs=inputs, force=force) as st:
         if st.reused:
             return st.manifest
@@ -121,8 +123,8 @@ def import_triples(out: str, train: str, valid: str | None = None, test: str | N
                 f.attrs["origin"] = files[split_name]
             ent = read_vocabulary(entities, "entities") if entities else None
             rel = read_vocabulary(relations, "relations") if relations else None
-        fix = "Fix the line" + (f", or add the name to {relations}" if relations else "") + (
-            f"{' or' if relations else ', or add the name to'} {entities}" if entities else "")
+        vocab = [v for v in (relations, entities) if v]
+        fix = "Fix the line" + (f" or add the name to {' / '.join(vocab)}" if vocab else "")
         with st.phase("build"):
             b = build_triples_graph(name, frames, bad, ent, entities or "", rel, fix=fix,
                                     source={"format": "triples", "files": files})
