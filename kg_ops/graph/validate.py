@@ -193,7 +193,7 @@ def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] |
                 rep.record("attribute_missing", 1,
                            f"{file}: attribute column {a.name!r} ({a.kind}) declared in "
                            "schema.json is missing. Re-import the graph.")
-            elif arrow_schema.field(a.name).type != ARROW_TYPES[a.kind]:
+            elif not storage_ok(a.kind, arrow_schema.field(a.name).type):
                 rep.record("attribute_type", 1,
                            f"{file}: column {a.name!r} is stored as "
                            f"{arrow_schema.field(a.name).type} but a {a.kind} attribute must be "
@@ -263,6 +263,22 @@ def _check_edges(rep: Report, schema, e: np.ndarray, file: str) -> np.ndarray:
         f"{type_names[tt[i]]} but relation {rel_names[r[i]]!r} is declared "
         f"{type_names[head_t[r[i]]]} -> {type_names[tail_t[r[i]]]}"))
     return fine
+
+
+def storage_ok(kind: str, typ) -> bool:
+    """Whether an Arrow column type stores ``kind`` as documented in schema.py. Dates may come
+    back from Parquet in another unit than written (Parquet has no seconds unit): any UTC
+    timestamp is fine."""
+    import pyarrow as pa
+
+    if kind == "date":
+        return pa.types.is_timestamp(typ) and typ.tz in ("UTC", "+00:00")
+    if kind == "numeric":
+        return pa.types.is_floating(typ)
+    if kind == "multilabel":
+        return (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and \
+            (pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type))
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ)
 
 
 def _first(rep: Report, check: str, mask: np.ndarray, file: str, describe) -> None:

@@ -28,6 +28,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="re-validate even if a report exists")
 
 
+def require_graph(uri: str) -> None:
+    from kg_ops.graph.validate import GraphInvalidError
+    from kg_ops.store import get_store, join
+
+    if not get_store(uri).exists(join(uri, "schema.json")):
+        raise GraphInvalidError(f"{uri}/schema.json is missing: {uri} is not a kg_ops graph. "
+                                "Run `kgops import ...` into it first.")
+
+
 def load_for_validation(uri: str):
     """Schema, edges, node id/key columns and node Arrow schemas of a stored graph, with a
     clear error for each missing file."""
@@ -39,9 +48,7 @@ def load_for_validation(uri: str):
     from kg_ops.store import get_store, join
 
     store = get_store(uri)
-    if not store.exists(join(uri, "schema.json")):
-        raise GraphInvalidError(f"{uri}/schema.json is missing: {uri} is not a kg_ops graph. "
-                                "Run `kgops import ...` into it first.")
+    require_graph(uri)
     schema = load_schema(uri)
     missing = [f"nodes/{t.name}.parquet" for t in schema.node_types
                if not store.exists(join(uri, "nodes", f"{t.name}.parquet"))]
@@ -70,6 +77,7 @@ def validate_uri(uri: str, on_bad_rows: str = "fail", report: str | None = None,
 
     uri = normalize(uri)
     report = normalize(report) if report else join(uri, "validation")
+    require_graph(uri)
     with Stage("validate", report, config={"on_bad_rows": on_bad_rows}, inputs={"graph": uri},
                force=force) as st:
         if st.reused:
