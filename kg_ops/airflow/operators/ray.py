@@ -1,0 +1,269 @@
+"""SubmitRayJobOperator: run a command as a Ray job, safely across retries and kills.
+
+One task instance maps to one deterministic submission id (``job_ids``). Before submitting, the
+operator looks that id up: a pending/running job is re-attached, a succeeded one reused (unless
+``force``), a failed/stopped one resubmitted under ``-rN``. So a retry after a worker died never
+starts a duplicate Ray job. The id and the job's dashboard URL are in XCom before any waiting.
+
+Waiting is in the worker (``deferrable=False``, polling with ``requests``) or in the triggerer
+(``deferrable=True``, ``RayJobTrigger``). ``job_timeout`` stops the job, then fails the task;
+``on_kill`` stops the job and waits (bounded) until Ray reports it stopped. A failed job raises
+with Ray's error type and the log tail. Subclasses build their command in ``build_entrypoint``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook, RayUnreachableError
+from kg_ops.airflow.job_ids import sanitize_submission_id, submission_id_for
+from kg_ops.airflow.job_result import (
+    RayJobFailed,
+    RayJobTimeout,
+    failure,
+    job_result,
+    resolve_submission,
+    stop_and_wait,
+    tail_lines,
+)
+from kg_ops.airflow.links import XCOM_DASHBOARD_URL, XCOM_SUBMISSION_ID, RayJobLink
+from kg_ops.airflow.triggers.ray import LogBuffer, RayJobTrigger
+
+
+def as_bool(value: Any) -> bool:
+    """Template-rendered flags arrive as strings ("True", "false")."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in ("true", "1", "yes", "on"):
+            return True
+        if v in ("false", "0", "no", "off", "", "none"):
+            return False
+        raise ValueError(f"expected a boolean, got {value!r}")
+    return bool(value)
+
+
+def as_seconds(value: Any) -> float | None:
+    if value in (None, "", "None"):
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return float(value)
+
+
+class SubmitRayJobOperator(BaseOperator):
+    """Submit ``entrypoint`` to the Ray cluster of ``ray_conn_id`` and (optionally) wait for it.
+
+    :param entrypoint: shell command run by the Ray job driver (templated).
+    :param runtime_env: Ray runtime env (``env_vars``, ``working_dir``, ``pip``...; templated).
+    :param metadata: extra job metadata (strings; templated). Airflow identifiers are added.
+    :param entrypoint_num_cpus / entrypoint_num_gpus / entrypoint_memory / entrypoint_resources:
+        resources reserved for the driver process.
+    :param submission_id: explicit id instead of the derived one (templated).
+    :param wait_for_completion: False: submit and return (a ``RayJobSensor`` can wait later).
+    :param deferrable: wait in the triggerer instead of holding a worker slot.
+    :param poll_interval: seconds between status checks.
+    :param job_timeout: seconds (or timedelta) the job may run before it is stopped and the task
+        fails.
+    :param fetch_logs: follow the job's log into the task log.
+    :param log_tail_lines: log lines quoted in a failure and shown per poll at most.
+    :param force: run again even if this task instance's job already succeeded (templated).
+    :param stop_deadline: seconds to wait for Ray to confirm a stop.
+    """
+
+    template_fields: Sequence[str] = ("entrypoint", "runtime_env", "metadata", "submission_id",
+                                      "force", "entrypoint_resources")
+    template_fields_renderers = {"runtime_env": "json", "metadata": "json"}
+    operator_extra_links = (RayJobLink(),)
+    ui_color = "#d2e8fa"
+
+    def __init__(self, *, entrypoint: str | None = None, ray_conn_id: str = "ray_default",
+                 runtime_env: dict | None = None, metadata: dict[str, str] | None = None,
+                 entrypoint_num_cpus: float | None = None,
+                 entrypoint_num_gpus: float | None = None,
+                 entrypoint_memory: int | None = None,
+                 entrypoint_resources: dict[str, float] | None = None,
+                 submission_id: str | None = None, wait_for_completion: bool = True,
+                 deferrable: bool = False, poll_interval: float = 5.0,
+                 job_timeout: float | timedelta | None = None, fetch_logs: bool = True,
+                 log_tail_lines: int = 40, force: bool | str = False,
+                 stop_deadline: float = 60.0, **kwargs):
+        super().__init__(**kwargs)
+        self.entrypoint = entrypoint
+        self.ray_conn_id = ray_conn_id
+        self.runtime_env = runtime_env
+        self.metadata = metadata
+        self.entrypoint_num_cpus = entrypoint_num_cpus
+        self.entrypoint_num_gpus = entrypoint_num_gpus
+        self.entrypoint_memory = entrypoint_memory
+        self.entrypoint_resources = entrypoint_resources
+        self.submission_id = submission_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self.job_timeout = as_seconds(job_timeout)
+        self.fetch_logs = fetch_logs
+        self.log_tail_lines = int(log_tail_lines)
+        self.force = force
+        self.stop_deadline = float(stop_deadline)
+        self._job_id: str | None = None
+        self._hook: RayHook | None = None
+
+    # --- extension points ---------------------------------------------------------------------
+    def build_entrypoint(self, context) -> str:
+        """The command the Ray job runs. Subclasses build it from their own arguments."""
+        if not self.entrypoint:
+            raise ValueError(f"{self.task_id}: entrypoint is empty")
+        return self.entrypoint
+
+    def build_runtime_env(self, context, submission_id: str) -> dict:
+        """Runtime env sent with the job; the submission id lands in stage manifests."""
+        env = dict(self.runtime_env or {})
+        env_vars = dict(env.get("env_vars") or {})
+        env_vars.setdefault("KGOPS_RAY_SUBMISSION_ID", submission_id)
+        env["env_vars"] = env_vars
+        return env
+
+    def base_submission_id(self, context) -> str:
+        if self.submission_id:
+            return sanitize_submission_id(str(self.submission_id))
+        ti = context["ti"]
+        return submission_id_for(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
+
+    def job_metadata(self, context) -> dict[str, str]:
+        ti = context["ti"]
+        meta = {"airflow_dag_id": ti.dag_id, "airflow_run_id": ti.run_id,
+                "airflow_task_id": ti.task_id, "airflow_map_index": str(ti.map_index),
+                "airflow_try_number": str(ti.try_number), "submitted_by": "kg_ops"}
+        meta.update({k: str(v) for k, v in (self.metadata or {}).items()})
+        return meta
+
+    @property
+    def hook(self) -> RayHook:
+        if self._hook is None:
+            self._hook = RayHook(self.ray_conn_id)
+        return self._hook
+
+    # --- execution ----------------------------------------------------------------------------
+    def execute(self, context) -> dict[str, Any]:
+        hook = self.hook
+        force = as_bool(self.force)
+        action, sid, info = resolve_submission(hook, self.base_submission_id(context), force)
+        self._job_id = sid
+        url = hook.job_url(sid)
+        if action == "submit":
+            entrypoint = self.build_entrypoint(context)
+            hook.submit_job(entrypoint, submission_id=sid,
+                            runtime_env=self.build_runtime_env(context, sid),
+                            metadata=self.job_metadata(context),
+                            entrypoint_num_cpus=self.entrypoint_num_cpus,
+                            entrypoint_num_gpus=self.entrypoint_num_gpus,
+                            entrypoint_memory=self.entrypoint_memory,
+                            entrypoint_resources=self.entrypoint_resources)
+            self.log.info("submitted Ray job %s: %s", sid, url)
+        elif action == "attach":
+            self.log.info("Ray job %s of this task instance is %s: re-attaching (%s)", sid,
+                          info["status"], url)
+        else:
+            self.log.info("Ray job %s of this task instance already SUCCEEDED: reusing its "
+                          "result (force=True reruns it)", sid)
+        context["ti"].xcom_push(key=XCOM_SUBMISSION_ID, value=sid)
+        context["ti"].xcom_push(key=XCOM_DASHBOARD_URL, value=url)
+        if action == "reuse":
+            return self.finish(context, sid, info)
+        if not self.wait_for_completion:
+            return {"submission_id": sid, "status": (info or {}).get("status", "PENDING"),
+                    "dashboard_url": url}
+        deadline = time.time() + self.job_timeout if self.job_timeout else None
+        if self.deferrable:
+            self.defer(trigger=RayJobTrigger(
+                submission_id=sid, ray_conn_id=self.ray_conn_id,
+                poll_interval=self.poll_interval, deadline=deadline,
+                fetch_logs=self.fetch_logs, max_log_lines=self.log_tail_lines,
+                stop_deadline=self.stop_deadline),
+                method_name="execute_complete")
+        info = self._wait(hook, sid, deadline)
+        return self.finish(context, sid, info)
+
+    def _wait(self, hook: RayHook, sid: str, deadline: float | None) -> dict:
+        """Poll until terminal; follow the log (bounded) every few polls; stop on deadline."""
+        buffer = LogBuffer(self.log_tail_lines)
+        seen = 0
+        last_logs = 0.0
+        failures = 0
+        while True:
+            try:
+                info = hook.get_job(sid)
+                failures = 0
+            except RayUnreachableError as e:
+                failures += 1
+                self.log.warning("polling Ray job %s (%d/10): %s", sid, failures, e)
+                if failures >= 10:
+                    raise
+                time.sleep(self.poll_interval)
+                continue
+            if info is None:
+                raise RayJobFailed(f"Ray job {sid} disappeared from the cluster")
+            status = info["status"]
+            if self.fetch_logs and (status in TERMINAL_STATES
+                                    or time.monotonic() - last_logs >= max(10.0,
+                                                                          self.poll_interval)):
+                logs = hook.get_job_logs(sid)
+                last_logs = time.monotonic()
+                buffer.add(logs[seen:])
+                seen = len(logs)
+                lines, dropped = buffer.drain(final=status in TERMINAL_STATES)
+                if dropped:
+                    self.log.info("[ray %s] ... %d lines not shown", sid, dropped)
+                for line in lines:
+                    self.log.info("[ray %s] %s", sid, line)
+            if status in TERMINAL_STATES:
+                return info
+            if deadline is not None and time.time() >= deadline:
+                self._timeout(hook, sid)
+            time.sleep(self.poll_interval)
+
+    def _timeout(self, hook: RayHook, sid: str) -> None:
+        self.log.error("Ray job %s exceeded job_timeout=%ss: stopping it", sid, self.job_timeout)
+        info = stop_and_wait(hook, sid, self.stop_deadline) or {}
+        logs = hook.get_job_logs(sid)
+        tail = "\n".join(f"    {ln}" for ln in tail_lines(logs, self.log_tail_lines))
+        raise RayJobTimeout(f"Ray job {sid} exceeded job_timeout={self.job_timeout}s and was "
+                            f"stopped (now {info.get('status')}). Last log lines:\n{tail}")
+
+    def execute_complete(self, context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after ``RayJobTrigger`` fired."""
+        sid = event["submission_id"]
+        self._job_id = sid
+        if event["status"] == "timeout":
+            if event.get("job_status") not in TERMINAL_STATES:
+                stop_and_wait(self.hook, sid, self.stop_deadline)
+            self._timeout(self.hook, sid)
+        if event["status"] == "error":
+            raise RayJobFailed(f"waiting for Ray job {sid} failed: {event.get('message')}")
+        info = self.hook.get_job(sid) or {"submission_id": sid, "status": event["job_status"],
+                                          "message": event.get("message"),
+                                          "error_type": event.get("error_type")}
+        return self.finish(context, sid, info)
+
+    def finish(self, context, sid: str, info: dict) -> dict[str, Any]:
+        """Turn a terminal job into the task's result, or raise with the log tail."""
+        logs = self.hook.get_job_logs(sid)
+        if info.get("status") != "SUCCEEDED":
+            raise failure(info, logs, self.log_tail_lines)
+        result = job_result(info, logs, dashboard_url=self.hook.job_url(sid))
+        self.log.info("Ray job %s SUCCEEDED%s", sid,
+                      f"; manifest {result['manifest_uri']}" if "manifest_uri" in result else "")
+        return result
+
+    def on_kill(self) -> None:
+        """The task was killed: stop its Ray job and wait until Ray confirms (bounded)."""
+        if not self._job_id:
+            return
+        self.log.info("task killed: stopping Ray job %s", self._job_id)
+        info = stop_and_wait(self.hook, self._job_id, self.stop_deadline)
+        self.log.info("Ray job %s is %s", self._job_id, (info or {}).get("status"))

@@ -1,0 +1,46 @@
+"""DAGs driven by tests/airflow: one small DAG per behaviour, each job a shell one-liner.
+
+Entry points come from the run's conf (``params.cmd``) so one DAG serves several scenarios.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import DAG, Param
+
+from kg_ops.airflow import RayJobSensor, SubmitRayJobOperator
+
+CONN = "ray_default"
+
+
+def _dag(dag_id: str, retries: int = 0) -> DAG:
+    return DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
+               params={"cmd": Param("echo ok", type="string")},
+               default_args={"retries": retries}, tags=["kg_ops-test"])
+
+
+for mode in ("sync", "deferred"):
+    deferrable = mode == "deferred"
+    with _dag(f"ray_submit_{mode}") as dag:
+        SubmitRayJobOperator(task_id="job", entrypoint="{{ params.cmd }}", ray_conn_id=CONN,
+                             deferrable=deferrable, poll_interval=0.5, log_tail_lines=20)
+    globals()[dag.dag_id] = dag
+
+    with _dag(f"ray_timeout_{mode}") as dag:
+        SubmitRayJobOperator(task_id="job", entrypoint="echo started; sleep 120",
+                             ray_conn_id=CONN, deferrable=deferrable, poll_interval=0.5,
+                             job_timeout=4, stop_deadline=30)
+    globals()[dag.dag_id] = dag
+
+for mode in ("reschedule", "deferred"):
+    with _dag(f"ray_sensor_{mode}") as dag:
+        submit = SubmitRayJobOperator(task_id="submit", entrypoint="{{ params.cmd }}",
+                                      ray_conn_id=CONN, wait_for_completion=False)
+        wait = RayJobSensor(
+            task_id="wait", ray_conn_id=CONN,
+            submission_id="{{ ti.xcom_pull(task_ids='submit', key='submission_id') }}",
+            mode="reschedule" if mode == "reschedule" else "poke",
+            deferrable=mode == "deferred", poke_interval=1, timeout=120)
+        submit >> wait
+    globals()[dag.dag_id] = dag
