@@ -18,7 +18,7 @@ from kg_ops.graph.info import summarize
 from kg_ops.graph.kg import KnowledgeGraph
 from kg_ops.graph.validate import BadRows, GraphInvalidError, validate_graph
 from kg_ops.manifest import Stage
-from kg_ops.store import get_store, is_s3
+from kg_ops.store import get_store, is_s3, join
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def finish_import(st: Stage, kg: KnowledgeGraph, bad: BadRows, *, rows_read: int
     for w in report.warnings:
         log.warning("%s", w)
     with st.phase("write"):
+        store = get_store(st.out)
+        for stale in ("quarantine", "validation", "negatives"):   # from an earlier run
+            store.delete_prefix(join(st.out, stale))
         st.outputs.update(kg.save(st.out))
         quarantine = bad.write(st.out)
     if "report" in quarantine:
