@@ -6,6 +6,7 @@ encoders and the text model), tabular, text (workers encode and write shards), w
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from typing import Any
@@ -59,13 +60,14 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
         encoders_document,
         fit_encoders,
         load_encoders,
+        load_encoders_bytes,
         match_schema,
         save_encoders,
     )
     from kg_ops.encode.transform import gather_blocks, transform, worker_timings
     from kg_ops.graph.kg import load_schema
     from kg_ops.manifest import Stage
-    from kg_ops.store import get_store, normalize
+    from kg_ops.store import get_store, join, normalize
 
     settings = settings or EncodeSettings()
     graph, out = normalize(graph), normalize(out)
@@ -82,14 +84,21 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
         t_start = time.perf_counter()
         schema = load_schema(graph)
         with st.phase("fit"):
-            if encoders_uri:
-                encoders, settings = load_encoders(encoders_uri)
-                match_schema(encoders, schema, encoders_uri)
+            enc_uri = st.uri(F.ENCODERS_NAME)
+            if encoders_uri:  # reused unchanged: the very same bytes
+                source = load_encoders_bytes(encoders_uri)
+                index_uri = join(encoders_uri, F.INDEX_NAME)
+                expected = (get_store(index_uri).read_json(index_uri)["encoders_sha256"]
+                            if not encoders_uri.endswith(".json")
+                            and get_store(index_uri).exists(index_uri) else None)
+                encoders, settings = load_encoders(encoders_uri, expected_sha256=expected)
+                encoders = match_schema(encoders, schema, encoders_uri)
+                get_store(out).write_bytes(enc_uri, source)
+                enc_sha = hashlib.sha256(source).hexdigest()
                 fit_stats: dict = {}
             else:
                 encoders, fit_stats = fit_encoders(graph, schema, settings)
-            enc_uri = st.uri(F.ENCODERS_NAME)
-            enc_sha = save_encoders(enc_uri, encoders_document(encoders, settings, graph))
+                enc_sha = save_encoders(enc_uri, encoders_document(encoders, settings, graph))
         result = transform(graph, out, schema, encoders, workers, threads, settings.on_bad,
                            text_chunk=text_chunk, text_batch_size=text_batch_size,
                            phase_timer=st.phase)
@@ -120,7 +129,7 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
             "workers": workers, "threads_per_worker": threads,
             "wall_s": round(wall, 3),
             "transform_wall_s": round(transform_wall, 3),
-            "worker_net_s": round(wt["busy_s"], 3),
+            "worker_net_s": round(wt["busy_s"], 3), "worker_busy_s": wt["per_worker_busy_s"],
             "overhead_fraction": round(1 - wt["busy_s"] / transform_wall, 4)
             if transform_wall else 0.0,
             "worker_read_s": round(wt["read_s"], 3), "worker_encode_s": round(wt["encode_s"], 3),

@@ -375,15 +375,21 @@ def _check_encoder(d: Any, uri: str) -> FittedEncoder:
     return enc
 
 
+def load_encoders_bytes(uri: str) -> bytes:
+    """The raw bytes of ``encoders.json`` (a file URI, or the encode output directory)."""
+    if not uri.endswith(".json"):
+        uri = join(uri, "encoders.json")
+    return get_store(uri).read_bytes(uri)
+
+
 def load_encoders(uri: str, expected_sha256: str | None = None,
                   ) -> tuple[list[FittedEncoder], EncodeSettings]:
     """Load ``encoders.json`` (a file URI, or an encode output directory holding one).
 
     Plain JSON is parsed and type-checked; a pickle or anything else is refused, never run."""
-    store = get_store(uri)
+    data = load_encoders_bytes(uri)
     if not uri.endswith(".json"):
         uri = join(uri, "encoders.json")
-    data = store.read_bytes(uri)
     if expected_sha256 and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise EncodeError(f"{uri}: sha256 does not match the one recorded when it was written; "
                           "the file was modified. Re-run `kgops encode` to fit a new set.")
@@ -403,15 +409,20 @@ def load_encoders(uri: str, expected_sha256: str | None = None,
     return [_check_encoder(d, uri) for d in doc.get("encoders", [])], settings
 
 
-def match_schema(encoders: list[FittedEncoder], schema: GraphSchema, uri: str) -> None:
-    """Reused encoders must cover the graph's attributes with the same kinds."""
-    have = {(e.node_type, e.attribute): e.kind for e in encoders}
+def match_schema(encoders: list[FittedEncoder], schema: GraphSchema, uri: str,
+                 ) -> list[FittedEncoder]:
+    """The reused encoders this graph's attributes need (same kinds), in schema order."""
+    have = {(e.node_type, e.attribute): e for e in encoders}
+    used = []
     for nt in schema.node_types:
         for a in nt.attributes:
-            kind = have.get((nt.name, a.name))
-            if kind is None:
-                log.warning("%s/%s: no fitted encoder in %s (no values when it was fitted); "
-                            "no block for it", nt.name, a.name, uri)
-            elif kind != a.kind:
-                raise EncodeError(f"{uri}: {nt.name}/{a.name} was fitted as {kind}, but the graph "
-                                  f"declares it {a.kind}; fit a new set (omit --encoders)")
+            enc = have.get((nt.name, a.name))
+            if enc is None:
+                raise EncodeError(f"{uri} has no fitted encoder for {nt.name}/{a.name} (it was "
+                                  "fitted on another graph, or that attribute had no values); "
+                                  "fit a new set (omit --encoders)")
+            if enc.kind != a.kind:
+                raise EncodeError(f"{uri}: {nt.name}/{a.name} was fitted as {enc.kind}, but the "
+                                  f"graph declares it {a.kind}; fit a new set (omit --encoders)")
+            used.append(enc)
+    return used

@@ -84,10 +84,6 @@ class ShardEncoder:
     def __init__(self, graph_uri: str, out_uri: str | None, encoders: list[dict[str, Any]],
                  on_bad: str = "error", threads: int | None = None, text_batch_size: int = 64,
                  worker_id: int = 0):
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         self.graph_uri, self.out_uri, self.on_bad = graph_uri, out_uri, on_bad
         self.threads, self.worker_id, self.text_batch_size = threads, worker_id, text_batch_size
         self.encoders = {(e["node_type"], e["attribute"]): FittedEncoder(**e) for e in encoders}
@@ -166,14 +162,15 @@ def encode_in_process(graph_uri: str, schema: GraphSchema, encoders: list[Fitted
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Single-process transform of whole tables: ``{"type/attr": (node_ids, values)}``."""
     worker = ShardEncoder(graph_uri, None, [e.__dict__ for e in encoders], on_bad, threads)
-    out = {}
+    parts: dict[str, list] = defaultdict(list)
     for phase in PHASES:
         for item in plan_items(schema, encoders, workers=1, text_chunk=1 << 62,
                                tabular_chunk=1 << 62).items[phase]:
             encoded, _ = worker.encode_item(item)
             for attr, (ids, values, _stats) in encoded.items():
-                out[f"{item.node_type}/{attr}"] = (ids, values)
-    return out
+                parts[f"{item.node_type}/{attr}"].append((ids, values))
+    return {name: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
+            for name, ps in parts.items()}
 
 
 # --- the driver ---------------------------------------------------------------------------------
@@ -302,12 +299,14 @@ def gather_blocks(encoders: list[FittedEncoder], results: list[dict[str, Any]],
     return blocks
 
 
-def worker_timings(res: TransformResult) -> dict[str, float]:
+def worker_timings(res: TransformResult) -> dict[str, Any]:
     """Mean per-worker busy/read/encode/write seconds over both phases."""
     busy = defaultdict(lambda: defaultdict(float))
     for r in res.results:
         for k, v in r["timing"].items():
             busy[r["worker"]][k] += v
     n = max(res.workers, 1)
-    return {k: sum(w[k] for w in busy.values()) / n
-            for k in ("busy_s", "read_s", "encode_s", "write_s")}
+    out: dict[str, Any] = {k: sum(w[k] for w in busy.values()) / n
+                           for k in ("busy_s", "read_s", "encode_s", "write_s")}
+    out["per_worker_busy_s"] = [round(busy[i]["busy_s"], 3) for i in range(res.workers)]
+    return out

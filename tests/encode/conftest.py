@@ -49,6 +49,8 @@ def item_table(n: int, seed: int = 0, offset: int = 0, *, unknown: bool = False)
     tags = [list(rng.choice(vocab, rng.integers(0, 4), replace=False)) for _ in range(n)]
     for i in range(0, n, 9):
         tags[i] = None
+    if unknown:
+        tags[1] = ["tag1", "never-seen"]
     text = [TEXTS[i % len(TEXTS)] if i < 2 * len(TEXTS) else None for i in range(n)]
     ids = np.arange(offset, offset + n, dtype=np.int64)
     return pa.table({"id": ids, "key": pa.array([f"item-{i}" for i in range(n)]),
@@ -63,13 +65,17 @@ ITEM_ATTRS = [Attribute("price", "numeric"), Attribute("released", "date"),
               Attribute("description", "text")]
 
 
-def save_graph(uri: str, items: pa.Table, n_tags: int = 3) -> str:
-    """A two-type graph: ``tag`` (no attributes) then ``item`` (the table above)."""
+def save_graph(uri: str, items: pa.Table, n_tags: int = 3, text: bool = True) -> str:
+    """A two-type graph: ``tag`` (no attributes) then ``item`` (the table above); ``text=False``
+    drops the text attribute (no BERT model to load: fast)."""
     n = items.num_rows
+    attrs = list(ITEM_ATTRS) if text else [a for a in ITEM_ATTRS if a.kind != "text"]
+    if not text:
+        items = items.drop_columns(["description"])
     items = items.set_column(0, "id", pa.array(np.arange(n_tags, n_tags + n, dtype=np.int64)))
     schema = GraphSchema(
         name="tiny", node_types=[NodeType("tag", n_tags, 0),
-                                 NodeType("item", n, n_tags, list(ITEM_ATTRS))],
+                                 NodeType("item", n, n_tags, attrs)],
         relations=[Relation("has_tag", "item", "tag")])
     edges = np.stack([np.arange(n_tags, n_tags + n), np.zeros(n, np.int64),
                       np.arange(n) % n_tags], axis=1)
