@@ -12,7 +12,7 @@ favourite categories and labels and its own topic words for text. The true commu
 is written to ``truth/communities.parquet``, outside the graph's own tables, so no encoder sees it.
 
 Everything is vectorised numpy/Arrow (weighted sampling by ``searchsorted`` on cumulative
-weights, edge de-duplication by ``np.unique`` on packed keys, text by sampling word indices and
+weights, edge de-duplication by sorting packed int64 keys, text by sampling word indices and
 joining them with Arrow's ``binary_join``): no Python loop per node or edge.
 """
 
