@@ -376,6 +376,9 @@ def test_debian_bad_stanzas_are_reported_with_lines():
         f"'Bad_Name'. Fix the field or {HINT}",
     ]
     assert kg.schema.node_type("package").count == 2
+    # good: depends_virtual missing-thing, maintained_by, in_section, built_from; sizeless: the
+    # last three. The second 'good' stanza is set aside whole, edges included.
+    assert len(kg.edges["train"]) == 7
     assert kg.nodes["package"].column("installed_size").to_pylist() == [12.0, None]
 
 

@@ -166,7 +166,14 @@ def package_frame(text: str, origin: str, bad: BadRows) -> tuple[pd.DataFrame, p
         bad.add("invalid_package_name", origin, lines["Package"][invalid],
                 values["Package"][invalid], "not a valid Debian package name (lower case "
                 "letters, digits, + - . ; at least two characters)", "Fix the name")
-    keep = name_ok
+    dup = name_ok & values["Package"].duplicated().to_numpy()
+    if dup.any():   # a second stanza of a name is set aside whole: its edges too
+        first = pd.Series(lines["Package"][name_ok & ~dup].to_numpy(),
+                          index=values["Package"][name_ok & ~dup].to_numpy())
+        bad.add("duplicate_node_key", origin, lines["Package"][dup], values["Package"][dup],
+                [f"duplicate package key (first defined at line {first[p]})"
+                 for p in values["Package"][dup]], "Remove the duplicate")
+    keep = name_ok & ~dup
     if not keep.any():
         raise InputError(f"{origin} holds no package stanzas. Is it really the output of "
                          "`apt-cache dumpavail`?")
