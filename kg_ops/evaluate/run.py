@@ -28,7 +28,7 @@ from kg_ops.evaluate.ranking import (
 from kg_ops.graph.kg import load_edges, load_schema, table_to_edges
 from kg_ops.graph.schema import SPLITS
 from kg_ops.manifest import Stage, require_manifest
-from kg_ops.store import get_store, join
+from kg_ops.store import get_store, join, normalize
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
         if st.reused:
             return st.manifest
         schema = load_schema(graph_uri)
+        trained_on = (getattr(trained, "config", None) or {}).get("graph")
+        if trained_on and normalize(trained_on) != normalize(graph_uri):
+            log.warning("the model was trained on %s but is evaluated on %s; the numbers only "
+                        "mean something if that is a copy of the same graph", trained_on,
+                        graph_uri)
         with st.phase("filters"):
             edges = {s: load_edges(graph_uri, s) for s in SPLITS}
             filters = FilterIndex(np.concatenate([edges[s] for s in SPLITS]), schema.num_nodes,
@@ -133,6 +138,7 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
 
         protocol = {
             "split": split,
+            "model_trained_on": trained_on,
             "queries": "both directions of every triple: tail (h, r, ?) and head (?, r, t)",
             "triples_evaluated": int(len(triples)),
             "subsample": (f"{len(triples)} of {len(edges[split])} triples, seeded "
