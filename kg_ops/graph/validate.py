@@ -183,6 +183,8 @@ def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] |
                    f"{file} row {dup[0] if len(dup) else 0}: duplicate {t.name} key "
                    f"{keys.iloc[dup[0]] if len(dup) else ''!r} ({len(dup)} duplicates). "
                    "Keys must be unique per node type; fix the input and re-import.")
+        rep.bad_rows.add("duplicate_node_key", file, dup, keys.iloc[dup].to_numpy(dtype=object),
+                         f"duplicate {t.name} key", "Fix the input and re-import", unit="row")
         null = np.flatnonzero(keys.isna().to_numpy())
         rep.record("null_node_key", len(null),
                    f"{file} row {null[0] if len(null) else 0}: {t.name} node without a key. "

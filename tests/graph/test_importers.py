@@ -419,6 +419,18 @@ def test_from_apt_reads_this_machines_dumpavail():
     assert sum(1 for line in text.splitlines() if line.startswith("Package: ")) == expected
 
 
+def test_debian_multiarch_stanzas_get_arch_qualified_keys():
+    text = ("Package: libfoo1\nArchitecture: amd64\nMaintainer: X <x@y.z>\nSection: libs\n\n"
+            "Package: libfoo1\nArchitecture: i386\nMaintainer: X <x@y.z>\nSection: libs\n\n"
+            "Package: app\nArchitecture: amd64\nDepends: libfoo1:i386\nSection: misc\n")
+    bad = BadRows("fail")
+    kg = build_debian_graph(text, "dumpavail", {}, bad, {})[0].build()
+    assert len(bad) == 0
+    assert kg.nodes["package"].column("key").to_pylist() == ["libfoo1", "libfoo1:i386", "app"]
+    depends = kg.schema.relation_index()["depends"]
+    assert kg.edges["train"][kg.edges["train"][:, 1] == depends].tolist() == [[2, depends, 0]]
+
+
 def test_debian_root_reads_xz(tmp_path):
     root = tmp_path / "deb"
     root.mkdir()

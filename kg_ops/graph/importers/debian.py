@@ -166,6 +166,17 @@ def package_frame(text: str, origin: str, bad: BadRows) -> tuple[pd.DataFrame, p
         bad.add("invalid_package_name", origin, lines["Package"][invalid],
                 values["Package"][invalid], "not a valid Debian package name (lower case "
                 "letters, digits, + - . ; at least two characters)", "Fix the name")
+    # Multi-arch machines list a name once per architecture: the first stanza keeps the plain
+    # name, another architecture's becomes "name:arch" (dependencies on "name:arch" are read as
+    # the plain name, like apt's default).
+    first_arch = values["Package"].map(values.drop_duplicates("Package").set_index("Package")
+                                       ["Architecture"])
+    other_arch = (name_ok & values["Package"].duplicated().to_numpy()
+                  & values["Architecture"].notna().to_numpy()
+                  & (values["Architecture"].fillna("") != first_arch.fillna("")).to_numpy())
+    if other_arch.any():
+        values.loc[other_arch, "Package"] = (values["Package"][other_arch] + ":"
+                                             + values["Architecture"][other_arch])
     dup = name_ok & values["Package"].duplicated().to_numpy()
     if dup.any():   # a second stanza of a name is set aside whole: its edges too
         first = pd.Series(lines["Package"][name_ok & ~dup].to_numpy(),
