@@ -111,4 +111,5 @@ def load_trained(model_uri: str) -> TrainedModel:
                                 f"({str(exc).splitlines()[0]} ...); the files come from "
                                 "different runs. Retrain.") from exc
     model.eval()
+    model.requires_grad_(False)
     return TrainedModel(uri, config, history, model)

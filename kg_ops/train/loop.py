@@ -222,7 +222,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 t = torch.from_numpy(np.stack([loc[:, 0], trip[:, 1], loc[:, 1]], axis=1))
                 loss = model.loss(z, t[:len(pos)], t[len(pos):])
                 loss.backward()
-                loss_sum += float(loss) * len(pos)
+                loss_sum += float(loss.detach()) * len(pos)
                 seen += len(pos)
             comm.average_gradients(model)
             opt.step()

@@ -19,7 +19,9 @@ class TypedNegativeSampler:
 
     def __init__(self, negative_pool: dict[int, np.ndarray], head_type: np.ndarray,
                  tail_type: np.ndarray):
-        num_types = max([int(t) for t in negative_pool] + [-1]) + 1
+        num_types = max([int(t) for t in negative_pool]
+                        + [int(np.max(head_type, initial=-1)), int(np.max(tail_type, initial=-1))]
+                        ) + 1
         self.start = np.zeros(max(num_types, 1), dtype=np.int64)
         self.count = np.zeros(max(num_types, 1), dtype=np.int64)
         for t, ids in negative_pool.items():

@@ -1,0 +1,43 @@
+"""Type-constrained negatives: the corrupted side gets an entity of the type the relation
+expects, drawn from the partition's pool; the other side is kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kg_ops.errors import KGOpsError
+from kg_ops.partition.io import load_partition
+from kg_ops.train.negatives import TypedNegativeSampler
+
+
+def test_negatives_respect_types_in_a_real_partition(planted):
+    part = load_partition(planted["parts"][2], 1)
+    sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                   part.relation_tail_type)
+    pos = part.core_edges
+    neg = sampler.sample(pos, 3, np.random.default_rng(0))
+    assert neg.shape == (3 * len(pos), 3)
+    src = np.repeat(pos, 3, axis=0)
+    assert (neg[:, 1] == src[:, 1]).all()
+    tail_changed = neg[:, 0] == src[:, 0]
+    head_changed = neg[:, 2] == src[:, 2]
+    assert (tail_changed | head_changed).all()
+    # about half heads, half tails
+    assert 0.4 < tail_changed.mean() < 0.6
+    # the node type of each side is the one the schema expects for the relation
+    assert (part.node_type[neg[:, 0]] == part.relation_head_type[neg[:, 1]]).all()
+    assert (part.node_type[neg[:, 2]] == part.relation_tail_type[neg[:, 1]]).all()
+    # only core nodes (the negative pool) are drawn
+    assert neg[:, [0, 2]].max() < part.num_core_nodes
+    # lives_in tails are cities: every city of the pool gets drawn
+    cities = part.negative_pool[1]
+    lives = neg[(neg[:, 1] == 1) & ~tail_changed]
+    assert set(np.unique(lives[:, 2])) == set(cities.tolist())
+
+
+def test_empty_pool_for_an_expected_type_is_a_clear_error():
+    sampler = TypedNegativeSampler({0: np.arange(0, 5)}, np.array([0]), np.array([1]))
+    rng = np.random.default_rng(0)
+    with pytest.raises(KGOpsError, match="no negative candidates of node type 1"):
+        sampler.sample(np.array([[0, 0, 1]] * 20), 2, rng)
