@@ -140,7 +140,8 @@ def test_single_file_split_is_deterministic_and_valid_test_entities_are_in_train
 
 
 def test_import_to_s3_and_read_back(s3_bucket, tmp_path, capsys):
-    train = write(tmp_path / "train.tsv", "a\tr\tb\nb\tr\tc\nc\ts\ta\n")
+    train = f"{s3_bucket}/raw/train.tsv"          # inputs may live in S3 too
+    get_store(train).write_bytes(train, b"a\tr\tb\r\nb\tr\tc\r\nc\ts\ta\r\n")
     valid = write(tmp_path / "valid.tsv", "a\tr\tc\n")
     test = write(tmp_path / "test.tsv", "b\ts\ta\n")
     out = f"{s3_bucket}/graphs/tiny"
@@ -148,6 +149,7 @@ def test_import_to_s3_and_read_back(s3_bucket, tmp_path, capsys):
                  "--out", out]) == 0
     store = get_store(out)
     assert store.exists(join(out, "_manifest.json"))
+    assert read_manifest(out)["inputs"]["train"]["uri"] == train
     assert keyed_edges(out, "train") == {("a", "r", "b"), ("b", "r", "c"), ("c", "s", "a")}
     capsys.readouterr()
     assert main(["info", out, "--json"]) == 0
