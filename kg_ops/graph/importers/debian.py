@@ -88,7 +88,7 @@ def root_inputs(root: str) -> dict[str, str]:
         raise InputError(f"{root}: no dumpavail.txt(.xz|.gz) found. Create one with "
                          "`apt-cache dumpavail > dumpavail.txt`, or use --from-apt.")
     files = {"dumpavail": str(dump)}
-    for i, tr in enumerate(sorted(base.glob("*Translation-en*"))):
+    for i, tr in enumerate(sorted(p for p in base.glob("*Translation-en*") if p.is_file())):
         files[f"translation_{i}"] = str(tr)
     return files
 
@@ -114,7 +114,7 @@ def apt_dumpavail() -> str:
 def apt_translations(lists: str = "/var/lib/apt/lists") -> dict[str, str]:
     """Translation-en texts from apt's lists (any compression apt uses; lz4 via apt-helper)."""
     out = {}
-    for path in sorted(Path(lists).glob("*_Translation-en*")):
+    for path in sorted(p for p in Path(lists).glob("*_Translation-en*") if p.is_file()):
         if path.suffix in ("", ".xz", ".gz", ".bz2"):
             out[str(path)] = read_text(str(path), "apt Translation-en")
             continue
