@@ -12,6 +12,7 @@ on a subset and must agree exactly with the batched ranks on that subset.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections import defaultdict
@@ -25,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import DATASETS, Timer, peak_rss_mib, write_results  # noqa: E402
 from kg_ops.evaluate.filters import FilterIndex  # noqa: E402
 from kg_ops.evaluate.ranking import (  # noqa: E402
-    TAIL,
     batch_size_for,
     overall_metrics,
     rank_queries,
@@ -107,10 +107,11 @@ def main() -> None:
                "load_s": round(t_load.s, 2), "filter_index_build_s": round(t_index.s, 3)}
 
     batched = {}
-    for label, mib in (("budget_64mib", 64), ("budget_256mib", 256), ("budget_1024mib", 1024)):
-        bs = batch_size_for(n, mib)
+    auto = batch_size_for(n, 256)
+    for label, bs in (("auto (default)", auto), ("batch_64", 64), ("batch_1024", 1024),
+                      ("batch_4096", 4096)):
         with Timer() as tm:
-            res = rank_queries(emb, model, test, fi, memory_mib=mib,
+            res = rank_queries(emb, model, test, fi, batch_size=bs,
                                progress=Progress("bench/rank", 2 * len(test), "queries",
                                                  every_s=30))
         batched[label] = {"batch_size": bs, "seconds": round(tm.s, 2),
@@ -124,16 +125,25 @@ def main() -> None:
     sub = test[:k]
     with Timer() as tn:
         naive = naive_ranks(emb, model, sub, all_triples)
-    ref = rank_queries(emb, model, sub, fi, batch_size=batch_size_for(n, 256))
-    mine = sorted((int(s), *map(int, sub[i]), int(o), int(p)) for i, s, o, p in
-                  zip(ref.triple_index, ref.side, ref.optimistic, ref.pessimistic, strict=True))
+    # Identical arithmetic (one query per scoring call) must give identical ranks; at the default
+    # batch size a batched GEMM rounds differently from a single-row product, which can move a
+    # near-tie by one rank: counted, not hidden.
+    def ranks(bs):
+        r = rank_queries(emb, model, sub, fi, batch_size=bs)
+        return sorted((int(s), *map(int, sub[i]), int(o), int(p)) for i, s, o, p in
+                      zip(r.triple_index, r.side, r.optimistic, r.pessimistic, strict=True))
+
+    naive_sorted = sorted(naive)
+    at_auto = ranks(auto)
     results["naive"] = {"queries": 2 * k, "seconds": round(tn.s, 2),
                         "queries_per_s": round(2 * k / tn.s, 1),
-                        "ranks_identical_to_batched": mine == sorted(naive),
-                        "tail_queries": int((ref.side == TAIL).sum())}
+                        "ranks_identical_to_batched_at_batch_1": ranks(1) == naive_sorted,
+                        "queries_differing_at_default_batch (float rounding)":
+                            sum(a != b for a, b in zip(at_auto, naive_sorted, strict=True))}
     best = max(b["queries_per_s"] for b in batched.values())
     results["speedup_batched_vs_naive"] = round(best / results["naive"]["queries_per_s"], 1)
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    results["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)  # the machine is shared
     results["finished_at_unix"] = int(time.time())
     write_results("bench_evaluate", results)
 

@@ -46,6 +46,9 @@ TIE_POLICY = ("realistic: rank = (optimistic + pessimistic) / 2 with optimistic 
 # Bytes of working memory per cell of the B x N score matrix: float32 scores, two boolean
 # comparison results, and headroom for the scorer's own intermediates.
 BYTES_PER_CELL = 16
+# Batches beyond ~4M cells get slower, not faster (fresh large buffers per batch fall out of
+# cache and page-fault); measured on CoDEx-M in benchmarks/bench_evaluate.py.
+TARGET_CELLS = 4_000_000
 
 
 class Scorer(Protocol):
@@ -89,7 +92,9 @@ def candidate_ranges(schema) -> np.ndarray:
 
 
 def batch_size_for(num_candidates: int, memory_mib: float) -> int:
-    return max(1, int(memory_mib * 2**20 // (max(num_candidates, 1) * BYTES_PER_CELL)))
+    """Queries per batch: about TARGET_CELLS scores, never more than the memory budget."""
+    n = max(num_candidates, 1)
+    return max(1, min(TARGET_CELLS // n, int(memory_mib * 2**20 // (n * BYTES_PER_CELL))))
 
 
 def rank_queries(emb, scorer: Scorer, triples: np.ndarray, filters: FilterIndex, *,
