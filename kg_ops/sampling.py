@@ -16,13 +16,20 @@ draws a subset of a larger one (the hop-2 sample of a node is inside its hop-1 s
 ``fanouts[1] <= fanouts[0]``): partitions stay small, and training may use fanouts up to the
 partition's. ``fanout = -1`` keeps every message.
 
-The key's high 40 bits are a hash of ``(seed, sender)`` alone, its low 24 bits a hash of the
-whole message (tie-break): every node ranks its senders by one shared random order of all nodes,
-as in LABOR sampling (Balin & Catalyurek, "Layer-Neighbor Sampling", NeurIPS 2023). Each node's
-sample is still a uniformly random subset of its senders, but different nodes pick overlapping
-senders, so computation graphs and partitions touch far fewer distinct nodes than with
-independent per-edge keys. A sender's messages to one node (several relations, both directions)
-rank next to each other.
+The key is ``rank(seed, sender) * 2^24 + relation``, where ``rank`` is a seeded random
+permutation of the 40-bit node id space: every node ranks its senders by one shared random order
+of all nodes, as in LABOR sampling (Balin & Catalyurek, "Layer-Neighbor Sampling", NeurIPS 2023).
+Each node's sample is still a uniformly random subset of its senders, but different nodes pick
+overlapping senders, so computation graphs and partitions touch far fewer distinct nodes than
+with independent per-edge keys. A sender's messages to one node (several relations, both
+directions) rank together, ordered by relation. Keys are unique within a node's messages (the
+permutation is a bijection), so the sample never depends on the order edges were given in.
+
+Speed. ``CSRGraph.from_edges(..., seed=s)`` sorts each node's messages by the key of seed ``s``;
+sampling with that seed then takes the first ``fanout`` messages of each segment, with no
+hashing or sorting at all. Any other seed works too (keys are hashed and ranked per call). The
+sampled sets never depend on the CSR's seed; the order of messages within a hop does, so two
+CSRs built with the same seed give identical arrays (global ids), not just identical sets.
 
 Layer-wise (GraphSAGE-style) computation graph. ``nodes_0`` are the seeds; hop ``k`` samples
 the incoming messages of *every* node in ``nodes_{k-1}`` and ``nodes_k`` adds their senders. A
@@ -56,20 +63,30 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-_HIGH = np.uint64(0xFFFFFFFFFF000000)
-_LOW = np.uint64(0x0000000000FFFFFF)
+NODE_BITS, REL_BITS = 40, 24
+_MASK40 = np.uint64((1 << NODE_BITS) - 1)
+_ODD = (np.uint64(0x9E3779B97F4B), np.uint64(0xC2B2AE3D27D5), np.uint64(0x165667B19E37))
+
+
+def node_rank(seed: int, nodes: np.ndarray) -> np.ndarray:
+    """A seeded random bijection of ``[0, 2^40)``: odd multiplications and xor-shifts modulo
+    2^40 are each invertible, so distinct nodes never tie."""
+    with np.errstate(over="ignore"):
+        salt = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
+        x = (np.asarray(nodes).astype(np.uint64) + salt) & _MASK40
+        for i, odd in enumerate(_ODD):
+            x = (x * odd) & _MASK40
+            x ^= x >> np.uint64(19 + 2 * i)
+            x ^= (salt >> np.uint64(8 * (i + 1))) & _MASK40
+        return x
 
 
 def edge_keys(seed: int, dst: np.ndarray, src: np.ndarray, rel: np.ndarray) -> np.ndarray:
-    """The random key of each message ``src -rel-> dst`` (global ids): high bits from
-    ``(seed, src)``, low bits from ``(seed, dst, src, rel)``; see the module docstring."""
-    with np.errstate(over="ignore"):
-        base = _mix(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
-        s = np.asarray(src).astype(np.uint64)
-        node = _mix(base ^ (s + _GOLDEN))
-        k = _mix(_mix(base ^ np.asarray(dst).astype(np.uint64)) ^ s)
-        k = _mix(k ^ (np.asarray(rel).astype(np.uint64) * _GOLDEN))
-        return (node & _HIGH) | (k & _LOW)
+    """The sampling key of each message ``src -rel-> dst`` (global ids, relation incl. the
+    inverse offset): ``node_rank(seed, src) << 24 | rel``. ``dst`` does not enter: a node ranks
+    its senders by the shared order (see the module docstring)."""
+    del dst
+    return (node_rank(seed, src) << np.uint64(REL_BITS)) | np.asarray(rel).astype(np.uint64)
 
 
 @dataclass
@@ -77,7 +94,8 @@ class CSRGraph:
     """Incoming messages per node: for node ``v``, positions ``indptr[v]:indptr[v+1]`` of
     ``src`` (sender), ``rel`` (relation, ``+R`` for inverse messages) and ``eid`` (row of the
     triple in the ``edges`` passed to :meth:`from_edges`). Inside a segment messages are sorted
-    by (global sender id, relation), so the order never depends on local numbering."""
+    by their sampling key for ``seed``, which depends only on global ids, so the order never
+    depends on local numbering or input order."""
 
     indptr: np.ndarray
     src: np.ndarray
@@ -87,19 +105,25 @@ class CSRGraph:
     num_relations: int
     node_ids: np.ndarray | None = None   # local -> global id; None means ids are global
     inverse: bool = True
+    seed: int = 0                         # segments are sorted by this seed's keys
 
     @classmethod
     def from_edges(cls, edges: np.ndarray, num_nodes: int, num_relations: int | None = None,
-                   add_inverse: bool = True, node_ids: np.ndarray | None = None) -> CSRGraph:
+                   add_inverse: bool = True, node_ids: np.ndarray | None = None,
+                   seed: int = 0) -> CSRGraph:
         """Build from ``(E, 3)`` ``[h, r, t]`` triples. ``num_relations`` is the number of base
         relations R (default ``max(r) + 1``; pass it so inverse ids are ``r + R`` for the whole
         graph's R). ``node_ids`` maps these (local) ids to global ids for hashing and ordering.
-        Duplicate triples are kept as given; give unique triples."""
+        ``seed``: the sampling seed this CSR is fastest for. Give unique triples."""
         edges = np.asarray(edges, dtype=np.int64).reshape(-1, 3)
         if num_relations is None:
             num_relations = int(edges[:, 1].max()) + 1 if len(edges) else 0
         if len(edges) and (edges[:, [0, 2]].min() < 0 or edges[:, [0, 2]].max() >= num_nodes):
             raise ValueError(f"edge endpoints must be in [0, {num_nodes})")
+        gmax = num_nodes if node_ids is None or not len(node_ids) else int(np.max(node_ids)) + 1
+        if gmax > 1 << NODE_BITS or 2 * num_relations > 1 << REL_BITS:
+            raise ValueError(f"the sampler supports < 2^{NODE_BITS} nodes and "
+                             f"< 2^{REL_BITS - 1} relations")
         eid = np.arange(len(edges), dtype=np.int64)
         src, dst, rel = edges[:, 0], edges[:, 2], edges[:, 1]
         if add_inverse:
@@ -108,14 +132,15 @@ class CSRGraph:
             rel = np.concatenate([rel, edges[:, 1] + num_relations])
             eid = np.concatenate([eid, eid])
         gsrc = src if node_ids is None else np.asarray(node_ids, dtype=np.int64)[src]
-        order = np.lexsort((rel, gsrc, dst))
+        order = np.argsort(edge_keys(seed, None, gsrc, rel))    # unique keys per receiver
+        order = order[np.argsort(dst[order], kind="stable")]
         counts = np.bincount(dst, minlength=num_nodes)
         indptr = np.zeros(num_nodes + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return cls(indptr=indptr, src=src[order], rel=rel[order], eid=eid[order],
                    num_nodes=int(num_nodes), num_relations=int(num_relations),
                    node_ids=None if node_ids is None else np.asarray(node_ids, dtype=np.int64),
-                   inverse=add_inverse)
+                   inverse=add_inverse, seed=int(seed))
 
     @property
     def degree(self) -> np.ndarray:
@@ -211,7 +236,10 @@ def sample_messages(csr: CSRGraph, frontier: np.ndarray, fanout: int, seed: int,
     frontier = np.asarray(frontier, dtype=np.int64)
     deg = csr.indptr[frontier + 1] - csr.indptr[frontier]
     keep_n = deg if fanout < 0 else np.minimum(deg, fanout)
-    # Chunks of whole segments, each about chunk_messages long (one segment may exceed it).
+    if seed == csr.seed or fanout < 0:      # segments already in key order: take a prefix
+        pos, seg = _segment_arange(csr.indptr[frontier], keep_n)
+        return pos, seg
+    # Another seed: rank the messages of over-full segments by key, chunk by chunk.
     cum = np.cumsum(deg)
     bounds = np.searchsorted(cum, np.arange(chunk_messages, int(cum[-1]) if len(cum) else 0,
                                             chunk_messages), side="left") + 1
@@ -223,9 +251,9 @@ def sample_messages(csr: CSRGraph, frontier: np.ndarray, fanout: int, seed: int,
         capped = deg[seg] > keep_n[seg]          # only segments over the fanout need keys
         if capped.any():
             cpos, cseg = pos[capped], seg[capped]
-            key = edge_keys(seed, csr.to_global(frontier[cseg]), csr.to_global(csr.src[cpos]),
-                            csr.rel[cpos])
-            order = np.lexsort((key, cseg))
+            key = edge_keys(seed, None, csr.to_global(csr.src[cpos]), csr.rel[cpos])
+            order = np.argsort(key)
+            order = order[np.argsort(cseg[order], kind="stable")]
             first = np.searchsorted(cseg, cseg[order], side="left")   # cseg is sorted
             rank = np.empty(len(order), dtype=np.int64)
             rank[order] = np.arange(len(order), dtype=np.int64) - first
@@ -248,39 +276,30 @@ def parse_fanouts(text: str | Sequence[int]) -> list[int]:
 
 
 def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence[int],
-                             seed: int = 0, chunk_messages: int = 1 << 22) -> ComputationGraph:
+                             seed: int | None = None, chunk_messages: int = 1 << 22,
+                             ) -> ComputationGraph:
     """The layer-wise sampled K-hop computation graph of ``seeds`` (CSR ids), K = len(fanouts).
-    ``seed`` selects the sample; see the module docstring for what is guaranteed."""
+    ``seed`` selects the sample (default: the CSR's own seed, the fast path); see the module
+    docstring for what is guaranteed."""
+    seed = csr.seed if seed is None else int(seed)
     seeds = np.asarray(seeds, dtype=np.int64).ravel()
     _, first = np.unique(seeds, return_index=True)
     nodes = seeds[np.sort(first)]
-    # Lookup structure: sorted ids and, for each, its position in ``nodes``.
-    sorted_pos = np.argsort(nodes, kind="stable")
-    sorted_ids = nodes[sorted_pos]
+    position = np.full(csr.num_nodes, -1, dtype=np.int64)    # CSR id -> index in ``nodes``
+    position[nodes] = np.arange(len(nodes))
     sizes = [len(nodes)]
     hops: list[Hop] = []
     for fanout in fanouts:
         frontier = nodes  # every node reached so far gets this layer's messages
         pos, seg = sample_messages(csr, frontier, int(fanout), seed, chunk_messages)
         src_ids = csr.src[pos]
-        cand = np.unique(src_ids)
-        known = _isin_sorted(cand, sorted_ids)
-        new = cand[~known]
+        new = np.unique(src_ids[position[src_ids] < 0])
         if len(new):
-            new = new[np.argsort(csr.to_global(new), kind="stable")]
+            if csr.node_ids is not None:
+                new = new[np.argsort(csr.node_ids[new], kind="stable")]
+            position[new] = np.arange(len(nodes), len(nodes) + len(new))
             nodes = np.concatenate([nodes, new])
-            sorted_pos = np.argsort(nodes, kind="stable")
-            sorted_ids = nodes[sorted_pos]
-        src_local = sorted_pos[np.searchsorted(sorted_ids, src_ids)]
-        hops.append(Hop(src=src_local, dst=seg, rel=csr.rel[pos], eid=csr.eid[pos]))
+        hops.append(Hop(src=position[src_ids], dst=seg, rel=csr.rel[pos], eid=csr.eid[pos]))
         sizes.append(len(nodes))
-    seed_index = sorted_pos[np.searchsorted(sorted_ids, seeds)]
-    return ComputationGraph(nodes=nodes, sizes=sizes, hops=hops, seed_index=seed_index,
+    return ComputationGraph(nodes=nodes, sizes=sizes, hops=hops, seed_index=position[seeds],
                             global_nodes=csr.to_global(nodes))
-
-
-def _isin_sorted(values: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
-    if not len(sorted_ref):
-        return np.zeros(len(values), dtype=bool)
-    idx = np.minimum(np.searchsorted(sorted_ref, values), len(sorted_ref) - 1)
-    return sorted_ref[idx] == values

@@ -48,10 +48,11 @@ def as_set(cg, hop):
     return {tuple(x) for x in cg.global_triples(hop).tolist()}
 
 
+@pytest.mark.parametrize("csr_seed", [7, 0])   # 7: presorted fast path; 0: keys per call
 @pytest.mark.parametrize("fanouts", [[-1, -1], [3, 2], [2], [1, -1, 2]])
-def test_matches_brute_force(fanouts):
+def test_matches_brute_force(fanouts, csr_seed):
     edges = random_graph()
-    csr = CSRGraph.from_edges(edges, 40, num_relations=4)
+    csr = CSRGraph.from_edges(edges, 40, num_relations=4, seed=csr_seed)
     seeds = np.array([5, 17, 5, 33])
     cg = sample_computation_graph(csr, seeds, fanouts, seed=7)
     ref_hops, ref_nodes = brute_force_sample(edges, 4, seeds, fanouts, seed=7)
@@ -59,7 +60,7 @@ def test_matches_brute_force(fanouts):
     for k in range(len(fanouts)):
         assert as_set(cg, k + 1) == ref_hops[k]
         assert len(cg.hops[k]) == len(ref_hops[k])     # no duplicate messages
-    assert sorted(cg.nodes.tolist()) == sorted(ref_nodes)
+    assert cg.nodes.tolist() == ref_nodes          # seeds, then new nodes by id, per hop
     assert cg.nodes[:3].tolist() == [5, 17, 33]          # seeds first, deduplicated
     assert cg.nodes[cg.seed_index].tolist() == seeds.tolist()
 
@@ -184,3 +185,26 @@ def test_nodes_with_the_same_neighbours_pick_the_same_senders():
     assert len(picked[0]) == 5 and picked[0] == picked[1]
     other = sample_computation_graph(csr, hubs, [5], seed=4)
     assert set(other.nodes[other.hops[0].src[other.hops[0].dst == 0]].tolist()) != picked[0]
+
+
+def test_fast_and_keyed_paths_agree_exactly():
+    edges = random_graph(n=80, e=1500, r=5, seed=12)
+    fast = CSRGraph.from_edges(edges, 80, num_relations=5, seed=21)
+    other = CSRGraph.from_edges(edges[::-1], 80, num_relations=5, seed=3)   # other input order
+    seeds = np.array([4, 50, 61, 4])
+    a = sample_computation_graph(fast, seeds, [4, 2])                        # fast path
+    b = sample_computation_graph(other, seeds, [4, 2], seed=21)             # keyed path
+    assert np.array_equal(a.nodes, b.nodes)
+    for k in (1, 2):
+        assert as_set(a, k) == as_set(b, k)
+
+
+def test_keys_are_unique_per_receiver():
+    edges = random_graph(n=30, e=600, r=3, seed=2)
+    csr = CSRGraph.from_edges(edges, 30, num_relations=3, seed=9)
+    keys = edge_keys(9, None, csr.src, csr.rel)
+    dst = np.repeat(np.arange(30), csr.degree)
+    assert len(np.unique(np.stack([dst, keys.astype(np.int64)], 1), axis=0)) == len(keys)
+    for v in range(30):        # segments are sorted by key
+        seg = keys[csr.indptr[v]:csr.indptr[v + 1]]
+        assert (np.diff(seg.astype(np.float64)) >= 0).all() and (seg[1:] > seg[:-1]).all()

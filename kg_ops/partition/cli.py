@@ -108,7 +108,8 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
             edges, dropped = training_edges(raw, held)
             if not len(edges):
                 raise KGOpsError(f"{graph}: no training edges to partition")
-            csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations)
+            csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations,
+                                      seed=seed)
         st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
                           "train_edges_in_graph": int(len(raw)),
                           "train_edges": int(len(edges)), **dropped})

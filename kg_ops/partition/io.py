@@ -81,13 +81,15 @@ class Partition:
         return np.concatenate([self.core_edges, self.halo_edges])
 
     def graph(self, add_inverse: bool = True):
-        """The message-passing CSR of this partition, hashing with global ids: sampling it with
-        the partition's seed and fanouts (or smaller ones) reproduces the full-graph sample of
-        every core node. Message ``eid`` < len(core_edges) marks a core edge."""
+        """The message-passing CSR of this partition, keyed by global ids and sorted for the
+        partition's sampling seed: sampling it with that seed and the partition's fanouts (or
+        smaller ones) reproduces the full-graph sample of every core node. A message with
+        ``eid < len(core_edges)`` comes from a core edge."""
         from kg_ops.sampling import CSRGraph
 
         return CSRGraph.from_edges(self.edges, self.num_nodes, num_relations=self.num_relations,
-                                   add_inverse=add_inverse, node_ids=self.global_ids)
+                                   add_inverse=add_inverse, node_ids=self.global_ids,
+                                   seed=int(self.sampling.get("seed", 0)))
 
     def to_global(self, local: np.ndarray) -> np.ndarray:
         return self.global_ids[np.asarray(local, dtype=np.int64)]

@@ -95,7 +95,8 @@ def test_partitions_are_self_sufficient(graph, tmp_path, method, fanout):
     full_edges = np.unique(load_edges(uri, "train"), axis=0)
     held = np.concatenate([load_edges(uri, "valid"), load_edges(uri, "test")])
     keep = ~(full_edges[:, None, :] == held[None, :, :]).all(-1).any(1)
-    full = CSRGraph.from_edges(full_edges[keep], N_PERSON + N_ITEM, num_relations=3)
+    full = CSRGraph.from_edges(full_edges[keep], N_PERSON + N_ITEM, num_relations=3,
+                               seed=5)
     fanouts = m["config"]["fanouts"]
     rng = np.random.default_rng(0)
     for part in parts_of(out):
