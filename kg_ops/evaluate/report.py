@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 from typing import Any
 
@@ -56,10 +57,16 @@ def _cell(v: Any) -> str:
     return f"<td{cls}>{html.escape(fmt(v))}</td>"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _table(header: list[str] | None, rows: list[list[Any]]) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" \
+        if header else ""
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
+
+
+def _compact(v: Any) -> Any:
+    """Nested settings as one-line JSON; scalars as they are."""
+    return json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else v
 
 
 def _png(fig) -> bytes:
@@ -127,20 +134,26 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def write_report(out: str, *, metrics: dict, protocol: dict, per_relation: list[dict],
-                 history: list[dict], context: dict) -> dict[str, str]:
+                 history: list[dict], context: dict, model_config: dict | None = None,
+                 ) -> dict[str, str]:
     """Write ``report.html`` (+ PNGs) under ``out``; returns the written URIs by name."""
     store = get_store(out)
     written: dict[str, str] = {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>"
              f"{html.escape('kg_ops evaluation: ' + str(context.get('model', '')))}</title>"
              f"<style>{CSS}</style></head><body><h1>Link-prediction evaluation</h1>",
-             _table(["", ""], [[k, v] for k, v in context.items()]),
+             _table(None, [[k, v] for k, v in context.items()]),
              "<h2>Metrics</h2>",
              _table(["metric", "value"],
                     [[LABELS.get(k, k), metrics[k]] for k in HEADLINE if k in metrics])]
 
     parts.append("<h2>Protocol</h2>")
     parts.append(_table(["item", "setting"], [[k, v] for k, v in protocol.items()]))
+
+    if model_config:
+        parts.append("<h2>Model</h2>")
+        parts.append(_table(["setting", "value"],
+                            [[k, _compact(v)] for k, v in sorted(model_config.items())]))
 
     parts.append("<h2>Training curves</h2>")
     curves = curves_png(history)

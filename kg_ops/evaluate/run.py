@@ -173,12 +173,12 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
                               emb.detach().cpu().numpy())
             context = {"model": model_uri, "graph": f"{graph_uri} ({schema.name})",
                        "split": split, "entities": schema.num_nodes,
-                       "relations": schema.num_relations,
-                       "model config": getattr(trained, "config", {})}
+                       "relations": schema.num_relations}
             st.outputs.update(write_report(out, metrics=metrics, protocol=protocol,
                                            per_relation=per_rel,
                                            history=list(getattr(trained, "history", []) or []),
-                                           context=context))
+                                           context=context,
+                                           model_config=getattr(trained, "config", None)))
         st.metrics.update({k: metrics[k] for k in MANIFEST_METRICS if k in metrics})
         st.counts.update({"queries": metrics["queries"], "triples": int(len(triples)),
                           "entities": schema.num_nodes, "relations": schema.num_relations,

@@ -149,7 +149,8 @@ def test_stage_numbers_equal_brute_force_and_outputs_are_complete(artifact_root,
 
     # Report: self-contained, the expected sections, user text escaped, PNGs written.
     page = store.read_bytes(join(out, "report.html")).decode()
-    for section in ("<h2>Metrics</h2>", "<h2>Protocol</h2>", "<h2>Training curves</h2>",
+    for section in ("<h2>Metrics</h2>", "<h2>Protocol</h2>", "<h2>Model</h2>",
+                    "<h2>Training curves</h2>",
                     "<h2>Per-relation MRR</h2>", "data:image/png;base64,"):
         assert section in page
     assert page.count("data:image/png;base64,") == 2
