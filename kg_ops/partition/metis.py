@@ -14,7 +14,9 @@
    ``n(v, part)`` = v's edges into that part (a hub with 300 edges into part A is replicated into
    A once, instead of 300 leaves into the hub's part: "high-degree replicated first", as in
    HDRF). Then overloaded partitions (> 5% above the mean) hand their cut edges with the least
-   cost difference to the other end's partition, vectorised per pair of parts.
+   cost difference to the other end's partition, vectorised per pair of parts. Edges between
+   two hubs cost nothing anywhere (hubs are core nodes of every partition) and are dealt last
+   to the least loaded partitions.
 
 ``random``: a seeded random permutation dealt round-robin (perfect balance, no locality), the
 baseline that shows what METIS buys.
@@ -78,16 +80,27 @@ def metis_node_parts(edges: np.ndarray, num_nodes: int, parts: int, seed: int,
         parts, pymetis.CSRAdjacency(xadj, adjncy), vweights=vweights.astype(np.int64),
         eweights=eweights, options=pymetis.Options(seed=int(seed)))
     log.info("partition: METIS cut %d node pairs (weighted)", cuts)
-    return np.frombuffer(membership, dtype=np.int64).copy()
+    node_part = np.frombuffer(membership, dtype=np.int64).copy()
+    # Hubs are isolated in METIS's graph, so it would put them anywhere (often all in one
+    # part); deal them round-robin, largest first, so their edges spread evenly.
+    deg = degrees(edges, num_nodes)
+    hubs = np.flatnonzero(hub)
+    hubs = hubs[np.argsort(-deg[hubs], kind="stable")]
+    node_part[hubs] = np.arange(len(hubs)) % parts
+    return node_part
 
 
 def owners_from_node_parts(edges: np.ndarray, node_part: np.ndarray, parts: int,
-                           node_cost: np.ndarray, slack: float = BALANCE_SLACK) -> np.ndarray:
+                           node_cost: np.ndarray, slack: float = BALANCE_SLACK,
+                           free: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """Owner of every edge: its ends' part if they agree, else the part into which replicating
-    the other end is cheapest per edge; then rebalance (see the module docstring)."""
+    the other end is cheapest per edge; then rebalance (see the module docstring). ``free``
+    edges (between two hubs, which are core nodes of every partition anyway) cost nothing
+    anywhere: they are dealt last to the least loaded partitions."""
     h, t = edges[:, 0], edges[:, 2]
     ph, pt = node_part[h], node_part[t]
-    cut = ph != pt
+    free = np.zeros(len(edges), dtype=bool) if free is None else free
+    cut = (ph != pt) & ~free
     # n(v, q): how many of v's edges have their other end in part q.
     pair = np.concatenate([h * parts + pt, t * parts + ph])
     keys, counts = np.unique(pair, return_counts=True)
@@ -101,9 +114,10 @@ def owners_from_node_parts(edges: np.ndarray, node_part: np.ndarray, parts: int,
     owner = np.where(to_head, ph, pt)
     other = np.where(to_head, pt, ph)
     regret = np.abs(np.log(cost_tail) - np.log(cost_head))   # what moving an edge would cost
+    owner[free] = -1
     cap = int(np.ceil(len(edges) / parts * (1.0 + slack)))
     for _ in range(3):
-        load = np.bincount(owner, minlength=parts)
+        load = np.bincount(owner[~free], minlength=parts)
         for p in np.argsort(-load):
             excess = int(load[p] - cap)
             if excess <= 0:
@@ -118,8 +132,32 @@ def owners_from_node_parts(edges: np.ndarray, node_part: np.ndarray, parts: int,
             spare = np.maximum(cap - load, 0)
             chosen = movable[rank < spare[dest]][:excess]
             owner[chosen] = other[chosen]
-            load = np.bincount(owner, minlength=parts)
+            load = np.bincount(owner[~free], minlength=parts)
+    idx = np.flatnonzero(free)
+    if len(idx):
+        quota = water_fill(np.bincount(owner[~free], minlength=parts), len(idx))
+        idx = idx[np.random.default_rng(seed).permutation(len(idx))]
+        owner[idx] = np.repeat(np.arange(parts), quota)
     return owner
+
+
+def water_fill(load: np.ndarray, n: int) -> np.ndarray:
+    """How many of ``n`` extra items each part gets so the loads end as even as possible."""
+    order = np.argsort(load, kind="stable")
+    sorted_load = load[order].astype(np.int64)
+    quota = np.zeros(len(load), dtype=np.int64)
+    # Raise the k lowest parts to the level of part k (k = 1, 2, ...) while items last.
+    for k in range(1, len(load) + 1):
+        level_next = sorted_load[k] if k < len(load) else None
+        need = None if level_next is None else int((level_next - sorted_load[:k]).sum())
+        if need is None or need >= n:
+            base = sorted_load[:k].sum() + n
+            level, rest = divmod(int(base), k)
+            fill = level - sorted_load[:k]
+            fill[:rest] += 1
+            quota[order[:k]] = fill
+            return quota
+    return quota
 
 
 def random_owners(num_edges: int, parts: int, seed: int) -> np.ndarray:
@@ -142,7 +180,9 @@ def partition_edges(edges: np.ndarray, num_nodes: int, parts: int, method: str, 
         hub = deg > HUB_FACTOR * max(float(deg[deg > 0].mean()), 1.0)
         node_part = metis_node_parts(edges, num_nodes, parts, seed, hub)
         cost = (deg if first_fanout < 0 else np.minimum(deg, first_fanout)).astype(np.float64)
-        owner = owners_from_node_parts(edges, node_part, parts, np.maximum(cost, 1.0))
+        free = hub[edges[:, 0]] & hub[edges[:, 2]]
+        owner = owners_from_node_parts(edges, node_part, parts, np.maximum(cost, 1.0),
+                                       free=free, seed=seed)
         plain = ~(hub[edges[:, 0]] | hub[edges[:, 2]])
         info["metis_hubs_left_out"] = int(hub.sum())
         info["metis_cut_edge_fraction"] = round(float(np.mean(

@@ -79,3 +79,27 @@ def test_metis_beats_random_on_a_clustered_graph():
     core_nodes_random = sum(len(np.unique(edges[rnd == p][:, [0, 2]])) for p in range(4))
     assert core_nodes < 0.5 * core_nodes_random
     assert info["metis_cut_edge_fraction"] < 0.15
+
+
+def test_water_fill_evens_out_loads():
+    from kg_ops.partition.metis import water_fill
+
+    assert water_fill(np.array([10, 0, 5]), 8).tolist() == [0, 7, 1]
+    assert water_fill(np.array([3, 3]), 5).tolist() == [3, 2]
+    q = water_fill(np.array([4, 9, 1, 7]), 100)
+    assert q.sum() == 100 and np.ptp(np.array([4, 9, 1, 7]) + q) <= 1
+
+
+def test_hub_heavy_graph_stays_balanced():
+    """Edges among a few dozen hubs are most of this graph; METIS never sees them (hubs are
+    left out), so they must be dealt to keep partitions balanced."""
+    rng = np.random.default_rng(3)
+    hubs = rng.integers(0, 40, (6000, 2))
+    leaves = np.stack([rng.integers(40, 2000, 2000), rng.integers(0, 2000, 2000)], 1)
+    pairs = np.concatenate([hubs, leaves])
+    edges = np.stack([pairs[:, 0], np.zeros(len(pairs), int), pairs[:, 1]], 1)
+    edges = np.unique(edges[edges[:, 0] != edges[:, 2]], axis=0)
+    owner, info = partition_edges(edges, 2000, 4, "metis", seed=0, first_fanout=10)
+    assert info["metis_hubs_left_out"] >= 30
+    load = np.bincount(owner, minlength=4)
+    assert load.max() / load.mean() <= 1.06
