@@ -128,8 +128,10 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
           decoder: str = "distmult", patience: int = 5, valid_triples: int = 1000,
           valid_candidates: int = 200, seed: int = 0, threads: int = 1, max_failures: int = 2,
           keep_checkpoints: int = 3, ray_address: str | None = None,
-          ray_storage: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Run the train stage; returns its manifest."""
+          ray_storage: str | None = None, worker_env: dict[str, str] | None = None,
+          force: bool = False) -> dict[str, Any]:
+    """Run the train stage; returns its manifest. ``worker_env``: environment variables for
+    the Ray Train workers (e.g. S3 settings of a cluster whose nodes lack them)."""
     from kg_ops.graph.kg import load_schema
     from kg_ops.manifest import Stage
     from kg_ops.models.link_predictor import MODEL_DEFAULTS, ModelConfig
@@ -196,7 +198,8 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
                        "log_every_s": 10.0}
         with st.phase("fit"):
             _fit(loop_config, workers, threads, max_failures, ray_address,
-                 ray_storage or os.path.join(tempfile.gettempdir(), "kgops-ray-train"), run_id)
+                 ray_storage or os.path.join(tempfile.gettempdir(), "kgops-ray-train"), run_id,
+                 worker_env)
         with st.phase("write"):
             final = _finish(st, out, mcfg, graph_uri, partitions, features_uri, config, run_id)
         st.metrics.update(final)
@@ -206,7 +209,8 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
 
 
 def _fit(loop_config: dict, workers: int, threads: int, max_failures: int,
-         ray_address: str | None, ray_storage: str, run_id: str) -> None:
+         ray_address: str | None, ray_storage: str, run_id: str,
+         worker_env: dict[str, str] | None = None) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -222,7 +226,8 @@ def _fit(loop_config: dict, workers: int, threads: int, max_failures: int,
         run_config=ray.train.RunConfig(
             name=f"kgops-train-{run_id}", storage_path=ray_storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)))
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None))
     try:
         trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
