@@ -95,6 +95,17 @@ def test_dags(airflow_db, ray_head):
     return module
 
 
+@pytest.fixture(scope="session")
+def example_dag(test_dags):
+    """``dags/example_ray_job.py``, imported from the DAGs folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_ray_job", DAGS / "example_ray_job.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
 class DagResult:
     """A finished ``dag.test()`` run: task states and XComs, read from the metadata DB."""
 
