@@ -171,3 +171,49 @@ def test_provider_declares_ray_connection_type(airflow_db):
     assert behaviour["relabeling"]["password"] == "Auth token"
     widget = pm.connection_form_widgets["extra__ray__verify_ssl"]
     assert widget.field["value"] is True
+
+
+@pytest.fixture
+def https_dashboard(tmp_path):
+    """A local HTTPS server with a self-signed certificate that answers 404 to every GET."""
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not available to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{srv.server_address[1]}", str(cert)
+    srv.shutdown()
+
+
+def test_tls_verified_by_default_and_ca_bundle_accepted(https_dashboard):
+    url, ca = https_dashboard
+    default = RayHook(settings=RaySettings(conn_id="ray_tls", url=url, token="t"))
+    with pytest.raises(RayHookError, match="'ray_tls'.*TLS verification failed"):
+        default.get_job("x")
+    with pytest.raises(RayHookError, match="TLS verification failed"):
+        asyncio.run(default.aget_job("x"))
+    trusted = RayHook(settings=RaySettings(conn_id="ray_tls", url=url, token="t", verify=ca))
+    assert trusted.get_job("x") is None  # the 404 came through a verified TLS session
+    assert asyncio.run(trusted.aget_job("x")) is None
