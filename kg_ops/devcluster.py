@@ -113,7 +113,11 @@ class LocalRayHead:
             for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
                 env.pop(var, None)
             env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                        "RAY_USAGE_STATS_ENABLED": "0"})
+                        "RAY_USAGE_STATS_ENABLED": "0",
+                        # As if the virtualenv were activated: job entrypoints such as
+                        # `kgops ...` resolve to this interpreter's environment.
+                        "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                                 env.get("PATH", "")])})
             log_path = Path(self.temp_dir) / "ray-start.log"
             with open(log_path, "w") as out:
                 # Own session: every daemon ray start spawns inherits this process group.
