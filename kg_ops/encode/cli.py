@@ -69,6 +69,10 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
     from kg_ops.manifest import Stage
     from kg_ops.store import get_store, join, normalize
 
+    if not ray.is_initialized():
+        from kg_ops.raycluster import init_ray
+
+        init_ray()
     settings = settings or EncodeSettings()
     graph, out = normalize(graph), normalize(out)
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -99,6 +103,9 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
             else:
                 encoders, fit_stats = fit_encoders(graph, schema, settings)
                 enc_sha = save_encoders(enc_uri, encoders_document(encoders, settings, graph))
+        removed = get_store(out).delete_prefix(st.uri("blocks"))  # an older run's shards
+        if removed:
+            log.info("encode: removed %d shard(s) of an earlier run in %s", removed, out)
         result = transform(graph, out, schema, encoders, workers, threads, settings.on_bad,
                            text_chunk=text_chunk, text_batch_size=text_batch_size,
                            phase_timer=st.phase)

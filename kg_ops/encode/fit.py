@@ -289,9 +289,20 @@ def _column_lookup(enc: FittedEncoder) -> tuple[pa.Array, np.ndarray]:
 
 @dataclass
 class Encoded:
+    """The 0/1 output of a tabular encoder, kept sparse: row ``hot_rows[k]`` (a position in
+    ``rows``) has a one in column ``hot_cols[k]``. ``values`` builds the dense matrix."""
+
     rows: np.ndarray  # positions in the input column that got a row
-    values: np.ndarray  # float32 (len(rows), dim)
+    dim: int
+    hot_rows: np.ndarray
+    hot_cols: np.ndarray
     stats: dict[str, Any]
+
+    @property
+    def values(self) -> np.ndarray:
+        out = np.zeros((len(self.rows), self.dim), dtype=np.float32)
+        out[self.hot_rows, self.hot_cols] = 1.0
+        return out
 
 
 def encode_column(enc: FittedEncoder, col: pa.Array | pa.ChunkedArray, where: str,
@@ -301,33 +312,33 @@ def encode_column(enc: FittedEncoder, col: pa.Array | pa.ChunkedArray, where: st
     prep = prepare(enc.kind, col, where, enc.attribute)
     examples = check_bad(prep, on_bad, where, enc.attribute, enc.kind, keys, col)
     n = len(prep.rows)
-    values = np.zeros((n, enc.dim), dtype=np.float32)
     unknown = 0
     if enc.kind in ("numeric", "date"):
         # exactly KBinsDiscretizer.transform: searchsorted over the inner edges, side="right"
-        b = np.searchsorted(np.asarray(enc.params["inner_edges"], dtype=np.float64), prep.data,
-                            side="right")
-        values[np.arange(n), b] = 1.0
+        hot_rows = np.arange(n)
+        hot_cols = np.searchsorted(np.asarray(enc.params["inner_edges"], dtype=np.float64),
+                                   prep.data, side="right")
     elif enc.kind in ("categorical", "multilabel"):
         vocab, column_of = lookup or _column_lookup(enc)
         if enc.kind == "categorical":
             idx = pc.index_in(prep.data, value_set=vocab).fill_null(-1).to_numpy(
                 zero_copy_only=False)
             known = idx >= 0
-            values[np.flatnonzero(known), column_of[idx[known]]] = 1.0
+            hot_rows, hot_cols = np.flatnonzero(known), column_of[idx[known]]
             unknown = int(n - known.sum())
         else:
             parents = pc.list_parent_indices(prep.data).to_numpy(zero_copy_only=False)
             idx = pc.index_in(pc.list_flatten(prep.data), value_set=vocab).fill_null(-1).to_numpy(
                 zero_copy_only=False)
             known = idx >= 0
-            values[parents[known], column_of[idx[known]]] = 1.0
+            hot_rows, hot_cols = parents[known], column_of[idx[known]]
             unknown = int(len(np.unique(parents[~known])))
     else:
         raise EncodeError(f"{enc.name}: encode_column does not handle kind {enc.kind!r}")
     stats = {"present": n, "missing": prep.missing, "bad": int(len(prep.bad_rows)),
              "unknown": unknown, "bad_examples": examples}
-    return Encoded(prep.rows, values, stats)
+    return Encoded(prep.rows, enc.dim, hot_rows.astype(np.int64), hot_cols.astype(np.int64),
+                   stats)
 
 
 # --- the artifact -------------------------------------------------------------------------------

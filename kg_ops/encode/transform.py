@@ -22,8 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from kg_ops.encode.features import shard_path, write_shard
-from kg_ops.encode.fit import EncodeError, FittedEncoder, _column_lookup, encode_column, prepare
+from kg_ops.encode.features import (
+    dense_table,
+    indicator_table,
+    shard_path,
+    storage_for,
+    write_shard,
+)
+from kg_ops.encode.fit import (
+    Encoded,
+    EncodeError,
+    FittedEncoder,
+    _column_lookup,
+    encode_column,
+    prepare,
+)
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.schema import GraphSchema
 from kg_ops.progress import Progress
@@ -116,7 +129,8 @@ class ShardEncoder:
         return self._tables[key]
 
     def encode_item(self, item: WorkItem) -> tuple[dict[str, tuple], dict[str, float]]:
-        """Per attribute: (global node ids, values, stats) of the item's rows."""
+        """Per attribute: (global node ids, values, stats) of the item's rows; values are a
+        dense array (text) or an :class:`Encoded` (0/1 kinds, sparse)."""
         t0 = time.perf_counter()
         table = self._table(item.node_type, item.attributes).slice(item.start, item.rows)
         t_read = time.perf_counter() - t0
@@ -136,7 +150,7 @@ class ShardEncoder:
             else:
                 res = encode_column(enc, col, where, self.on_bad, keys,
                                     self.lookups.get((item.node_type, attr)))
-                rows, values, stats = res.rows, res.values, res.stats
+                rows, values, stats = res.rows, res, res.stats  # kept sparse until written
             out[attr] = (ids[rows], values, stats)
         return out, {"read_s": t_read, "encode_s": time.perf_counter() - t0 - t_read}
 
@@ -148,8 +162,13 @@ class ShardEncoder:
         shards = {}
         for attr, (ids, values, stats) in encoded.items():
             enc = self.encoders[(item.node_type, attr)]
-            shard = (write_shard(self.out_uri, shard_path(item.node_type, attr, item.start), ids,
-                                 values, enc.dim) if len(ids) else None)
+            if not len(ids):
+                shard = None
+            else:
+                table = (indicator_table(ids, values.hot_rows, values.hot_cols, enc.dim)
+                         if isinstance(values, Encoded) else dense_table(ids, values, enc.dim))
+                shard = write_shard(self.out_uri, shard_path(item.node_type, attr, item.start),
+                                    table)
             shards[attr] = {"shard": shard, "start": item.start, "stats": stats}
         timing["write_s"] = time.perf_counter() - t1
         timing["busy_s"] = time.perf_counter() - t0
@@ -168,7 +187,8 @@ def encode_in_process(graph_uri: str, schema: GraphSchema, encoders: list[Fitted
                                tabular_chunk=1 << 62).items[phase]:
             encoded, _ = worker.encode_item(item)
             for attr, (ids, values, _stats) in encoded.items():
-                parts[f"{item.node_type}/{attr}"].append((ids, values))
+                dense = values.values if isinstance(values, Encoded) else values
+                parts[f"{item.node_type}/{attr}"].append((ids, dense))
     return {name: (np.concatenate([p[0] for p in ps]), np.concatenate([p[1] for p in ps]))
             for name, ps in parts.items()}
 
@@ -288,7 +308,8 @@ def gather_blocks(encoders: list[FittedEncoder], results: list[dict[str, Any]],
             examples = fit_stats.get(e.name, {}).get("bad_examples", [])
         blocks.append({
             "node_type": e.node_type, "attribute": e.attribute, "kind": e.kind, "dim": e.dim,
-            "rows": stats["present"], "shards": [s["path"] for s in shards],
+            "rows": stats["present"], "storage": storage_for(e.kind),
+            "shards": [s["path"] for s in shards],
             "shard_rows": [s["rows"] for s in shards],
             "shard_id_ranges": [s["id_range"] for s in shards],
             "missing": stats["missing"], "bad": stats["bad"], "unknown": stats["unknown"],

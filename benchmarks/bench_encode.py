@@ -1,0 +1,180 @@
+"""Benchmark ``kgops encode``: nodes/s per phase with 1 and 2 workers, overhead fraction, transform
+speed-up, and text throughput versus sentence-transformers' own ``encode``.
+
+Graphs (built once under $KGOPS_BENCH_DIR, default /tmp/kgops-bench-encode, never in the repo):
+- ``debian``: ``kgops import debian`` (all packages, long descriptions);
+- ``synth``: ``kgops synth --nodes N --edges M --seed 0``.
+From each, two derived graphs isolate the phases: ``*-tabular`` (every node, text attributes
+dropped) and ``*-text`` (the first ``--text-rows`` nodes of the text-bearing type, text only;
+the full Debian text set takes too long on a shared 2-core machine, so it is a stated subset).
+
+Each encode run is a fresh ``kgops encode`` process (the Ray job driver) on one private local Ray
+head with 2 CPUs (kg_ops.devcluster), ``--threads-per-worker 1``; worker start-up (imports, model
+load) is its own timed phase. Ratios are measured side by side in the same run of this script.
+
+    .venv/bin/python benchmarks/bench_encode.py [--text-rows 500] [--st-texts 300] [--synth-nodes 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import DATASETS, run_measured, write_results  # noqa: E402
+
+WORK = Path(os.environ.get("KGOPS_BENCH_DIR", "/tmp/kgops-bench-encode"))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # + the Ray head's address and token in main()
+
+
+def kgops(*args: str) -> dict:
+    return run_measured([sys.executable, "-m", "kg_ops.cli", *args], env=ENV)
+
+
+def ensure_graph(name: str, *args: str) -> str:
+    out = WORK / name
+    if not (out / "_manifest.json").exists():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "kg_ops.cli", *args, "--out", str(out)],
+                       env=ENV, check=True, stdout=subprocess.DEVNULL)
+        print(f"built {name} in {time.perf_counter() - t:.0f}s", flush=True)
+    return str(out)
+
+
+def derive(src: str, name: str, text: bool, rows: int | None = None) -> str:
+    """A graph holding only text attributes (``text=True``: first ``rows`` nodes of the first
+    text-bearing type) or only tabular ones (all nodes, all types)."""
+    from kg_ops.graph.kg import KnowledgeGraph, load_nodes, load_schema
+    from kg_ops.graph.schema import GraphSchema, NodeType
+    from kg_ops.manifest import Stage
+
+    out = WORK / name
+    if (out / "_manifest.json").exists():
+        return str(out)
+    schema = load_schema(src)
+    types, tables, offset = [], {}, 0
+    for t in schema.node_types:
+        attrs = [a for a in t.attributes if (a.kind == "text") == text]
+        if text and (not attrs or types):
+            continue
+        count = min(t.count, rows) if text and rows else t.count
+        table = load_nodes(src, t.name, columns=["key", *[a.name for a in attrs]]).slice(0, count)
+        tables[t.name] = table.add_column(0, "id", [np.arange(offset, offset + count)])
+        types.append(NodeType(t.name, count, offset, attrs))
+        offset += count
+    sub = GraphSchema(name=f"{schema.name}-{name}", node_types=types, relations=[])
+    empty = np.empty((0, 3), dtype=np.int64)
+    with Stage("import", str(out), config={"derived_from": src, "text": text, "rows": rows},
+               announce=False):
+        KnowledgeGraph(sub, {"train": empty, "valid": empty, "test": empty}, tables).save(str(out))
+    return str(out)
+
+
+def encode_run(graph: str, workers: int, threads: int = 1) -> dict:
+    out = WORK / "runs" / f"{Path(graph).name}-w{workers}t{threads}"
+    r = kgops("--force", "encode", "--graph", graph, "--out", str(out), "--workers", str(workers),
+              "--threads-per-worker", str(threads))
+    m = json.loads((out / "_manifest.json").read_text())
+    mt, tm = m["metrics"], m["timings"]
+    return {"workers": workers, "threads_per_worker": threads, "nodes": mt["nodes"],
+            "wall_s": mt["wall_s"], "process_wall_s": round(r["wall_s"], 2),
+            "nodes_per_s": mt["nodes_per_s"], "transform_wall_s": mt["transform_wall_s"],
+            "worker_net_s": mt["worker_net_s"], "overhead_fraction": mt["overhead_fraction"],
+            "tabular_rows_per_s": mt["tabular_rows_per_s"],
+            "text_rows_per_s": mt["text_rows_per_s"], "texts": m["counts"]["texts"],
+            "timings": {k: tm[k] for k in ("fit_s", "startup_s", "tabular_s", "text_s", "write_s")
+                        if k in tm},
+            "peak_rss_mib": round(r["peak_rss_mib"], 1), "dims": mt["dims"]}
+
+
+def scaling(graph: str) -> dict:
+    one, two = encode_run(graph, 1), encode_run(graph, 2)
+    return {"1_worker": one, "2_workers": two,
+            "transform_speedup_1_to_2": round(one["transform_wall_s"] / two["transform_wall_s"], 3),
+            "overhead_fraction_2_workers": two["overhead_fraction"]}
+
+
+def text_vs_sentence_transformers(graph: str, n: int, threads: int = 1, rounds: int = 2) -> dict:
+    """Same texts, same thread count, one process, alternating rounds; best round of each."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from kg_ops.encode.fit import EncodeSettings, prepare
+    from kg_ops.encode.text import TextEncoder, resolve_model_path, text_encoder_params
+    from kg_ops.graph.kg import load_nodes, load_schema
+
+    torch.set_num_threads(threads)
+    t = load_schema(graph).node_types[0]
+    attr = t.attributes[0].name
+    texts = prepare("text", load_nodes(graph, t.name, columns=[attr]).column(attr), graph,
+                    attr).data.to_pylist()[:n]
+    ours = TextEncoder(text_encoder_params(EncodeSettings()), threads=threads, batch_size=64)
+    st = SentenceTransformer(str(resolve_model_path(None)), device="cpu")
+    best = {"kg_ops": float("inf"), "sentence_transformers": float("inf")}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a = ours.encode(texts)
+        best["kg_ops"] = min(best["kg_ops"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = st.encode(texts, batch_size=64, convert_to_numpy=True)
+        best["sentence_transformers"] = min(best["sentence_transformers"],
+                                            time.perf_counter() - t0)
+    return {"texts": len(texts), "threads": threads, "rounds": rounds, "batch_size": 64,
+            "kg_ops_texts_per_s": round(len(texts) / best["kg_ops"], 2),
+            "sentence_transformers_texts_per_s": round(len(texts) / best["sentence_transformers"],
+                                                       2),
+            "ratio": round(best["sentence_transformers"] / best["kg_ops"], 3),
+            "max_abs_diff": float(np.abs(a - b).max())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--text-rows", type=int, default=500,
+                   help="texts in the text-phase subset of each graph")
+    p.add_argument("--st-texts", type=int, default=300,
+                   help="Debian texts for the comparison with sentence-transformers")
+    p.add_argument("--synth-nodes", type=int, default=200_000)
+    p.add_argument("--synth-edges", type=int, default=1_000_000)
+    p.add_argument("--only", choices=("debian", "synth"), default=None)
+    args = p.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    graphs = {}
+    if args.only in (None, "debian"):
+        graphs["debian"] = ensure_graph("debian", "import", "debian", "--root",
+                                        str(DATASETS / "debian"))
+    if args.only in (None, "synth"):
+        graphs["synth"] = ensure_graph(f"synth-{args.synth_nodes}", "synth", "--nodes",
+                                       str(args.synth_nodes), "--edges", str(args.synth_edges),
+                                       "--seed", "0")
+    from kg_ops.devcluster import LocalRayHead
+
+    results: dict = {"load_average_at_start": os.getloadavg()[0]}
+    with LocalRayHead(num_cpus=2, object_store_mib=512) as head:
+        ENV.update(head.env())
+        run_all(graphs, args, results)
+    results["load_average_at_end"] = os.getloadavg()[0]
+    write_results("bench_encode", results)
+
+
+def run_all(graphs: dict, args: argparse.Namespace, results: dict) -> None:
+    for name, g in graphs.items():
+        tab = derive(g, f"{Path(g).name}-tabular", text=False)
+        txt = derive(g, f"{Path(g).name}-text{args.text_rows}", text=True, rows=args.text_rows)
+        results[name] = {"tabular_all_nodes": scaling(tab), f"text_first_{args.text_rows}":
+                         scaling(txt)}
+        if name == "debian":
+            results[name]["text_vs_sentence_transformers"] = text_vs_sentence_transformers(
+                txt, args.st_texts)
+        print(json.dumps({name: results[name]}, indent=1, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
