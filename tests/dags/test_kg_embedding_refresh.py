@@ -90,6 +90,12 @@ def test_full_dag_backfill_and_rerun(airflow_db, ray_conn, small_conf):
     versions = published_versions()
     assert versions and versions[0]["mrr"] == pytest.approx(metrics["mrr"])
     assert versions[0]["embeddings_uri"].endswith("embeddings.parquet")
+    from fastapi.testclient import TestClient
+
+    from kg_ops.airflow.published import create_versions_app
+
+    page = TestClient(create_versions_app()).get("/versions").text
+    assert f"{metrics['mrr']:.4f}" in page and "embeddings.parquet" in page
 
     # A backfill of another date writes its own tree and leaves the first untouched.
     dr2 = run_dag(dag, DAY2, small_conf)
