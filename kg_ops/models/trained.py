@@ -45,7 +45,8 @@ class TrainedModel:
 
         graph = self.config["graph"]
         held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
-        edges, _ = training_edges(load_edges(graph, "train"), held)
+        edges, _ = training_edges(load_edges(graph, "train"), held, self.num_nodes,
+                                  int(self.config["num_relations"]))
         return CSRGraph.from_edges(edges, self.num_nodes, self.config["num_relations"])
 
     def features(self):

@@ -1,0 +1,313 @@
+"""Training benchmark: quality on CoDEx, 1 vs 2 workers, and time-to-MRR vs PyG full-batch.
+
+Sections (``--sections``, comma separated; each writes its results as soon as it is done):
+
+* ``s-rgcn``, ``s-relgnn``: ``kgops train`` (1 worker) on CoDEx-S, then the filtered test
+  MRR / Hits@10 of ``kg_ops.evaluate`` (both directions, all entities, realistic ties).
+* ``pyg``: PyG's ``examples/rgcn_link_pred.py`` recipe re-implemented here (full-batch RGCNConv
+  encoder over the whole training graph with inverse edges, DistMult, BCE over positives and
+  one corrupted head/tail each, L2 1e-2, Adam lr 0.01, grad-norm clip 1), same dimensions as our
+  RGCN, trained for the same training time on CoDEx-S. Both models' filtered validation MRR
+  (a fixed 500-triple subset, same evaluator) is tracked against training time (ours: every
+  epoch checkpoint; PyG: every few epochs) to compare time to a validation MRR target.
+* ``m-workers``: CoDEx-M with 1 worker on 1 partition and 2 workers on 2 partitions (same
+  hyperparameters): epoch time, edges/s, filtered test MRR and |MRR(2w) - MRR(1w)|.
+* ``m-relgnn``: the relation-attention GCN on CoDEx-M, 1 worker.
+
+The synthetic 2.8M-node scale-out simulation is not implemented (see the results' notes).
+
+Run: ``.venv/bin/python benchmarks/bench_train.py [--sections ...] [--work DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import DATASETS, write_results  # noqa: E402
+
+log = logging.getLogger("bench_train")
+RESULTS: dict = {"notes": [
+    "machine: 2 cores shared with other engineers' jobs (load average 8-14 during the runs): "
+    "absolute times are pessimistic and 2-worker figures compete for the same 2 cores",
+    "simulated scale-out on synth 2.8M nodes / 24M edges: not run (no time left)"]}
+
+
+def kgops(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "kg_ops.cli", *args], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def prepare(work: Path, size: str, parts: tuple[int, ...]) -> dict:
+    graph = work / f"codex-{size}"
+    kgops("import", "codex", "--root", str(DATASETS / "codex"), "--size", size,
+          "--out", str(graph))
+    out = {"graph": str(graph)}
+    for p in parts:
+        uri = work / f"codex-{size}-p{p}"
+        kgops("partition", "--graph", str(graph), "--parts", str(p), "--out", str(uri))
+        out[p] = str(uri)
+    return out
+
+
+def evaluate(model_uri: str, graph: str, out: str) -> dict:
+    from kg_ops.evaluate.run import evaluate_model
+    from kg_ops.models.trained import load_trained
+
+    t = time.perf_counter()
+    m = evaluate_model(load_trained(model_uri), model_uri=model_uri, graph_uri=graph, out=out)
+    keep = ("mrr", "hits@1", "hits@3", "hits@10", "auc")
+    return {k: round(m["metrics"][k], 4) for k in keep} | {
+        "eval_s": round(time.perf_counter() - t, 1)}
+
+
+def run_train(name: str, parts: str, work: Path, **kw) -> dict:
+    from kg_ops.train.cli import train
+
+    t = time.perf_counter()
+    m = train(parts, str(work / name), **kw)
+    wall = time.perf_counter() - t
+    met = m["metrics"]
+    return {"uri": m["uri"], "wall_s": round(wall, 1), "epochs": met["epochs"],
+            "epoch_s": round(met["epoch_s"], 2), "edges_per_s": round(met["edges_per_s"], 1),
+            "best_valid_mrr_sampled": round(met["best_valid_mrr"], 4),
+            "hyperparameters": {k: m["config"][k] for k in
+                                ("lr", "weight_decay", "regularization", "batch_size",
+                                 "fanouts", "negatives", "epochs")}
+            | {k: m["config"]["model"][k] for k in ("embedding_dim", "hidden_dim", "out_dim",
+                                                    "num_bases", "dropout", "decoder")}}
+
+
+class _Valid:
+    """Filtered MRR on a fixed validation subset, the same evaluator for every model."""
+
+    def __init__(self, graph: str, n: int = 500):
+        from kg_ops.evaluate.filters import FilterIndex
+        from kg_ops.graph.kg import load_edges, load_schema
+
+        schema = load_schema(graph)
+        edges = {s: load_edges(graph, s) for s in ("train", "valid", "test")}
+        self.filters = FilterIndex(np.concatenate(list(edges.values())), schema.num_nodes,
+                                   schema.num_relations)
+        v = edges["valid"]
+        self.triples = v[np.sort(np.random.default_rng(0).choice(len(v), min(n, len(v)),
+                                                                 replace=False))]
+
+    def mrr(self, emb, scorer) -> float:
+        from kg_ops.evaluate.ranking import overall_metrics, rank_queries
+
+        logging.getLogger("kg_ops.evaluate.ranking").setLevel(logging.WARNING)
+        logging.getLogger("kg_ops.progress").setLevel(logging.WARNING)
+        res = rank_queries(emb, scorer, self.triples, self.filters)
+        logging.getLogger("kg_ops.progress").setLevel(logging.INFO)
+        return float(overall_metrics(res)["mrr"])
+
+
+def our_curve(model_uri: str, graph: str, valid: _Valid) -> list[dict]:
+    """Validation MRR of every kept epoch checkpoint against cumulative training time."""
+    import torch
+
+    from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
+    from kg_ops.models.trained import TrainedModel
+    from kg_ops.store import get_store, join
+    from kg_ops.train.checkpoints import load_checkpoint
+
+    store = get_store(model_uri)
+    cks = sorted(u for u in store.list(join(model_uri, "checkpoints")) if "epoch-" in u)
+    out = []
+    for uri in cks:
+        st = load_checkpoint(uri)
+        model = LinkPredictor(ModelConfig.from_dict(st["model_config"]))
+        model.load_state_dict(st["model"])
+        model.requires_grad_(False)
+        tm = TrainedModel(model_uri, {**st["model_config"], "graph": graph}, [], model)
+        with torch.no_grad():
+            mrr = valid.mrr(tm.embed_all(), tm)
+        out.append({"epoch": st["epoch"], "train_s": round(sum(h["epoch_s"] for h in
+                                                               st["history"]), 1),
+                    "valid_mrr": round(mrr, 4)})
+        log.info("ours epoch %d: %s", st["epoch"], out[-1])
+    return out
+
+
+def pyg_baseline(graph: str, budget_s: float, valid: _Valid, hidden: int = 64,
+                 num_bases: int = 4, eval_every: int = 5) -> dict:
+    """The rgcn_link_pred recipe, full batch, for ``budget_s`` seconds of training."""
+    import torch
+    import torch.nn.functional as F
+    from torch_geometric.nn import RGCNConv
+    from torch_geometric.utils import negative_sampling
+
+    from kg_ops.graph.kg import load_edges, load_schema
+    from kg_ops.partition.cli import training_edges
+
+    schema = load_schema(graph)
+    n, r = schema.num_nodes, schema.num_relations
+    held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
+    train, _ = training_edges(load_edges(graph, "train"), held, n, r)
+    tr = torch.from_numpy(train)
+    edge_index = torch.cat([tr[:, [0, 2]].t(), tr[:, [2, 0]].t()], 1)
+    edge_type = torch.cat([tr[:, 1], tr[:, 1] + r])
+    pos_index, pos_type = tr[:, [0, 2]].t(), tr[:, 1]
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.node_emb = torch.nn.Parameter(torch.empty(n, hidden))
+            self.conv1 = RGCNConv(hidden, hidden, 2 * r, num_bases=num_bases)
+            self.conv2 = RGCNConv(hidden, hidden, 2 * r, num_bases=num_bases)
+            torch.nn.init.xavier_uniform_(self.node_emb)
+
+        def forward(self):
+            x = self.conv1(self.node_emb, edge_index, edge_type).relu_()
+            x = F.dropout(x, p=0.2, training=self.training)
+            return self.conv2(x, edge_index, edge_type)
+
+    class Scorer:
+        def __init__(self, rel):
+            self.rel = rel
+
+        def score_tails(self, h, rel, cand):
+            return (h * self.rel[rel]) @ cand.t()
+
+        def score_heads(self, t, rel, cand):
+            return (t * self.rel[rel]) @ cand.t()
+
+    torch.manual_seed(0)
+    enc = Encoder()
+    rel_emb = torch.nn.Parameter(torch.empty(r, hidden))
+    torch.nn.init.xavier_uniform_(rel_emb)
+    opt = torch.optim.Adam(list(enc.parameters()) + [rel_emb], lr=0.01)
+
+    def decode(z, idx, typ):
+        return (z[idx[0]] * rel_emb[typ] * z[idx[1]]).sum(-1)
+
+    curve, train_s, epoch = [], 0.0, 0
+    while train_s < budget_s:
+        epoch += 1
+        t0 = time.perf_counter()
+        enc.train()
+        opt.zero_grad()
+        z = enc()
+        neg = negative_sampling(pos_index, num_nodes=n)  # as the recipe: random corruption
+        out = torch.cat([decode(z, pos_index, pos_type), decode(z, neg, pos_type)])
+        gt = torch.cat([torch.ones(len(pos_type)), torch.zeros(len(pos_type))])
+        loss = F.binary_cross_entropy_with_logits(out, gt) \
+            + 1e-2 * (z.pow(2).mean() + rel_emb.pow(2).mean())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(enc.parameters()) + [rel_emb], 1.0)
+        opt.step()
+        train_s += time.perf_counter() - t0
+        if epoch % eval_every == 0:
+            enc.eval()
+            with torch.no_grad():
+                mrr = valid.mrr(enc(), Scorer(rel_emb.detach()))
+            curve.append({"epoch": epoch, "train_s": round(train_s, 1),
+                          "valid_mrr": round(mrr, 4), "loss": round(float(loss.detach()), 4)})
+            log.info("pyg epoch %d: %s", epoch, curve[-1])
+    return {"epochs": epoch, "train_s": round(train_s, 1),
+            "epoch_s": round(train_s / max(epoch, 1), 3), "curve": curve,
+            "hyperparameters": {"hidden": hidden, "num_bases": num_bases, "lr": 0.01,
+                                "dropout": 0.2, "regularization": 0.01,
+                                "negatives": "1 random corruption per positive (recipe)",
+                                "full_batch": True}}
+
+
+def time_to(curve: list[dict], target: float) -> float | None:
+    for row in curve:
+        if row["valid_mrr"] >= target:
+            return row["train_s"]
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sections", default="s-rgcn,pyg,m-workers,s-relgnn,m-relgnn")
+    ap.add_argument("--work", default="/tmp/kgops-bench-train")
+    ap.add_argument("--s-epochs", type=int, default=12)
+    ap.add_argument("--m-epochs", type=int, default=3)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import torch
+
+    torch.set_num_threads(1)
+    from kg_ops.raycluster import init_ray
+
+    init_ray(None, num_cpus=2)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    sections = args.sections.split(",")
+    s = prepare(work, "s", (1,))
+    common = {"patience": 0, "threads": 1}
+
+    if "s-rgcn" in sections or "pyg" in sections:
+        r = run_train("s-rgcn", s[1], work, model="rgcn", epochs=args.s_epochs,
+                      keep_checkpoints=args.s_epochs, **common)
+        r["test"] = evaluate(r["uri"], s["graph"], str(work / "s-rgcn-eval"))
+        RESULTS["codex-s rgcn (1 worker)"] = r
+        write_results("bench_train", RESULTS)
+        if "pyg" in sections:
+            valid = _Valid(s["graph"])
+            ours = our_curve(r["uri"], s["graph"], valid)
+            base = pyg_baseline(s["graph"], budget_s=ours[-1]["train_s"], valid=valid,
+                                eval_every=10)
+            target = round(0.9 * min(max(c["valid_mrr"] for c in ours),
+                                     max(c["valid_mrr"] for c in base["curve"])), 4)
+            t_ours, t_base = time_to(ours, target), time_to(base["curve"], target)
+            RESULTS["codex-s time to validation MRR (ours vs PyG full-batch)"] = {
+                "target_filtered_valid_mrr": target,
+                "ours_train_s_to_target": t_ours, "pyg_train_s_to_target": t_base,
+                "speedup": round(t_base / t_ours, 2) if t_ours and t_base else None,
+                "ours_curve": ours, "pyg": base,
+                "valid_subset": f"{len(valid.triples)} validation triples, filtered, both "
+                                "directions, all entities",
+                "note": "training time only (sum of epoch times; Ray start-up excluded, "
+                        f"ours wall incl. Ray start-up {r['wall_s']}s)"}
+            write_results("bench_train", RESULTS)
+
+    if "m-workers" in sections:
+        m = prepare(work, "m", (1, 2))
+        kw = {"model": "rgcn", "epochs": args.m_epochs, "batch_size": 1024,
+              "fanout": "10,5", **common}
+        one = run_train("m-rgcn-1w", m[1], work, workers=1, **kw)
+        one["test"] = evaluate(one["uri"], m["graph"], str(work / "m-rgcn-1w-eval"))
+        RESULTS["codex-m rgcn 1 worker"] = one
+        write_results("bench_train", RESULTS)
+        two = run_train("m-rgcn-2w", m[2], work, workers=2, **kw)
+        two["test"] = evaluate(two["uri"], m["graph"], str(work / "m-rgcn-2w-eval"))
+        RESULTS["codex-m rgcn 2 workers"] = two
+        RESULTS["codex-m |MRR(2w) - MRR(1w)|"] = round(abs(two["test"]["mrr"]
+                                                           - one["test"]["mrr"]), 4)
+        RESULTS["codex-m epoch time 1w -> 2w"] = {
+            "epoch_s": [one["epoch_s"], two["epoch_s"]],
+            "edges_per_s": [one["edges_per_s"], two["edges_per_s"]],
+            "speedup": round(one["epoch_s"] / two["epoch_s"], 2)}
+        write_results("bench_train", RESULTS)
+
+    if "s-relgnn" in sections:
+        r = run_train("s-relgnn", s[1], work, model="relgnn", epochs=args.s_epochs, **common)
+        r["test"] = evaluate(r["uri"], s["graph"], str(work / "s-relgnn-eval"))
+        RESULTS["codex-s relgnn (1 worker)"] = r
+        write_results("bench_train", RESULTS)
+
+    if "m-relgnn" in sections:
+        m = prepare(work, "m", (1,))
+        r = run_train("m-relgnn", m[1], work, model="relgnn", epochs=args.m_epochs,
+                      batch_size=1024, fanout="10,5", **common)
+        r["test"] = evaluate(r["uri"], m["graph"], str(work / "m-relgnn-eval"))
+        RESULTS["codex-m relgnn (1 worker)"] = r
+        write_results("bench_train", RESULTS)
+
+
+if __name__ == "__main__":
+    main()
