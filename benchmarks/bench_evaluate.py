@@ -7,6 +7,9 @@ ranks one query at a time with Python dict-of-set filters, as many research code
 on a subset and must agree exactly with the batched ranks on that subset.
 
     .venv/bin/python benchmarks/bench_evaluate.py [--threads 1] [--naive-queries 1000]
+
+With ``--model URI --graph URI`` it also times the whole ``kgops evaluate`` stage on a trained
+model (fresh process; phase timings from the stage's manifest).
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DATASETS, Timer, peak_rss_mib, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    DATASETS,
+    Timer,
+    peak_rss_mib,
+    run_measured,
+    write_results,
+)
 from kg_ops.evaluate.filters import FilterIndex  # noqa: E402
 from kg_ops.evaluate.ranking import (  # noqa: E402
     batch_size_for,
@@ -82,12 +91,29 @@ def naive_ranks(emb, model, test, all_triples):
     return out
 
 
+def time_stage(args) -> dict:
+    """``kgops --force evaluate`` in a fresh process: wall time, peak RSS, phase timings."""
+    from kg_ops.manifest import read_manifest
+
+    cmd = [sys.executable, "-m", "kg_ops.cli", "--force", "evaluate", "--model", args.model,
+           "--graph", args.graph, "--out", args.out, "--threads", str(args.threads)]
+    run = run_measured(cmd)
+    man = read_manifest(args.out)
+    return {"command": " ".join(cmd[1:]), "wall_s": round(run["wall_s"], 1),
+            "peak_rss_mib": round(run["peak_rss_mib"], 1), "timings": man["timings"],
+            "queries": man["counts"]["queries"],
+            "metrics": {k: man["metrics"].get(k) for k in ("mrr", "hits@10", "auc")}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--naive-queries", type=int, default=1000,
                     help="test triples for the naive reference (x2 directions)")
+    ap.add_argument("--model", default=None, help="a `kgops train` output to evaluate as well")
+    ap.add_argument("--graph", default=None, help="the graph that model was trained on")
+    ap.add_argument("--out", default="/tmp/kgops-bench-evaluate")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -143,6 +169,8 @@ def main() -> None:
     best = max(b["queries_per_s"] for b in batched.values())
     results["speedup_batched_vs_naive"] = round(best / results["naive"]["queries_per_s"], 1)
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    if args.model and args.graph:
+        results["stage"] = time_stage(args)
     results["load_average_1m_at_end"] = round(os.getloadavg()[0], 1)  # the machine is shared
     results["finished_at_unix"] = int(time.time())
     write_results("bench_evaluate", results)
