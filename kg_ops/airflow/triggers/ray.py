@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -93,6 +94,9 @@ class RayJobTrigger(BaseTrigger):
                              "error_type": info.get("error_type"), **extra})
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        # A first ``import aiohttp`` takes long enough to stall every other trigger: do it in a
+        # thread, as the connection lookup below does its own I/O asynchronously.
+        await asyncio.to_thread(importlib.import_module, "aiohttp")
         hook = self._hook()
         buffer = LogBuffer(self.max_log_lines)
         follower = (asyncio.create_task(self._follow_logs(hook, buffer))
