@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from kg_ops.errors import KGOpsError
-from kg_ops.evaluate.auc import evaluate_auc, roc_auc, sample_negatives
+from kg_ops.evaluate.auc import evaluate_auc, grouped_auc, roc_auc, sample_negatives
 from kg_ops.evaluate.filters import FilterIndex
 
 # Two node types: ids [0, 10) "person" and [10, 30) "city".
@@ -100,3 +100,24 @@ def test_nan_scores_fail_clearly():
     with pytest.raises(KGOpsError, match="non-finite"):
         evaluate_auc(lambda b: np.full(len(b), np.nan), trip, FilterIndex(trip, 30, 2),
                      RANGES, 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_auc_equals_sklearn_per_group(seed):
+    rng = np.random.default_rng(seed)
+    n, groups = 400, 7
+    scores = rng.integers(0, 6, n).astype(float)        # heavy ties
+    scores[::7] += rng.random(len(scores[::7]))          # and some distinct values
+    labels = rng.random(n) < 0.4
+    group = rng.integers(0, groups, n)
+    group[group == 5] = 4                                # group 5 empty
+    labels[group == 6] = True                            # group 6 has one class only
+    got = grouped_auc(scores, labels, group, groups)
+    for g in range(groups):
+        m = group == g
+        if g in (5, 6):
+            assert np.isnan(got[g])
+        else:
+            assert got[g] == pytest.approx(roc_auc_score(labels[m], scores[m]), abs=1e-12)
+    assert roc_auc(scores[labels], scores[~labels]) == pytest.approx(
+        roc_auc_score(labels, scores), abs=1e-12)
