@@ -31,6 +31,7 @@ class Negatives:
 
 def negatives_policy(k: int, seed: int, max_rounds: int) -> dict:
     return {"per_positive": k, "seed": seed, "max_rounds": max_rounds,
+            "sampled": True,
             "corrupt": "head or tail with probability 1/2 each",
             "replacement": "uniform over the node type the relation expects on that side",
             "excluded": "known true triples (train+valid+test), redrawn; leftovers dropped"}
