@@ -132,8 +132,7 @@ class CSRGraph:
             rel = np.concatenate([rel, edges[:, 1] + num_relations])
             eid = np.concatenate([eid, eid])
         gsrc = src if node_ids is None else np.asarray(node_ids, dtype=np.int64)[src]
-        order = np.argsort(edge_keys(seed, None, gsrc, rel))    # unique keys per receiver
-        order = order[np.argsort(dst[order], kind="stable")]
+        order = group_by(dst, np.argsort(edge_keys(seed, None, gsrc, rel)), num_nodes)
         counts = np.bincount(dst, minlength=num_nodes)
         indptr = np.zeros(num_nodes + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
@@ -153,6 +152,37 @@ class CSRGraph:
     def to_global(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
         return ids if self.node_ids is None else self.node_ids[ids]
+
+
+def unique_int(a: np.ndarray, return_counts: bool = False):
+    """Sorted unique integers by sorting: numpy 2's hash-based ``np.unique`` is 10-30x slower
+    on large int64 arrays."""
+    a = np.sort(np.asarray(a).ravel())
+    first = np.r_[True, a[1:] != a[:-1]] if len(a) else np.zeros(0, bool)
+    if not return_counts:
+        return a[first]
+    starts = np.flatnonzero(first)
+    return a[starts], np.diff(np.r_[starts, len(a)])
+
+
+def first_occurrences(a: np.ndarray) -> np.ndarray:
+    """Distinct values of ``a`` in order of first appearance."""
+    order = np.argsort(a, kind="stable")
+    s = a[order]
+    first = order[np.r_[True, s[1:] != s[:-1]]] if len(a) else order
+    return a[np.sort(first)]
+
+
+def group_by(groups: np.ndarray, order: np.ndarray, num_groups: int) -> np.ndarray:
+    """``order`` stably regrouped by ``groups[order]`` (a stable sort by group). Packs
+    (group, position) into one int64 when it fits, because an unstable integer sort of unique
+    keys is several times faster than numpy's stable sort of int64."""
+    n = len(order)
+    pos_bits = max(int(n).bit_length(), 1)
+    if int(num_groups).bit_length() + pos_bits <= 62:
+        packed = (groups[order].astype(np.int64) << pos_bits) | np.arange(n, dtype=np.int64)
+        return order[np.argsort(packed)]
+    return order[np.argsort(groups[order], kind="stable")]
 
 
 @dataclass
@@ -283,8 +313,7 @@ def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence
     docstring for what is guaranteed."""
     seed = csr.seed if seed is None else int(seed)
     seeds = np.asarray(seeds, dtype=np.int64).ravel()
-    _, first = np.unique(seeds, return_index=True)
-    nodes = seeds[np.sort(first)]
+    nodes = first_occurrences(seeds)
     position = np.full(csr.num_nodes, -1, dtype=np.int64)    # CSR id -> index in ``nodes``
     position[nodes] = np.arange(len(nodes))
     sizes = [len(nodes)]
@@ -293,7 +322,7 @@ def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence
         frontier = nodes  # every node reached so far gets this layer's messages
         pos, seg = sample_messages(csr, frontier, int(fanout), seed, chunk_messages)
         src_ids = csr.src[pos]
-        new = np.unique(src_ids[position[src_ids] < 0])
+        new = unique_int(src_ids[position[src_ids] < 0])
         if len(new):
             if csr.node_ids is not None:
                 new = new[np.argsort(csr.node_ids[new], kind="stable")]
@@ -303,3 +332,30 @@ def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence
         sizes.append(len(nodes))
     return ComputationGraph(nodes=nodes, sizes=sizes, hops=hops, seed_index=position[seeds],
                             global_nodes=csr.to_global(nodes))
+
+
+def computation_graph_messages(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence[int],
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Every message the computation graph of ``seeds`` uses (sampled with the CSR's own
+    seed), without building the graph: returns (message positions, depth of every node: the
+    hop at which it is first reached, -1 if never). Equal to the union over hops of
+    :func:`sample_computation_graph`'s messages, but with boolean masks instead of sorting:
+    because samples are nested prefixes of each node's key-sorted messages, a node reached at
+    hop d contributes its first ``max(fanouts[d:])`` messages (all for -1)."""
+    depth = np.full(csr.num_nodes, -1, dtype=np.int64)
+    depth[np.asarray(seeds, dtype=np.int64)] = 0
+    deg = csr.degree
+    for k, fanout in enumerate(fanouts):
+        frontier = np.flatnonzero(depth >= 0)
+        take = deg[frontier] if fanout < 0 else np.minimum(deg[frontier], fanout)
+        pos, _ = _segment_arange(csr.indptr[frontier], take)
+        senders = csr.src[pos]
+        depth[senders[depth[senders] < 0]] = k + 1
+    # Prefix length per node: the largest fanout of the hops it is expanded in.
+    caps = [(-1 if any(f < 0 for f in fanouts[d:]) else max(fanouts[d:]))
+            for d in range(len(fanouts))]
+    expanded = np.flatnonzero((depth >= 0) & (depth < len(fanouts)))
+    cap = np.asarray(caps, dtype=np.int64)[depth[expanded]]
+    take = np.where(cap < 0, deg[expanded], np.minimum(deg[expanded], cap))
+    pos, _ = _segment_arange(csr.indptr[expanded], take)
+    return pos, depth

@@ -208,3 +208,23 @@ def test_keys_are_unique_per_receiver():
     for v in range(30):        # segments are sorted by key
         seg = keys[csr.indptr[v]:csr.indptr[v + 1]]
         assert (np.diff(seg.astype(np.float64)) >= 0).all() and (seg[1:] > seg[:-1]).all()
+
+
+@pytest.mark.parametrize("fanouts", [[4, 2], [2, 5], [-1, 3], [3, -1], [2, 2, 2]])
+def test_computation_graph_messages_is_the_union_of_the_hops(fanouts):
+    from kg_ops.sampling import computation_graph_messages
+
+    edges = random_graph(n=70, e=700, r=4, seed=14)
+    csr = CSRGraph.from_edges(edges, 70, num_relations=4, seed=6)
+    seeds = np.array([1, 8, 30, 31])
+    cg = sample_computation_graph(csr, seeds, fanouts)
+    pos, depth = computation_graph_messages(csr, seeds, fanouts)
+    msgs = {(int(csr.src[p]), int(csr.rel[p]), int(np.searchsorted(csr.indptr, p, "right") - 1))
+            for p in pos}
+    assert len(msgs) == len(pos)
+    assert msgs == set().union(*(as_set(cg, k + 1) for k in range(len(fanouts))))
+    want = np.full(70, -1)
+    for d in range(len(cg.sizes)):
+        lo = 0 if d == 0 else cg.sizes[d - 1]
+        want[cg.nodes[lo:cg.sizes[d]]] = d
+    assert np.array_equal(depth, want)

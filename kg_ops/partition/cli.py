@@ -62,10 +62,17 @@ def training_edges(train: np.ndarray, held_out: np.ndarray, num_nodes: int,
     if num_nodes * num_nodes * max(num_relations, 1) >= 1 << 62:
         raise KGOpsError(f"{num_nodes} nodes x {num_relations} relations is too large for "
                          "packed triple ids")
-    keys, first = np.unique(packed(train), return_index=True)
-    uniq = train[first]
+    from kg_ops.sampling import unique_int
+
+    keys = packed(train)
+    order = np.argsort(keys)
+    keys = keys[order]
+    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.zeros(0, bool)
+    keys, uniq = keys[first], train[order[first]]
     counts = {"train_duplicates_removed": int(len(train) - len(uniq))}
-    leak = np.isin(keys, packed(held_out)) if len(held_out) else np.zeros(len(uniq), bool)
+    held = unique_int(packed(held_out))
+    at = np.minimum(np.searchsorted(held, keys), max(len(held) - 1, 0))
+    leak = held[at] == keys if len(held) else np.zeros(len(uniq), bool)
     counts["train_in_valid_or_test_removed"] = int(leak.sum())
     for what, n in counts.items():
         if n:
@@ -111,6 +118,8 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
                                              schema.num_relations)
             if not len(edges):
                 raise KGOpsError(f"{graph}: no training edges to partition")
+            log.info("partition: %d training edges loaded; building the CSR (%d messages)",
+                     len(edges), 2 * len(edges))
             csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations,
                                       seed=seed)
         st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
@@ -128,7 +137,7 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
         store = get_store(st.out)
         for uri in store.list(st.out):     # files of partitions a previous run had beyond P
             name = uri[len(st.out):].lstrip("/").split("/")[0]
-            if name.startswith("part-") and int(name[5:]) >= parts:
+            if name.startswith("part-") and name[5:].isdigit() and int(name[5:]) >= parts:
                 store.delete(uri)
 
         head_t, tail_t = schema.relation_head_tail_types()

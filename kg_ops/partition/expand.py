@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kg_ops.partition.io import Partition
-from kg_ops.sampling import CSRGraph, sample_computation_graph
+from kg_ops.sampling import CSRGraph, computation_graph_messages, unique_int
 
 
 @dataclass
@@ -44,15 +44,14 @@ def expand_partition(ctx: ExpandContext, part_id: int, core_eids: np.ndarray,
                      ) -> tuple[Partition, dict]:
     """Build partition ``part_id`` from the rows ``core_eids`` of ``ctx.edges`` it owns."""
     core = ctx.edges[core_eids]
-    core_nodes = np.unique(core[:, [0, 2]])
-    cg = sample_computation_graph(ctx.csr, core_nodes, ctx.fanouts, seed=ctx.seed)
+    core_nodes = unique_int(core[:, [0, 2]])
+    pos, depth = computation_graph_messages(ctx.csr, core_nodes, ctx.fanouts)
     stored = np.zeros(len(ctx.edges), dtype=bool)
-    for hop in cg.hops:
-        stored[hop.eid] = True
+    stored[ctx.csr.eid[pos]] = True
     stored[core_eids] = False
     halo = ctx.edges[stored]
-    ends = np.unique(halo[:, [0, 2]])
-    halo_nodes = ends[~np.isin(ends, core_nodes, assume_unique=True)]
+    depth[core_nodes] = -1
+    halo_nodes = np.flatnonzero(depth >= 0)     # reached, not core: ascending global id
     global_ids = np.concatenate([core_nodes, halo_nodes])
 
     to_local = ctx._to_local
@@ -82,7 +81,7 @@ def expand_partition(ctx: ExpandContext, part_id: int, core_eids: np.ndarray,
         "halo_edges": int(len(halo_local)),
         "core_nodes": int(len(core_nodes)),
         "halo_nodes": int(len(halo_nodes)),
-        "sampled_messages_per_hop": [int(len(h)) for h in cg.hops],
+        "sampled_messages": int(len(pos)),
         "est_worker_memory_bytes": estimate_worker_bytes(
             len(global_ids), len(core_local) + len(halo_local),
             0 if ctx.feature_bytes_per_type is None

@@ -29,6 +29,7 @@ import logging
 import numpy as np
 
 from kg_ops.errors import KGOpsError
+from kg_ops.sampling import unique_int
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,12 @@ def undirected_adjacency(edges: np.ndarray, num_nodes: int,
     h, t = edges[:, 0], edges[:, 2]
     lo, hi = np.minimum(h, t), np.maximum(h, t)
     pair = lo[lo != hi] * np.int64(num_nodes) + hi[lo != hi]
-    pair, weight = np.unique(pair, return_counts=True)
+    pair, weight = unique_int(pair, return_counts=True)
     a, b = pair // num_nodes, pair % num_nodes
     src = np.concatenate([a, b])
     dst = np.concatenate([b, a])
     w = np.concatenate([weight, weight]).astype(np.int64)
-    order = np.lexsort((dst, src))
+    order = np.argsort(src * np.int64(num_nodes) + dst)     # unique keys: any sort will do
     xadj = np.zeros(num_nodes + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=num_nodes), out=xadj[1:])
     return xadj, dst[order].astype(np.int64), w[order]
@@ -103,10 +104,17 @@ def owners_from_node_parts(edges: np.ndarray, node_part: np.ndarray, parts: int,
     cut = (ph != pt) & ~free
     # n(v, q): how many of v's edges have their other end in part q.
     pair = np.concatenate([h * parts + pt, t * parts + ph])
-    keys, counts = np.unique(pair, return_counts=True)
+    size = (int(max(h.max(), t.max())) + 1) * parts if len(edges) else 0
+    if size <= 1 << 28:                     # a dense table: one bincount, no sort
+        table = np.bincount(pair, minlength=size)
 
-    def n(v: np.ndarray, q: np.ndarray) -> np.ndarray:
-        return counts[np.searchsorted(keys, v * parts + q)]
+        def n(v: np.ndarray, q: np.ndarray) -> np.ndarray:
+            return table[v * parts + q]
+    else:
+        keys, counts = unique_int(pair, return_counts=True)
+
+        def n(v: np.ndarray, q: np.ndarray) -> np.ndarray:
+            return counts[np.searchsorted(keys, v * parts + q)]
 
     cost_tail = node_cost[t] / n(t, ph)     # owner = head's part: the tail is replicated
     cost_head = node_cost[h] / n(h, pt)

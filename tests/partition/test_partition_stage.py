@@ -229,7 +229,8 @@ def write_features(uri: str, graph_uri: str) -> dict[str, np.ndarray]:
         ids = np.arange(first, first + count)[rng.random(count) < 0.8]   # some rows missing
         vals = rng.random((len(ids), dim)).astype(np.float32)
         blocks[attr] = (ids, vals)
-        shard = F.write_shard(uri, F.shard_path(node_type, attr, 0), ids, vals, dim)
+        shard = F.write_shard(uri, F.shard_path(node_type, attr, 0),
+                              F.dense_table(ids, vals, dim))
         index.append({"node_type": node_type, "attribute": attr, "kind": "numeric",
                       "dim": dim, "rows": len(ids), "shards": [shard["path"]],
                       "shard_rows": [shard["rows"]], "shard_id_ranges": [shard["id_range"]]})
