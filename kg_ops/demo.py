@@ -25,7 +25,10 @@ DEFAULT_SHARED = REPO.parent / "shared" / "datasets"
 
 PRESETS = {
     # name: (source, extra DAG params)
-    "synth": {"source": "synth", "synth_nodes": 3000, "synth_edges": 24000, "epochs": 8},
+    # A synthetic graph's edges are random inside latent communities, so even a perfect model
+    # ranks the true tail among its community's members: MRR is low by construction.
+    "synth": {"source": "synth", "synth_nodes": 3000, "synth_edges": 24000, "epochs": 5,
+              "min_mrr": 0.01},
     "codex-s": {"source": "codex-s", "epochs": 10},
     "codex-m": {"source": "codex-m", "epochs": 5},
     "debian": {"source": "debian", "epochs": 3},
