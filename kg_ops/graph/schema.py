@@ -21,7 +21,8 @@ SPLITS = ("train", "valid", "test")
 # How each kind is stored in the node tables (Arrow types), documented once:
 #   text        -> string        (null or "" = missing)
 #   numeric     -> float64       (null/NaN = missing)
-#   date        -> timestamp[s, UTC]  (null = missing); encoders turn it into days since epoch
+#   date        -> timestamp[*, UTC]  (null = missing); written as seconds, read back as ms
+#                  (Parquet has no seconds unit); encoders turn it into days since epoch
 #   categorical -> string        (null = missing)
 #   multilabel  -> list<string>  (null or [] = no labels)
 
