@@ -70,7 +70,7 @@ class LocalRayHead:
     """Start a private Ray head on enter, stop exactly that head on exit."""
 
     def __init__(self, num_cpus: int = 2, temp_dir: str | None = None,
-                 startup_timeout: float = 90.0, object_store_mib: int = 256,
+                 startup_timeout: float = 90.0, object_store_mib: int = 512,
                  keep_temp_dir: bool | None = None):
         self.num_cpus = num_cpus
         self._own_temp = temp_dir is None
@@ -98,9 +98,19 @@ class LocalRayHead:
                 "RAY_ADDRESS": self.address, "RAY_API_SERVER_ADDRESS": self.dashboard_url}
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            # Interrupted or failed half-way (Ctrl-C, a test timeout): leave nothing running.
+            self._kill_processes()
+            raise
+
+    def _start(self) -> None:
         Path(self.temp_dir).mkdir(parents=True, exist_ok=True)
         last_error = ""
-        for _attempt in range(2):  # a port grabbed between picking and binding: pick again
+        # Two attempts: a port grabbed between picking and binding, or a raylet that missed
+        # Ray's fixed 30 s registration window on an overloaded machine.
+        for _attempt in range(2):
             ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
             cmd = [_ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1",
                    "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",

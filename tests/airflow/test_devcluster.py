@@ -10,7 +10,7 @@ import requests
 
 from kg_ops.devcluster import LocalRayHead, _names_dir
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)
 
 
 def _procs_running(text: str) -> list:
