@@ -4,14 +4,15 @@
 ``torch.load(weights_only=True)``) and returns a :class:`TrainedModel`:
 
 * ``embed_all(batch_size)`` -> ``[num_nodes, d]``: full-graph inference, every entity's
-  embedding from its exact K-hop neighbourhood in the graph's training edges (the message
-  graph training used, before fanout sampling), layer by layer in chunks of target nodes;
+  embedding from its exact K-hop neighbourhood in the training edges (the message graph
+  training used, before fanout sampling), layer by layer in chunks of target nodes;
 * ``score_tails(h[B,d], rel[B], cand[N,d]) -> [B,N]``, ``score_heads(t[B,d], rel[B],
   cand[N,d]) -> [B,N]``, ``score(h[B,d], rel[B], t[B,d]) -> [B]``: the decoder.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ import torch
 from kg_ops.errors import KGOpsError
 from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
 from kg_ops.store import get_store, join, normalize
+
+log = logging.getLogger(__name__)
 
 
 class TrainedModelError(KGOpsError):
@@ -37,16 +40,26 @@ class TrainedModel:
         return int(self.config["num_nodes"])
 
     def message_graph(self):
-        """The training message graph: the graph's train edges, cleaned exactly as the
-        partition stage does (duplicates and triples also in valid/test removed)."""
+        """The training message graph: the training edges of the partitions the model was
+        trained on (each owned by exactly one partition; duplicates and triples also in
+        valid/test were removed by the partition stage). Without partitions (or if they are
+        gone), the graph's unique train edges."""
         from kg_ops.graph.kg import load_edges
-        from kg_ops.partition.cli import training_edges
         from kg_ops.sampling import CSRGraph
+        from kg_ops.store import get_store, join
 
-        graph = self.config["graph"]
-        held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
-        edges, _ = training_edges(load_edges(graph, "train"), held, self.num_nodes,
-                                  int(self.config["num_relations"]))
+        parts = self.config.get("partitions")
+        if parts and get_store(parts).exists(join(parts, "_manifest.json")):
+            from kg_ops.partition.io import load_partition, load_partitions_manifest
+
+            count = int(load_partitions_manifest(parts)["outputs"]["parts"])
+            edges = np.concatenate([load_partition(parts, p).global_core_edges()
+                                    for p in range(count)])
+        else:
+            if parts:
+                log.warning("%s: partitions %s are gone; using the graph's train edges as the "
+                            "message graph", self.uri, parts)
+            edges = np.unique(load_edges(self.config["graph"], "train"), axis=0)
         return CSRGraph.from_edges(edges, self.num_nodes, self.config["num_relations"])
 
     def features(self):
