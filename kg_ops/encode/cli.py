@@ -139,7 +139,7 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
             "worker_net_s": round(wt["busy_s"], 3), "worker_busy_s": wt["per_worker_busy_s"],
             "overhead_fraction": round(1 - wt["busy_s"] / transform_wall, 4)
             if transform_wall else 0.0,
-            "worker_read_s": round(wt["read_s"], 3), "worker_encode_s": round(wt["encode_s"], 3),
+            "worker_cpu_s": round(wt["cpu_s"], 3), "worker_read_s": round(wt["read_s"], 3), "worker_encode_s": round(wt["encode_s"], 3),
             "worker_write_s": round(wt["write_s"], 3),
             "tabular_rows_per_s": round(tab_rows / result.phase_wall_s["tabular"], 1)
             if result.phase_wall_s["tabular"] else None,

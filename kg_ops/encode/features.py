@@ -13,8 +13,9 @@ weight matrix per block (``dim`` columns in, hidden size out). Layout under a fe
 
 Numeric, date, categorical and multilabel blocks hold only 0/1 (one-hot bins, one-hot
 categories, multi-hot labels), so their shards store the positions of the ones ("indicator"
-storage): writing and reading a wide one-hot block densely cost seconds per 100k rows, this is
-~100x less. ``load_feature_blocks`` always returns dense float32 values, whatever the storage.
+storage). On a 63k x 256 multi-hot block (loaded machine) a dense shard took ~1.5 s to write and
+~1.3 s to read, the indicator shard ~0.2 s to write. ``load_feature_blocks`` always returns dense
+float32 values, whatever the storage.
 
 ``features.json``::
 
@@ -36,9 +37,9 @@ Bad values (numeric +-inf, null labels inside a multilabel list) stop the stage 
 naming the row, unless ``--on-bad skip`` is given; then they are treated as missing and counted
 as ``bad`` (with example keys in the manifest). Nothing is dropped without being counted.
 
-Blocks are dense float32; one-hot widths are bounded at fit time (``--max-categories``,
-``--max-labels``: rarer values share one "infrequent" column), so dense storage stays small and
-zstd compresses the zeros away. Within a block node ids are strictly ascending.
+One-hot widths are bounded at fit time (``--max-categories``, ``--max-labels``: rarer values
+share one "infrequent" column), so the dense arrays the loader returns stay small. Within a block
+node ids are strictly ascending.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class Plan:
 def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
                text_chunk: int = 512, tabular_chunk: int = 250_000) -> Plan:
     """Row ranges per phase: tabular split in ~2 items per worker (capped for memory), text in
-    small chunks so the workers stay balanced and progress is fine-grained."""
+    chunks of at most ``text_chunk`` rows and at least ~4 items per worker, so the workers stay
+    balanced and progress is fine-grained."""
     plan = Plan()
     for nt in schema.node_types:
         mine = [e for e in encoders if e.node_type == nt.name]
@@ -84,8 +85,8 @@ def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
             attrs = [e.attribute for e in mine if (e.kind == "text") == (phase == "text")]
             if not attrs or nt.count == 0:
                 continue
-            chunk = text_chunk if phase == "text" else min(
-                tabular_chunk, max(1, math.ceil(nt.count / (2 * workers))))
+            per_worker, cap = (4, text_chunk) if phase == "text" else (2, tabular_chunk)
+            chunk = min(cap, max(1, math.ceil(nt.count / (per_worker * workers))))
             plan.items[phase].extend(WorkItem(nt.name, s, min(s + chunk, nt.count), attrs, phase)
                                      for s in range(0, nt.count, chunk))
     return plan
@@ -156,7 +157,7 @@ class ShardEncoder:
 
     def run(self, item: WorkItem) -> dict[str, Any]:
         """Encode and write one item; returns only its shard manifests and timings."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         encoded, timing = self.encode_item(item)
         t1 = time.perf_counter()
         shards = {}
@@ -172,6 +173,7 @@ class ShardEncoder:
             shards[attr] = {"shard": shard, "start": item.start, "stats": stats}
         timing["write_s"] = time.perf_counter() - t1
         timing["busy_s"] = time.perf_counter() - t0
+        timing["cpu_s"] = time.process_time() - c0  # < busy_s when the cores are contended
         return {"worker": self.worker_id, "node_type": item.node_type, "phase": item.phase,
                 "rows": item.rows, "shards": shards, "timing": timing}
 
@@ -328,6 +330,6 @@ def worker_timings(res: TransformResult) -> dict[str, Any]:
             busy[r["worker"]][k] += v
     n = max(res.workers, 1)
     out: dict[str, Any] = {k: sum(w[k] for w in busy.values()) / n
-                           for k in ("busy_s", "read_s", "encode_s", "write_s")}
+                           for k in ("busy_s", "cpu_s", "read_s", "encode_s", "write_s")}
     out["per_worker_busy_s"] = [round(busy[i]["busy_s"], 3) for i in range(res.workers)]
     return out
