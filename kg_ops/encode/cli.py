@@ -63,6 +63,7 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
         load_encoders_bytes,
         match_schema,
         save_encoders,
+        tabular_tables,
     )
     from kg_ops.encode.transform import gather_blocks, transform, worker_timings
     from kg_ops.graph.kg import load_schema
@@ -88,6 +89,7 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
         t_start = time.perf_counter()
         schema = load_schema(graph)
         with st.phase("fit"):
+            tables = tabular_tables(graph, schema)  # read once: fit, then workers share them
             enc_uri = st.uri(F.ENCODERS_NAME)
             if encoders_uri:  # reused unchanged: the very same bytes
                 source = load_encoders_bytes(encoders_uri)
@@ -101,14 +103,15 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
                 enc_sha = hashlib.sha256(source).hexdigest()
                 fit_stats: dict = {}
             else:
-                encoders, fit_stats = fit_encoders(graph, schema, settings)
+                encoders, fit_stats = fit_encoders(graph, schema, settings, tables)
                 enc_sha = save_encoders(enc_uri, encoders_document(encoders, settings, graph))
         removed = get_store(out).delete_prefix(st.uri("blocks"))  # an older run's shards
         if removed:
             log.info("encode: removed %d shard(s) of an earlier run in %s", removed, out)
         result = transform(graph, out, schema, encoders, workers, threads, settings.on_bad,
                            text_chunk=text_chunk, text_batch_size=text_batch_size,
-                           phase_timer=st.phase)
+                           phase_timer=st.phase, tables=tables)
+        del tables
         with st.phase("write"):
             blocks = gather_blocks(encoders, result.results, fit_stats)
             index = {"format": F.FORMAT, "graph": graph, "num_nodes": schema.num_nodes,

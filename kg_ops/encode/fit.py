@@ -224,22 +224,31 @@ def _fit_multilabel(values: pa.Array, max_labels: int) -> dict[str, Any]:
     return {"labels": labels, "infrequent": infrequent, "max_labels": max_labels}
 
 
+def tabular_tables(graph_uri: str, schema: GraphSchema) -> dict[str, pa.Table]:
+    """Per node type with tabular attributes: its id, key and tabular columns (not the text)."""
+    from kg_ops.graph.kg import load_nodes
+
+    return {nt.name: load_nodes(graph_uri, nt.name, columns=["id", "key", *[
+        a.name for a in nt.attributes if a.kind != "text"]])
+        for nt in schema.node_types if any(a.kind != "text" for a in nt.attributes)}
+
+
 def fit_encoders(graph_uri: str, schema: GraphSchema, settings: EncodeSettings,
+                 tables: dict[str, pa.Table] | None = None,
                  ) -> tuple[list[FittedEncoder], dict[str, dict[str, Any]]]:
     """Fit every attribute of every node type over all its rows (driver side).
 
-    Returns the encoders (schema order) and, per attribute, fit-time counts. Reads only the
-    tabular columns; text encoders need no data (the model is pretrained)."""
+    Returns the encoders (schema order) and, per attribute, fit-time counts. Needs only the
+    tabular columns (``tables``, read if not given); text encoders need no data (the model is
+    pretrained)."""
     from kg_ops.encode.text import text_encoder_params
-    from kg_ops.graph.kg import load_nodes
 
+    tables = tabular_tables(graph_uri, schema) if tables is None else tables
     encoders: list[FittedEncoder] = []
     stats: dict[str, dict[str, Any]] = {}
     text_params = None
     for nt in schema.node_types:
-        tabular = [a for a in nt.attributes if a.kind != "text"]
-        table = (load_nodes(graph_uri, nt.name, columns=["key"] + [a.name for a in tabular])
-                 if tabular else None)
+        table = tables.get(nt.name)
         where = join(graph_uri, "nodes", f"{nt.name}.parquet")
         for a in nt.attributes:
             name = f"{nt.name}/{a.name}"

@@ -1,8 +1,9 @@
 """Distributed transform: Ray actors encode row ranges and write their shards themselves.
 
 Each worker is an actor (``ShardEncoder``) that receives the fitted encoders once, loads the text
-model once, reads the node-table columns it needs from the artifact store (cached per node type),
-and writes one Parquet shard per (attribute, row range) straight to the store. The driver only
+model once, takes the tabular columns from the object store (the driver read them anyway to fit;
+placed once, read zero-copy) and reads the text columns from the artifact store itself (cached
+per node type), and writes one Parquet shard per (attribute, row range) straight to the store. The driver only
 hands out row ranges and gathers shard manifests (paths, row counts, id ranges, timings): the
 feature arrays never pass through it. Keeping two items in flight per worker hides the round trip.
 
@@ -97,7 +98,8 @@ class ShardEncoder:
 
     def __init__(self, graph_uri: str, out_uri: str | None, encoders: list[dict[str, Any]],
                  on_bad: str = "error", threads: int | None = None, text_batch_size: int = 64,
-                 worker_id: int = 0):
+                 worker_id: int = 0, shared_tables: dict[str, Any] | None = None):
+        self.shared_tables = shared_tables or {}  # node type -> ObjectRef of its tabular columns
         self.graph_uri, self.out_uri, self.on_bad = graph_uri, out_uri, on_bad
         self.threads, self.worker_id, self.text_batch_size = threads, worker_id, text_batch_size
         self.encoders = {(e["node_type"], e["attribute"]): FittedEncoder(**e) for e in encoders}
@@ -125,8 +127,16 @@ class ShardEncoder:
 
         key = (node_type, tuple(attributes))
         if key not in self._tables:
-            self._tables[key] = load_nodes(self.graph_uri, node_type,
-                                           columns=["id", "key", *attributes])
+            columns = ["id", "key", *attributes]
+            ref = self.shared_tables.get(node_type)
+            if ref is not None:
+                import ray
+
+                shared = ray.get(ref)  # zero-copy from the object store
+                if set(columns) <= set(shared.column_names):
+                    self._tables[key] = shared.select(columns)
+            if key not in self._tables:
+                self._tables[key] = load_nodes(self.graph_uri, node_type, columns=columns)
         return self._tables[key]
 
     def encode_item(self, item: WorkItem) -> tuple[dict[str, tuple], dict[str, float]]:
@@ -222,14 +232,19 @@ class TransformResult:
 
 
 def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], workers: int,
-                  threads: int, on_bad: str, text_batch_size: int) -> list:
+                  threads: int, on_bad: str, text_batch_size: int,
+                  tables: dict[str, Any] | None = None) -> list:
+    """Start the actors. The fitted encoders and the tabular columns the driver already read
+    for fitting are placed in the object store once; text columns the workers read themselves."""
     import ray
 
     env = worker_env([graph_uri, out_uri])
     actor = ray.remote(ShardEncoder).options(
         num_cpus=threads, runtime_env={"env_vars": env} if env else None)
-    shared = ray.put([e.__dict__ for e in encoders])  # the fitted encoders, placed once
-    actors = [actor.remote(graph_uri, out_uri, shared, on_bad, threads, text_batch_size, i)
+    shared = ray.put([e.__dict__ for e in encoders])
+    table_refs = {name: ray.put(t) for name, t in (tables or {}).items()}
+    actors = [actor.remote(graph_uri, out_uri, shared, on_bad, threads, text_batch_size, i,
+                           table_refs)
               for i in range(workers)]
     try:
         ray.get([a.ready.remote() for a in actors])
@@ -267,10 +282,12 @@ def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 
 
 def transform(graph_uri: str, out_uri: str, schema: GraphSchema, encoders: list[FittedEncoder],
               workers: int, threads: int, on_bad: str = "error", text_chunk: int = 512,
-              text_batch_size: int = 64, phase_timer=None) -> TransformResult:
+              text_batch_size: int = 64, phase_timer=None,
+              tables: dict[str, Any] | None = None) -> TransformResult:
     plan = plan_items(schema, encoders, workers, text_chunk=text_chunk)
     t0 = time.perf_counter()
-    actors = start_workers(graph_uri, out_uri, encoders, workers, threads, on_bad, text_batch_size)
+    actors = start_workers(graph_uri, out_uri, encoders, workers, threads, on_bad, text_batch_size,
+                           tables)
     startup = time.perf_counter() - t0
     log.info("encode: %d worker(s) x %d thread(s) ready in %.1fs", workers, threads, startup)
     results, walls = [], {}
