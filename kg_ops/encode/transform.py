@@ -94,7 +94,7 @@ def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
 
 
 class ShardEncoder:
-    """One worker: fitted encoders + (lazily) the text model; encodes and writes work items."""
+    """One worker: the fitted encoders and the text model, loaded once; encodes and writes items."""
 
     def __init__(self, graph_uri: str, out_uri: str | None, encoders: list[dict[str, Any]],
                  on_bad: str = "error", threads: int | None = None, text_batch_size: int = 64,
@@ -191,7 +191,7 @@ class ShardEncoder:
 def encode_in_process(graph_uri: str, schema: GraphSchema, encoders: list[FittedEncoder],
                       on_bad: str = "error", threads: int | None = None,
                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Single-process transform of whole tables: ``{"type/attr": (node_ids, values)}``."""
+    """The same per-item code, in this process: ``{"type/attr": (node_ids, dense values)}``."""
     worker = ShardEncoder(graph_uri, None, [e.__dict__ for e in encoders], on_bad, threads)
     parts: dict[str, list] = defaultdict(list)
     for phase in PHASES:
