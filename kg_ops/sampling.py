@@ -132,7 +132,7 @@ class CSRGraph:
             rel = np.concatenate([rel, edges[:, 1] + num_relations])
             eid = np.concatenate([eid, eid])
         gsrc = src if node_ids is None else np.asarray(node_ids, dtype=np.int64)[src]
-        order = group_by(dst, np.argsort(edge_keys(seed, None, gsrc, rel)), num_nodes)
+        order = segment_key_order(dst, gsrc, rel, num_nodes, seed)
         counts = np.bincount(dst, minlength=num_nodes)
         indptr = np.zeros(num_nodes + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
@@ -171,6 +171,25 @@ def first_occurrences(a: np.ndarray) -> np.ndarray:
     s = a[order]
     first = order[np.r_[True, s[1:] != s[:-1]]] if len(a) else order
     return a[np.sort(first)]
+
+
+def segment_key_order(dst: np.ndarray, gsrc: np.ndarray, rel: np.ndarray, num_nodes: int,
+                      seed: int) -> np.ndarray:
+    """Message order by (receiver, key): one sort of ``receiver << 40 | node_rank(sender)``
+    when receivers fit in 22 bits, then the rare ties (one sender, several relations) ordered
+    by relation; otherwise a key sort followed by a stable regrouping."""
+    if int(num_nodes - 1).bit_length() + NODE_BITS > 62 or not len(dst):
+        return group_by(dst, np.argsort(edge_keys(seed, None, gsrc, rel)), num_nodes)
+    packed = (dst.astype(np.int64) << NODE_BITS) | node_rank(seed, gsrc).astype(np.int64)
+    order = np.argsort(packed)
+    p = packed[order]
+    tie = np.flatnonzero(p[1:] == p[:-1])
+    if len(tie):
+        members = unique_int(np.concatenate([tie, tie + 1]))  # small: only tied messages
+        run = np.cumsum(np.r_[True, p[members][1:] != p[members][:-1]]) - 1
+        members = members[np.lexsort((rel[order[members]], run))]
+        order[np.sort(members)] = order[members]
+    return order
 
 
 def group_by(groups: np.ndarray, order: np.ndarray, num_groups: int) -> np.ndarray:

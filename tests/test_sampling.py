@@ -228,3 +228,23 @@ def test_computation_graph_messages_is_the_union_of_the_hops(fanouts):
         lo = 0 if d == 0 else cg.sizes[d - 1]
         want[cg.nodes[lo:cg.sizes[d]]] = d
     assert np.array_equal(depth, want)
+
+
+def test_segment_order_matches_the_two_sort_reference():
+    """The packed single sort (with relation tie-breaks for multi-relation pairs) orders every
+    segment exactly like sorting by the full key."""
+    from kg_ops.sampling import group_by, segment_key_order
+
+    rng = np.random.default_rng(4)
+    n = 50
+    pairs = rng.integers(0, n, (400, 2))
+    rel = rng.integers(0, 6, 400)
+    rel = np.concatenate([rel, rel])                      # same pairs again with other rels
+    pairs = np.concatenate([pairs, pairs])
+    rel[400:] = (rel[400:] + 1 + rng.integers(0, 4, 400)) % 6
+    msgs = np.unique(np.stack([pairs[:, 1], pairs[:, 0], rel], 1), axis=0)
+    msgs = msgs[rng.permutation(len(msgs))]
+    dst, src, r = msgs[:, 0], msgs[:, 1], msgs[:, 2]
+    got = segment_key_order(dst, src, r, n, seed=3)
+    want = group_by(dst, np.argsort(edge_keys(3, None, src, r), kind="stable"), n)
+    assert np.array_equal(msgs[got], msgs[want])
