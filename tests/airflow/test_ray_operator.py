@@ -195,3 +195,16 @@ def test_retry_after_worker_death_reattaches(test_dags, run_dag, ray_hook, ray_j
     again = run_dag(dag, conf, logical_date=when, run_after=when)
     assert again.states == {"job": "success"}
     assert len(ray_jobs(dag.dag_id, res.run_id)) == 1
+
+
+def test_force_reruns_a_succeeded_job_under_a_new_id(test_dags, run_dag, ray_jobs):
+    dag = test_dags.ray_submit_sync
+    when = datetime(2026, 2, 3, 4, 5, 6, tzinfo=UTC)
+    first = run_dag(dag, {"cmd": "echo once"}, logical_date=when, run_after=when)
+    forced = run_dag(dag, {"cmd": "echo once", "force": True}, logical_date=when, run_after=when)
+
+    assert first.states == forced.states == {"job": "success"}
+    sid = first.xcom[("job", "return_value")]["submission_id"]
+    assert forced.xcom[("job", "return_value")]["submission_id"] == f"{sid}-r2"
+    assert sorted(j["submission_id"] for j in ray_jobs(dag.dag_id, first.run_id)) == \
+        [sid, f"{sid}-r2"]

@@ -16,7 +16,8 @@ CONN = "ray_default"
 
 def _dag(dag_id: str, retries: int = 0) -> DAG:
     return DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
-               params={"cmd": Param("echo ok", type="string")},
+               params={"cmd": Param("echo ok", type="string"),
+                       "force": Param(False, type="boolean")},
                default_args={"retries": retries}, tags=["kg_ops-test"])
 
 
@@ -24,7 +25,8 @@ for mode in ("sync", "deferred"):
     deferrable = mode == "deferred"
     with _dag(f"ray_submit_{mode}") as dag:
         SubmitRayJobOperator(task_id="job", entrypoint="{{ params.cmd }}", ray_conn_id=CONN,
-                             deferrable=deferrable, poll_interval=0.5, log_tail_lines=20)
+                             deferrable=deferrable, poll_interval=0.5, log_tail_lines=20,
+                             force="{{ params.force }}")
     globals()[dag.dag_id] = dag
 
     with _dag(f"ray_timeout_{mode}") as dag:
