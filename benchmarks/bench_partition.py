@@ -51,7 +51,7 @@ def ensure_graph(kind: str, uri: str | None, work: Path) -> str:
 
 def run_partition(graph: str, out: Path, parts: int, method: str, fanout: str) -> dict:
     cmd = [*KGOPS, "--force", "partition", "--graph", graph, "--parts", str(parts), "--hops",
-           str(len(fanout.split(","))), "--fanout", fanout, "--method", method, "--seed", "0",
+           str(len(fanout.split(","))), f"--fanout={fanout}", "--method", method, "--seed", "0",
            "--out", str(out)]
     load = os.getloadavg()[0]
     r = run_measured(cmd)

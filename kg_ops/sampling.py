@@ -7,8 +7,8 @@ relations), so message passing runs both ways and a conv sees ``2R`` relation ty
 
 Globally deterministic sampling. At hop ``k`` a node ``v`` keeps the ``fanouts[k-1]`` incoming
 messages with the smallest random key, where the key is a function of
-``(seed, global id of the sender, global id of v, relation)`` only -- not the position of the
-edge in some array, not the batch, not the hop. So any graph that holds a node's sampled
+``(seed, global id of the sender, relation)`` only, ranked among v's messages -- not of the
+position of the edge in some array, not of the batch, not of the hop. So any graph that holds a node's sampled
 messages (a partition holding part of the full graph, with local ids mapped to global ids through
 ``node_ids``) draws exactly the same sample as the full graph. That is what makes partitions
 self-sufficient and testable. Because the key does not depend on the hop, a smaller fanout
@@ -257,9 +257,10 @@ class ComputationGraph:
         src = np.concatenate([h.src for h in self.hops])
         dst = np.concatenate([h.dst for h in self.hops])
         rel = np.concatenate([h.rel for h in self.hops])
-        uniq = np.unique(np.stack([dst, src, rel], axis=1), axis=0)
-        return (torch.from_numpy(np.ascontiguousarray(uniq[:, [1, 0]].T)),
-                torch.from_numpy(np.ascontiguousarray(uniq[:, 2])))
+        n, r = len(self.nodes), int(rel.max()) + 1 if len(rel) else 1
+        key = unique_int((dst * n + src) * r + rel)
+        return (torch.from_numpy(np.stack([key // r % n, key // r // n])),
+                torch.from_numpy(key % r))
 
     def global_triples(self, hop: int) -> np.ndarray:
         """Hop ``hop`` (1-based) as ``(E, 3)`` global ``[src, rel, dst]``, for comparisons."""

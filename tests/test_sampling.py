@@ -248,3 +248,13 @@ def test_segment_order_matches_the_two_sort_reference():
     got = segment_key_order(dst, src, r, n, seed=3)
     want = group_by(dst, np.argsort(edge_keys(3, None, src, r), kind="stable"), n)
     assert np.array_equal(msgs[got], msgs[want])
+
+
+def test_union_edge_index_has_every_hop_message_once():
+    edges = random_graph(n=40, e=300, seed=15)
+    cg = sample_computation_graph(CSRGraph.from_edges(edges, 40, num_relations=4), [2, 9], [3, 2])
+    ei, et = cg.edge_index()
+    got = set(zip(ei[0].tolist(), et.tolist(), ei[1].tolist(), strict=True))
+    want = {(int(s), int(r), int(d)) for h in cg.hops
+            for s, r, d in zip(h.src, h.rel, h.dst, strict=True)}
+    assert got == want and len(got) == ei.shape[1]

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hops", type=int, default=2, help="GNN layers K to expand for (default 2)")
     p.add_argument("--fanout", default="25,10",
                    help="neighbours kept per node per hop, comma separated, -1 = all "
-                        "(one value = same for every hop; default 25,10)")
+                        "(one value = same for every hop; default 25,10; write a leading -1 "
+                        "as --fanout=-1,-1)")
     p.add_argument("--method", choices=("metis", "random"), default="metis")
     p.add_argument("--seed", type=int, default=0, help="seed of METIS, owner order, sampling")
     p.add_argument("--out", required=True, help="output URI (local path or s3://)")
