@@ -3,11 +3,11 @@
 A partition must let a K-layer GNN compute, for every one of its core nodes (the ends of its
 core edges, which are also its negative candidates), exactly the representation the full graph
 would give with the same sampling. So it stores every training edge the sampled K-hop
-computation graph of its core nodes uses: the computation graph is drawn with
-:func:`kg_ops.sampling.sample_computation_graph` on the full training graph with the core nodes
-as seeds, and because the sampler's choices depend only on global ids and the seed, sampling
-the stored subgraph gives the same messages (a batch's computation graph is a subgraph of the
-all-core-nodes one, so any batch is covered too). Capped fanouts are what keep this small:
+computation graph of its core nodes uses (:func:`kg_ops.sampling.computation_graph_messages`
+on the full training graph, seeds = the core nodes: boolean masks over nodes and edges, no
+relabelling). Because the sampler's choices depend only on global ids and the seed, sampling
+the stored subgraph gives the same messages; a batch's computation graph is a subgraph of the
+all-core-nodes one, so any batch is covered too. Capped fanouts are what keep this small:
 exact (``-1``) 2-hop expansion pulls most of a dense graph into every partition.
 """
 
