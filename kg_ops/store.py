@@ -119,6 +119,15 @@ class ArtifactStore(abc.ABC):
         return hashlib.sha256(self.read_bytes(uri)).hexdigest()
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 class LocalStore(ArtifactStore):
     """Local filesystem. Writes go to a temporary file first and are renamed into place, so a
     reader never sees a half-written file."""
@@ -142,6 +151,7 @@ class LocalStore(ArtifactStore):
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; artifacts are shared files
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -123,3 +123,14 @@ def test_input_hash_change_forces_recompute(artifact_root):
     with Stage("demo", out, inputs={"data": src}) as st3:
         pass
     assert not st3.reused
+
+
+def test_local_files_get_normal_permissions(tmp_path):
+    """Atomic writes go through a 0600 temp file; the artifact itself follows the umask."""
+    import os
+
+    uri = str(tmp_path / "a" / "x.json")
+    get_store(uri).write_json(uri, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(uri).st_mode & 0o777 == 0o666 & ~mask

@@ -15,7 +15,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook
-from kg_ops.airflow.job_result import RayJobFailed, failure, job_result
+from kg_ops.airflow.job_result import RayJobFailed, failure, job_result, tail_lines
 from kg_ops.airflow.links import XCOM_DASHBOARD_URL, RayJobLink
 from kg_ops.airflow.triggers.ray import RayJobTrigger
 
@@ -27,12 +27,17 @@ class RayJobSensor(BaseSensorOperator):
     operator_extra_links = (RayJobLink(),)
 
     def __init__(self, *, submission_id: str, ray_conn_id: str = "ray_default",
-                 deferrable: bool = False, log_tail_lines: int = 40, **kwargs):
+                 deferrable: bool = False, log_tail_lines: int = 40, fetch_logs: bool = True,
+                 progress_lines: int = 5, **kwargs):
         super().__init__(**kwargs)
         self.submission_id = submission_id
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable
         self.log_tail_lines = int(log_tail_lines)
+        # Users watch a long training job from this task: follow its log (deferred: streamed by
+        # the trigger; poke/reschedule: the last few lines at every poke).
+        self.fetch_logs = fetch_logs
+        self.progress_lines = int(progress_lines)
 
     def _sid(self) -> str:
         sid = str(self.submission_id or "").strip()
@@ -50,6 +55,9 @@ class RayJobSensor(BaseSensorOperator):
         status = info["status"]
         if status not in TERMINAL_STATES:
             self.log.info("Ray job %s is %s", sid, status)
+            if self.fetch_logs and self.progress_lines > 0:
+                for line in tail_lines(hook.get_job_logs(sid), self.progress_lines):
+                    self.log.info("[ray %s] %s", sid, line)
             return PokeReturnValue(is_done=False)
         logs = hook.get_job_logs(sid)
         if status != "SUCCEEDED":
@@ -67,7 +75,9 @@ class RayJobSensor(BaseSensorOperator):
             return first.xcom_value
         self.defer(trigger=RayJobTrigger(submission_id=self._sid(), ray_conn_id=self.ray_conn_id,
                                          poll_interval=self.poke_interval, deadline=None,
-                                         fetch_logs=False, stop_on_timeout=False),
+                                         fetch_logs=self.fetch_logs,
+                                         max_log_lines=self.log_tail_lines,
+                                         stop_on_timeout=False),
                    method_name="execute_complete",
                    timeout=timedelta(seconds=self.timeout) if self.timeout else None)
 
