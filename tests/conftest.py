@@ -23,17 +23,25 @@ SHARED = Path(os.environ.get("KGOPS_SHARED", REPO.parent / "shared"))
 DATASETS = SHARED / "datasets"
 
 # Airflow reads its configuration when first imported: point it at a throwaway home with a
-# SQLite DB and this repo's dags/ before any test module imports it.
-_AIRFLOW_HOME = tempfile.mkdtemp(prefix="kgops-airflow-")
+# SQLite DB before any test module imports it. Its DAGs folder links the repo's DAGs and the test
+# DAGs (``dag.test()`` syncs the DAG bundle from it); plugins come from the repo.
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="kgops-airflow-"))
+DAGS = AIRFLOW_HOME / "dags"
 os.environ.update({
-    "AIRFLOW_HOME": _AIRFLOW_HOME,
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    "KGOPS_RAY_PYTHON": sys.executable,
     "HF_HUB_OFFLINE": "1",
 })
 os.environ.pop("RAY_ADDRESS", None)
+DAGS.mkdir(parents=True, exist_ok=True)
+for _src in [*sorted((REPO / "dags").glob("*.py")),
+             *sorted((REPO / "tests" / "airflow" / "dags").glob("*.py"))]:
+    (DAGS / _src.name).symlink_to(_src)
 
 
 def free_port() -> int:
@@ -100,30 +108,62 @@ def datasets() -> Path:
     return DATASETS
 
 
+def _airflow_db_cache() -> Path:
+    from importlib import metadata
+
+    return Path(tempfile.gettempdir()) / f"kgops-airflow-{metadata.version('apache-airflow')}.db"
+
+
 @pytest.fixture(scope="session")
-def airflow_db() -> str:
-    """A migrated SQLite Airflow metadata DB for the session (``airflow db migrate``)."""
-    airflow = str(Path(sys.executable).parent / "airflow")
-    proc = subprocess.run([airflow, "db", "migrate"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}"
-                           f"\n{proc.stderr[-2000:]}")
-    return _AIRFLOW_HOME
+def airflow_db() -> Path:
+    """A migrated SQLite metadata DB in this session's AIRFLOW_HOME. The migrated file is cached
+    per Airflow version in /tmp, so only the first session pays for ``airflow db migrate``."""
+    import shutil
+
+    db = AIRFLOW_HOME / "airflow.db"
+    cache = _airflow_db_cache()
+    if not cache.exists():
+        proc = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+                              capture_output=True, text=True, env=dict(os.environ))
+        if proc.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-2000:]}"
+                               f"\n{proc.stderr[-2000:]}")
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copy(db, tmp)
+        tmp.replace(cache)
+    elif not db.exists():
+        shutil.copy(cache, db)
+    return db
 
 
 @pytest.fixture(scope="session")
 def ray_head():
     """A private local Ray head (127.0.0.1, token auth, own temp dir and ports) for the
-    session; only this cluster is stopped at the end."""
+    session, wired in as the Airflow connection ``ray_default``; only this cluster is stopped
+    at the end."""
     from kg_ops.devcluster import LocalRayHead
 
     with LocalRayHead(num_cpus=2) as head:
+        old = os.environ.get("AIRFLOW_CONN_RAY_DEFAULT")
+        os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(
+            {"conn_type": "ray", "host": head.dashboard_url, "password": head.token})
         yield head
+        if old is None:
+            os.environ.pop("AIRFLOW_CONN_RAY_DEFAULT", None)
+        else:
+            os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = old
 
 
-@pytest.fixture
-def ray_conn(ray_head, monkeypatch) -> str:
-    """The ``ray_default`` Airflow connection pointing at the session's Ray head."""
-    monkeypatch.setenv("AIRFLOW_CONN_RAY_DEFAULT", json.dumps({
-        "conn_type": "ray", "host": ray_head.dashboard_url, "password": ray_head.token}))
-    return "ray_default"
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local in-process Ray instance with 2 CPUs (auth off: a private cluster of this
+    process) for stage tests that run Ray code directly."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -1,78 +1,14 @@
-"""Fixtures for the Airflow side: a throwaway Airflow home (SQLite) and a real local Ray head.
-
-The Airflow environment is set before any test module imports Airflow, because Airflow reads its
-configuration at import. The migrated SQLite database is cached per Airflow version in /tmp so
-only the first session pays for ``airflow db migrate``. The DAGs folder holds this directory's
-test DAGs and the repo's example DAG (``dag.test()`` syncs the DAG bundle from it).
-"""
+"""Fixtures for the Airflow-side tests. The Airflow home, metadata DB and the local Ray head
+(``airflow_db``, ``ray_head``) are shared by the whole suite: see tests/conftest.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="kgops-airflow-"))
-DAGS = AIRFLOW_HOME / "dags"
-
-os.environ.update({
-    "AIRFLOW_HOME": str(AIRFLOW_HOME),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}",
-    "AIRFLOW__CORE__PLUGINS_FOLDER": str(AIRFLOW_HOME / "plugins"),
-    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-    "KGOPS_RAY_PYTHON": sys.executable,
-})
-DAGS.mkdir(parents=True, exist_ok=True)
-for src in (HERE / "dags" / "ray_test_dags.py", REPO / "dags" / "example_ray_job.py"):
-    (DAGS / src.name).symlink_to(src)
-
-
-def _airflow_db_cache() -> Path:
-    return Path(tempfile.gettempdir()) / f"kgops-airflow-{metadata.version('apache-airflow')}.db"
-
-
-@pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """A migrated SQLite metadata DB in this session's AIRFLOW_HOME."""
-    db = AIRFLOW_HOME / "airflow.db"
-    cache = _airflow_db_cache()
-    if not cache.exists():
-        subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-                       check=True, capture_output=True, env=dict(os.environ))
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        shutil.copy(db, tmp)
-        tmp.replace(cache)
-    elif not db.exists():
-        shutil.copy(cache, db)
-    return db
-
-
-@pytest.fixture(scope="session")
-def ray_head():
-    """A real local Ray head (127.0.0.1, token auth, private ports and temp dir) for the
-    session, wired in as the Airflow connection ``ray_default``."""
-    from kg_ops.devcluster import LocalRayHead
-
-    with LocalRayHead(num_cpus=2) as head:
-        old = os.environ.get("AIRFLOW_CONN_RAY_DEFAULT")
-        os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = json.dumps(
-            {"conn_type": "ray", "host": head.dashboard_url, "password": head.token})
-        yield head
-        if old is None:
-            os.environ.pop("AIRFLOW_CONN_RAY_DEFAULT", None)
-        else:
-            os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = old
+DAGS = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # set up by tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def small_conf(tmp_path_factory):
             "epochs": 2, "artifact_root": str(root), "min_mrr": 0.0, "max_mrr_drop": 1.0}
 
 
-def test_full_dag_backfill_and_rerun(airflow_db, ray_conn, small_conf):
+def test_full_dag_backfill_and_rerun(airflow_db, ray_head, small_conf):
     from airflow.utils.state import DagRunState
 
     from kg_ops.airflow.published import published_versions
@@ -115,7 +115,7 @@ def test_full_dag_backfill_and_rerun(airflow_db, ray_conn, small_conf):
         assert again["ray_job_id"] == manifests1[stage]["ray_job_id"], stage
 
 
-def test_quality_gate_blocks_publishing(airflow_db, ray_conn, small_conf):
+def test_quality_gate_blocks_publishing(airflow_db, ray_head, small_conf):
     """An impossible MRR floor fails the run at the gate and publishes nothing new. (Day 1's
     stages are reused when the backfill test ran first: the gate is not a stage config.)"""
     from airflow.utils.state import DagRunState
