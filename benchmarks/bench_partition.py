@@ -10,7 +10,7 @@ edge replication factor <= 2.0 at P=4; the 2.8M/24M graph into 8 partitions in <
     python benchmarks/bench_partition.py --synth-graph /path/to/synth --skip-codex
 
 The machine's load average is recorded next to each run: on a shared machine, wall times
-scale with it.
+scale with it; ``cpu_s`` (user + system time of the run) does not.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -54,10 +55,14 @@ def run_partition(graph: str, out: Path, parts: int, method: str, fanout: str) -
            str(len(fanout.split(","))), f"--fanout={fanout}", "--method", method, "--seed", "0",
            "--out", str(out)]
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = run_measured(cmd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     m = json.loads((out / "_manifest.json").read_text())
     row = {"parts": parts, "method": method, "fanout": fanout,
-           "wall_s": round(r["wall_s"], 1), "peak_rss_mib": round(r["peak_rss_mib"], 0),
+           "wall_s": round(r["wall_s"], 1), "cpu_s": round(cpu_s, 1),
+           "peak_rss_mib": round(r["peak_rss_mib"], 0),
            "load_avg_1m_before": round(load, 1),
            **{k: m["metrics"][k] for k in KEEP if k in m["metrics"]},
            "halo_edges_mean": m["metrics"]["halo_edges"]["mean"],
@@ -78,6 +83,7 @@ def main() -> None:
     ap.add_argument("--synth-graph", default=None, help="a 2.8M/24M kgops synth graph URI")
     ap.add_argument("--skip-codex", action="store_true")
     ap.add_argument("--skip-synth", action="store_true")
+    ap.add_argument("--name", default="partition", help="results file name (results/NAME.json)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -109,7 +115,7 @@ def main() -> None:
                 "wall_s": p8["wall_s"], "peak_rss_mib": p8["peak_rss_mib"],
                 "met": p8["wall_s"] < 600 and p8["peak_rss_mib"] < 16 * 1024}
 
-    write_results("partition", results)
+    write_results(args.name, results)
 
 
 if __name__ == "__main__":
