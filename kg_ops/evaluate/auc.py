@@ -48,20 +48,20 @@ def sample_negatives(positives: np.ndarray, filters: FilterIndex, ranges: np.nda
     side = np.where(rng.random(len(neg)) < 0.5, TAIL, HEAD)
     col = np.where(side == TAIL, 2, 0)
     lo, hi = ranges[neg[:, 1], side, 0], ranges[neg[:, 1], side, 1]
-    todo = np.arange(len(neg))
+    pending = np.arange(len(neg))
     for _ in range(max_rounds):
-        if not len(todo):
+        if not len(pending):
             break
-        neg[todo, col[todo]] = lo[todo] + (rng.random(len(todo)) * (hi[todo] - lo[todo])
+        neg[pending, col[pending]] = lo[pending] + (rng.random(len(pending)) * (hi[pending] - lo[pending])
                                            ).astype(np.int64)
-        todo = todo[filters.contains(neg[todo, 0], neg[todo, 1], neg[todo, 2])]
+        pending = pending[filters.contains(neg[pending, 0], neg[pending, 1], neg[pending, 2])]
     keep = np.ones(len(neg), bool)
-    keep[todo] = False
-    if len(todo):
+    keep[pending] = False
+    if len(pending):
         log.warning("AUC negatives: %d of %d draws were still true triples after %d rounds "
                     "(relations whose expected type is almost fully linked); dropped",
-                    len(todo), len(neg), max_rounds)
-    return Negatives(triples=neg[keep], positive=pos_idx[keep], dropped=int(len(todo)))
+                    len(pending), len(neg), max_rounds)
+    return Negatives(triples=neg[keep], positive=pos_idx[keep], dropped=int(len(pending)))
 
 
 @dataclass
