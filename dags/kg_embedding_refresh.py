@@ -51,9 +51,6 @@ graph_source = Asset(name=GRAPH_SOURCE_ASSET_NAME,
                                         "kgops://graph-source/enterprise-kg"))
 embeddings = Asset(name=EMBEDDINGS_ASSET_NAME, uri=EMBEDDINGS_ASSET_URI)
 
-PLAN = "{{ ti.xcom_pull(task_ids='plan') }}"
-
-
 def planned(key: str) -> str:
     """Jinja for one URI of the run's plan (rendered at task run time)."""
     return "{{ ti.xcom_pull(task_ids='plan')['" + key + "'] }}"
@@ -95,7 +92,6 @@ with DAG(
                               description="Gate: fail if MRR drops more than this below the "
                                           "last published version."),
     },
-    render_template_as_native_obj=False,
     doc_md=__doc__,
 ) as dag:
 
