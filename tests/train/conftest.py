@@ -8,8 +8,6 @@ the 12 cities is H(12)/12 = 0.259.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -21,20 +19,6 @@ from kg_ops.store import join
 
 torch.set_num_threads(1)
 COMMUNITIES, PEOPLE = 12, 10
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray instance with 2 CPUs (auth off: a private, in-process cluster)."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def planted_graph(uri: str, seed: int = 0) -> str:
