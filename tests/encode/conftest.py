@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from kg_ops.graph.kg import KnowledgeGraph
 from kg_ops.graph.schema import Attribute, GraphSchema, NodeType, Relation
@@ -15,20 +13,6 @@ from kg_ops.manifest import Stage
 
 TEXTS = ["A small command-line tool for parsing JSON.", "Library for image decoding",
          "   ", "Documentation for the tool", "", "Kernel module utilities and firmware"]
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray instance with 2 CPUs (auth off: a private, in-process cluster)."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 def item_table(n: int, seed: int = 0, offset: int = 0, *, unknown: bool = False) -> pa.Table:
