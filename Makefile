@@ -23,7 +23,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check kg_ops dags plugins tests benchmarks
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run $(BENCH)
+	@test -n "$(BENCH)" || { echo "usage: make bench BENCH=bench_import|bench_synth|bench_encode|bench_partition|bench_train|bench_evaluate|bench_trigger_lag [ARGS='...']"; exit 2; }
+	$(PY) -m benchmarks.$(BENCH) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
