@@ -167,3 +167,13 @@ def ray_local():
     yield ray
     if started:
         ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``KGOPS_FAST=1`` skips tests marked ``slow`` (for quick local iterations; CI runs all)."""
+    if os.environ.get("KGOPS_FAST") != "1":
+        return
+    skip = pytest.mark.skip(reason="KGOPS_FAST=1 skips slow tests")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
