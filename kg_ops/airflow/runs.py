@@ -54,7 +54,7 @@ def _previous_release(inlet_events: Any, asset: Any, run_id: str) -> dict | None
     publish)."""
     try:
         events = list(inlet_events[asset])
-    except (KeyError, LookupError):
+    except LookupError:
         return None
     for event in reversed(events):
         extra = dict(getattr(event, "extra", None) or {})

@@ -9,9 +9,12 @@ Reuse them in your own DAG::
 
     from kg_ops.airflow import PartitionGraphOperator, TrainEmbeddingsOperator, RayJobSensor
 
+    parts = "s3://kg/runs/{{ ds_nodash }}/partitions"
     partition = PartitionGraphOperator(task_id="partition", graph_uri="s3://kg/graph",
-                                       out_uri="s3://kg/runs/{{ ds_nodash }}/partitions", parts=8)
-    train = TrainEmbeddingsOperator(task_id="train", partitions_uri=partition.output["outputs"]...)
+                                       out_uri=parts, parts=8)
+    train = TrainEmbeddingsOperator(task_id="train", partitions_uri=parts,
+                                    out_uri="s3://kg/runs/{{ ds_nodash }}/model", workers=8,
+                                    wait_for_completion=False)
 
 All URIs and options are templated.
 """
@@ -24,10 +27,7 @@ from typing import Any
 
 from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
 from kg_ops.airflow.operators.ray import SubmitRayJobOperator, as_bool
-
-
-def _join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
+from kg_ops.store import join
 
 
 class KgStageOperator(SubmitRayJobOperator):
@@ -97,10 +97,10 @@ class ImportGraphOperator(KgStageOperator):
             return ["synth", "--nodes", str(self.synth_nodes), "--edges", str(self.synth_edges),
                     "--seed", str(self.synth_seed)]
         if source in ("codex-s", "codex-m"):
-            return ["import", "codex", "--root", _join(str(self.datasets_root), "codex"),
+            return ["import", "codex", "--root", join(str(self.datasets_root), "codex"),
                     "--size", source[-1], *bad]
         if source == "debian":
-            return ["import", "debian", "--root", _join(str(self.datasets_root), "debian"), *bad]
+            return ["import", "debian", "--root", join(str(self.datasets_root), "debian"), *bad]
         if source == "triples":
             files = [f"--{split}" for split in ("train", "valid", "test")
                      if self.triples.get(split)]
