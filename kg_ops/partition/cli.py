@@ -131,7 +131,7 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
                  parts, method, fanouts, seed)
         with st.phase("assign"):
             owner, info = partition_edges(edges, schema.num_nodes, parts, method, seed,
-                                          first_fanout=fanouts[0])
+                                          fanouts=fanouts, csr=csr)
         by_owner = np.argsort(owner, kind="stable")
         starts = np.searchsorted(owner[by_owner], np.arange(parts + 1))
 

@@ -36,8 +36,8 @@ def test_cut_edges_replicate_the_end_that_is_cheapest_per_edge():
     node_part[hub] = 1
     node_part[31:] = 1
     deg = np.bincount(edges[:, 0], minlength=62) + np.bincount(edges[:, 2], minlength=62)
-    owner = owners_from_node_parts(edges, node_part, 2, np.minimum(deg, 25).astype(float),
-                                   slack=1.0)
+    cost = np.minimum(deg, 25).astype(float)
+    owner = owners_from_node_parts(edges, node_part, 2, lambda v, q: cost[v], slack=1.0)
     assert (owner[:30] == 0).all()                # hub edges stay with the leaves
     assert (owner[30:] == 1).all()                # internal edges stay home
 
@@ -50,9 +50,9 @@ def test_owner_rule_keeps_partitions_balanced():
                       rng.integers(100, 200, 3000)], 1)
     node_part = (np.arange(200) >= 100).astype(np.int64)
     cost = np.where(np.arange(200) >= 100, 1000.0, 1.0)   # replicating part-1 nodes is dear
-    unbalanced = owners_from_node_parts(edges, node_part, 2, cost, slack=10.0)
+    unbalanced = owners_from_node_parts(edges, node_part, 2, lambda v, q: cost[v], slack=10.0)
     assert (unbalanced == 1).all()
-    owner = owners_from_node_parts(edges, node_part, 2, cost)
+    owner = owners_from_node_parts(edges, node_part, 2, lambda v, q: cost[v])
     assert np.bincount(owner, minlength=2).max() <= np.ceil(len(edges) / 2 * 1.05)
     ends = node_part[edges[:, [0, 2]]]
     assert (ends == owner[:, None]).any(1).all()          # always the part of one end
@@ -72,7 +72,7 @@ def test_metis_beats_random_on_a_clustered_graph():
     same = rng.random(4000) < 0.95
     t = np.where(same, cluster[h] * 50 + rng.integers(0, 50, 4000), rng.integers(0, 200, 4000))
     edges = np.stack([h, np.zeros(4000, int), t], 1)
-    owner, info = partition_edges(edges, 200, 4, "metis", seed=0, first_fanout=10)
+    owner, info = partition_edges(edges, 200, 4, "metis", seed=0, fanouts=[10, 5])
     # Each partition's core nodes mostly come from one cluster.
     core_nodes = sum(len(np.unique(edges[owner == p][:, [0, 2]])) for p in range(4))
     rnd = random_owners(len(edges), 4, 0)
@@ -99,7 +99,107 @@ def test_hub_heavy_graph_stays_balanced():
     pairs = np.concatenate([hubs, leaves])
     edges = np.stack([pairs[:, 0], np.zeros(len(pairs), int), pairs[:, 1]], 1)
     edges = np.unique(edges[edges[:, 0] != edges[:, 2]], axis=0)
-    owner, info = partition_edges(edges, 2000, 4, "metis", seed=0, first_fanout=10)
+    owner, info = partition_edges(edges, 2000, 4, "metis", seed=0, fanouts=[10, 5])
     assert info["metis_hubs_left_out"] >= 30
     load = np.bincount(owner, minlength=4)
     assert load.max() / load.mean() <= 1.06
+
+
+def test_replication_cover_is_the_minimum_weight_vertex_cover():
+    """Brute force over every set of replications: the cover covers each cut edge and costs
+    no more than the cheapest one."""
+    import itertools
+
+    from kg_ops.partition.metis import replication_cover
+
+    rng = np.random.default_rng(4)
+    for trial in range(20):
+        n, parts = 9, 3
+        node_part = rng.integers(0, parts, n)
+        pairs = rng.integers(0, n, (14, 2))
+        pairs = pairs[node_part[pairs[:, 0]] != node_part[pairs[:, 1]]]
+        if not len(pairs):
+            continue
+        h, t = pairs[:, 0], pairs[:, 1]
+        ph, pt = node_part[h], node_part[t]
+        weight = rng.integers(1, 20, (n, parts)).astype(float)
+        to_tail, _, _, both = replication_cover(h, t, ph, pt, parts,
+                                                lambda v, q, w=weight: w[v, q])
+        # The chosen replications: h into pt where the edge goes to pt, else t into ph.
+        chosen = {(int(a), int(q)) for a, q in zip(h[to_tail], pt[to_tail], strict=True)}
+        chosen |= {(int(b), int(q)) for b, q in zip(t[~to_tail], ph[~to_tail], strict=True)}
+        chosen |= {(int(a), int(q)) for a, q in zip(h[both], pt[both], strict=True)}
+        chosen |= {(int(b), int(q)) for b, q in zip(t[both], ph[both], strict=True)}
+        got = sum(weight[v, q] for v, q in chosen)
+        cands = sorted({(int(a), int(q)) for a, q in zip(h, pt, strict=True)}
+                       | {(int(b), int(q)) for b, q in zip(t, ph, strict=True)})
+        best = np.inf
+        for k in range(len(cands) + 1):
+            for subset in itertools.combinations(cands, k):
+                s = set(subset)
+                if all((a, qb) in s or (b, qa) in s
+                       for a, b, qa, qb in zip(h, t, ph, pt, strict=True)):
+                    best = min(best, sum(weight[v, q] for v, q in s))
+            if best < np.inf and k > 6:
+                break
+        assert got == best, trial
+
+
+def test_replication_cost_matches_a_brute_force_count():
+    """Cost of making v a core node of q = 1 + for each of v's sampled first-hop messages
+    u -> v: the edge if q's home computation graph lacks it, plus u's second-hop sample if q
+    does not expand u. Checked against the layer-wise sampler and plain loops."""
+    from kg_ops.partition.halo_cost import home_coverage, replication_cost
+    from kg_ops.sampling import CSRGraph, sample_computation_graph
+
+    rng = np.random.default_rng(2)
+    n, parts, fanouts = 40, 3, [3, 2]
+    edges = np.unique(np.stack([rng.integers(0, n, 150), rng.integers(0, 2, 150),
+                                rng.integers(0, n, 150)], 1), axis=0)
+    edges = edges[edges[:, 0] != edges[:, 2]]
+    csr = CSRGraph.from_edges(edges, n, 2, seed=1)
+    node_part = rng.integers(0, parts, n)
+    cover = home_coverage(csr, node_part, parts, fanouts, len(edges))
+    stored, expanded = [], []
+    for p in range(parts):
+        seeds = np.flatnonzero((node_part == p) & (csr.degree > 0))
+        cg = sample_computation_graph(csr, seeds, fanouts)
+        stored.append({int(e) for hop in cg.hops for e in hop.eid})
+        expanded.append(set(cg.nodes[:cg.sizes[1]].tolist()))
+        assert stored[p] == set(np.flatnonzero(cover.stored[p]).tolist())
+        assert expanded[p] == set(np.flatnonzero(cover.expanded[p]).tolist())
+    v = np.repeat(np.arange(n), parts)
+    q = np.tile(np.arange(parts), n)
+    got = replication_cost(csr, cover, fanouts, v, q)
+    for i in range(len(v)):
+        one = sample_computation_graph(csr, np.array([v[i]]), [fanouts[0]])
+        want = 1.0
+        for u, e in zip(one.nodes[one.hops[0].src], one.hops[0].eid, strict=True):
+            want += int(e) not in stored[q[i]]
+            if int(u) not in expanded[q[i]]:
+                want += min(int(csr.degree[u]), fanouts[1])
+        assert got[i] == want, i
+
+
+def test_metis_owner_rule_owns_each_edge_once_within_the_balance_bound():
+    """On a skewed random graph: one owner per edge, always the part of one of its ends (or
+    any part for an edge between two hubs), and no part above the mean by more than the
+    slack."""
+    from kg_ops.partition.metis import BALANCE_SLACK, HUB_FACTOR, degrees, metis_node_parts
+
+    rng = np.random.default_rng(5)
+    w = rng.pareto(1.2, 3000) + 1
+    pairs = rng.choice(3000, (20000, 2), p=w / w.sum())
+    edges = np.unique(np.stack([pairs[:, 0], rng.integers(0, 3, len(pairs)), pairs[:, 1]], 1),
+                      axis=0)
+    edges = edges[edges[:, 0] != edges[:, 2]]
+    for parts in (2, 4, 8):
+        owner, _ = partition_edges(edges, 3000, parts, "metis", seed=0, fanouts=[25, 10])
+        assert owner.shape == (len(edges),) and owner.min() >= 0 and owner.max() < parts
+        load = np.bincount(owner, minlength=parts)
+        assert load.max() <= np.ceil(len(edges) / parts * (1 + BALANCE_SLACK)) + 1
+        deg = degrees(edges, 3000)
+        hub = deg > HUB_FACTOR * deg[deg > 0].mean()
+        node_part = metis_node_parts(edges, 3000, parts, 0, hub)
+        at_an_end = (node_part[edges[:, [0, 2]]] == owner[:, None]).any(1)
+        assert (at_an_end | (hub[edges[:, 0]] & hub[edges[:, 2]])).all()
