@@ -9,6 +9,9 @@ edge replication factor <= 2.0 at P=4; the 2.8M/24M graph into 8 partitions in <
     python benchmarks/bench_partition.py --work /tmp/bench-partition
     python benchmarks/bench_partition.py --synth-graph /path/to/synth --skip-codex
 
+A skipped section (``--skip-codex``/``--skip-synth``) keeps the previous figures of the same
+results file, listed under ``carried_over`` with the time they were measured.
+
 The machine's load average is recorded next to each run: on a shared machine, wall times
 scale with it; ``cpu_s`` (user + system time of the run) does not.
 """
@@ -115,6 +118,19 @@ def main() -> None:
                 "wall_s": p8["wall_s"], "peak_rss_mib": p8["peak_rss_mib"],
                 "met": p8["wall_s"] < 600 and p8["peak_rss_mib"] < 16 * 1024}
 
+    # A skipped section keeps the figures of the previous run in the same results file,
+    # labelled with when they were measured.
+    earlier = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
+    if earlier.exists():
+        doc = json.loads(earlier.read_text())
+        for skipped, keys in ((args.skip_codex, ("codex_m", "target_codex_m_p4_edge_"
+                                                 "replication_le_2")),
+                              (args.skip_synth, ("synth_2_8m", "target_synth_p8_under_"
+                                                 "10min_16gib"))):
+            for key in keys if skipped else ():
+                if key in doc["results"] and key not in results:
+                    results[key] = doc["results"][key]
+                    results.setdefault("carried_over", {})[key] = doc.get("created_at")
     write_results(args.name, results)
 
 

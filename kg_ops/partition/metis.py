@@ -194,6 +194,8 @@ def replication_cover(h: np.ndarray, t: np.ndarray, ph: np.ndarray, pt: np.ndarr
     cols = np.concatenate([np.flatnonzero(left), b, np.full(int((~left).sum()), sink)])
     caps = np.concatenate([cap[left], np.full(len(a), big), cap[~left]]).astype(np.int32)
     graph = sp.csr_array((caps, (rows, cols)), shape=(len(cand) + 2,) * 2)
+    log.info("partition: vertex cover of %d cut edges over %d candidate replications",
+             len(h), len(cand))
     flow = maximum_flow(graph, src, sink).flow
     residual = sp.csr_array(graph - flow)          # reverse arcs carry +flow
     residual.data = (residual.data > 0).astype(np.int8)
@@ -267,6 +269,9 @@ def partition_edges(edges: np.ndarray, num_nodes: int, parts: int, method: str, 
         if csr is None:
             csr = CSRGraph.from_edges(edges, num_nodes, seed=seed)
         cover = home_coverage(csr, node_part, parts, fanouts, len(edges))
+        log.info("partition: home computation graphs store %d edges (%.3f x the training "
+                 "edges); pricing cut edges' replications", int(cover.stored.sum()),
+                 cover.stored.sum() / len(edges))
         free = hub[edges[:, 0]] & hub[edges[:, 2]]
         owner = owners_from_node_parts(
             edges, node_part, parts, lambda v, q: replication_cost(csr, cover, fanouts, v, q),

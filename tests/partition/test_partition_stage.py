@@ -133,8 +133,10 @@ def test_partition_contents_are_consistent(graph, tmp_path):
         for t, pool in p.negative_pool.items():
             assert (pool < p.num_core_nodes).all() and (p.node_type[pool] == t).all()
         assert sum(len(v) for v in p.negative_pool.values()) == p.num_core_nodes
-        # Halo edges are training edges not owned here, and never duplicate a core edge.
+        # Halo edges are training edges not owned here, and never duplicate a core edge; a
+        # halo edge needed at both hops (or by several core nodes) is stored once.
         assert not triples(p.halo_edges, p.global_ids) & triples(p.core_edges, p.global_ids)
+        assert len(triples(p.halo_edges, p.global_ids)) == len(p.halo_edges)
         assert p.relation_tail_type.tolist() == [0, 1, 1]
         stored += len(p.core_edges) + len(p.halo_edges)
     train = m["counts"]["train_edges"]
