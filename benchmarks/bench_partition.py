@@ -31,8 +31,8 @@ from benchmarks.common import DATASETS, run_measured, write_results  # noqa: E40
 
 KGOPS = [sys.executable, "-m", "kg_ops.cli"]
 KEEP = ("parts", "edge_replication_factor", "node_replication_factor", "balance",
-        "speedup_bound", "metis_cut_edge_fraction", "metis_hubs_left_out",
-        "partitioner_peak_rss_mib")
+        "speedup_bound", "edge_replication_breakdown", "metis_cut_edge_fraction",
+        "metis_hubs_left_out", "partitioner_peak_rss_mib")
 
 
 def ensure_graph(kind: str, uri: str | None, work: Path) -> str:
@@ -99,7 +99,7 @@ def main() -> None:
                 for p in parts for m in ("metis", "random")]
         # What the fanout does at P=4: exact 2-hop pulls in most of the graph.
         rows += [run_partition(graph, work / f"codex-metis-p4-f{f.replace(',', '_')}", 4,
-                               "metis", f) for f in ("-1,-1", "10,5", "10,10")]
+                               "metis", f) for f in ("-1,-1", "10,5", "10,10", "15,10")]
         results["codex_m"] = rows
         target = next(r for r in rows if r["parts"] == 4 and r["method"] == "metis"
                       and r["fanout"] == "25,10")

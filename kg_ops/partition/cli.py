@@ -177,6 +177,13 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
                 float(sum(s["core_nodes"] for s in stats) / covered), 4),
             "balance": round(float(core.max() / core.mean()), 4),
             "speedup_bound": round(parts / edge_rep, 4),
+            # Stored edges per training edge: owned, halo used by the core nodes' first-hop
+            # samples, halo used only by later hops. Sums to the edge replication factor.
+            "edge_replication_breakdown": {
+                "core": 1.0,
+                "halo_hop1": round(sum(s["halo_edges_hop1"] for s in stats) / len(edges), 4),
+                "halo_later_hops": round(sum(s["halo_edges"] - s["halo_edges_hop1"]
+                                             for s in stats) / len(edges), 4)},
             "halo_edges": _summary([s["halo_edges"] for s in stats]),
             "halo_nodes": _summary([s["halo_nodes"] for s in stats]),
             "bytes_per_partition": _summary(sizes),

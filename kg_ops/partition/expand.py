@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from kg_ops.partition.io import Partition
-from kg_ops.sampling import CSRGraph, computation_graph_messages, unique_int
+from kg_ops.sampling import (
+    CSRGraph,
+    _segment_arange,
+    computation_graph_messages,
+    unique_int,
+)
 
 
 @dataclass
@@ -50,6 +55,13 @@ def expand_partition(ctx: ExpandContext, part_id: int, core_eids: np.ndarray,
     stored[ctx.csr.eid[pos]] = True
     stored[core_eids] = False
     halo = ctx.edges[stored]
+    # Halo edges among the core nodes' own sampled messages (their first hop); the rest only
+    # serve later hops (for the manifest's breakdown of the replication factor).
+    first = -1 if any(f < 0 for f in ctx.fanouts) else max(ctx.fanouts)
+    deg = ctx.csr.degree[core_nodes]
+    pos1, _ = _segment_arange(ctx.csr.indptr[core_nodes],
+                              deg if first < 0 else np.minimum(deg, first))
+    halo_hop1 = int(np.count_nonzero(stored[unique_int(ctx.csr.eid[pos1])]))
     depth[core_nodes] = -1
     halo_nodes = np.flatnonzero(depth >= 0)     # reached, not core: ascending global id
     global_ids = np.concatenate([core_nodes, halo_nodes])
@@ -79,6 +91,7 @@ def expand_partition(ctx: ExpandContext, part_id: int, core_eids: np.ndarray,
         "part": part_id,
         "core_edges": int(len(core_local)),
         "halo_edges": int(len(halo_local)),
+        "halo_edges_hop1": halo_hop1,
         "core_nodes": int(len(core_nodes)),
         "halo_nodes": int(len(halo_nodes)),
         "sampled_messages": int(len(pos)),

@@ -144,6 +144,23 @@ def test_partition_contents_are_consistent(graph, tmp_path):
     core = np.array([len(p.core_edges) for p in parts])
     assert m["metrics"]["balance"] == pytest.approx(core.max() / core.mean(), abs=1e-3)
     assert m["metrics"]["speedup_bound"] == pytest.approx(4 * train / stored, abs=1e-3)
+    parts_ = m["metrics"]["edge_replication_breakdown"]
+    assert parts_["core"] + parts_["halo_hop1"] + parts_["halo_later_hops"] == pytest.approx(
+        m["metrics"]["edge_replication_factor"], abs=2e-3)
+    # Brute force for the first hop: halo edges incident to a core node among that node's
+    # first 5 (= max fanout) messages in the full graph's key order.
+    full = CSRGraph.from_edges(np.unique(np.concatenate([p.global_core_edges() for p in parts]),
+                                         axis=0), N_PERSON + N_ITEM, 3, seed=3)
+    want = 0
+    for p in parts:
+        halo = triples(p.halo_edges, p.global_ids)
+        hop1 = set()
+        for v in p.global_ids[:p.num_core_nodes]:
+            for j in range(full.indptr[v], min(full.indptr[v + 1], full.indptr[v] + 5)):
+                s, r = int(full.src[j]), int(full.rel[j])
+                hop1.add((s, r, int(v)) if r < 3 else (int(v), r - 3, s))
+        want += len(halo & hop1)
+    assert parts_["halo_hop1"] == pytest.approx(want / train, abs=1e-3)
     for key in ("node_replication_factor", "halo_edges", "halo_nodes", "bytes_per_partition",
                 "est_peak_worker_memory_bytes"):
         assert key in m["metrics"]
