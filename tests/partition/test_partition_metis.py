@@ -203,3 +203,19 @@ def test_metis_owner_rule_owns_each_edge_once_within_the_balance_bound():
         node_part = metis_node_parts(edges, 3000, parts, 0, hub)
         at_an_end = (node_part[edges[:, [0, 2]]] == owner[:, None]).any(1)
         assert (at_an_end | (hub[edges[:, 0]] & hub[edges[:, 2]])).all()
+
+
+def test_free_edges_go_where_both_hubs_are_core_and_even_out_loads():
+    """Hubs 0 and 1 are core nodes of part 2 only, hubs 2 and 3 of part 0 only (through their
+    other edges); their mutual edges go there, and the loads end even."""
+    from kg_ops.partition.metis import deal_free_edges
+
+    h = np.array([0, 1, 2, 3, 20, 21] + [0, 1, 0, 2, 3, 2])
+    t = np.array([9, 9, 10, 10, 22, 23] + [1, 0, 1, 3, 2, 3])
+    owner = np.array([2, 2, 0, 0, 1, 1] + [-1] * 6)
+    free = np.r_[np.zeros(6, bool), np.ones(6, bool)]
+    got = deal_free_edges(h, t, owner, free, 3, seed=0)
+    assert np.bincount(np.r_[owner[:6], got], minlength=3).tolist() == [4, 4, 4]
+    hubs01 = np.isin(h[6:], [0, 1])
+    assert (got[hubs01] == 2).sum() == 2 and (got[~hubs01] == 0).sum() == 2
+    assert set(got.tolist()) == {0, 1, 2}
