@@ -6,7 +6,8 @@ split across the workers in proportion to their partitions and all workers take 
 number of optimiser steps. Per step: type-constrained negatives from the partition's pool, the
 sampled K-hop computation graph of the batch's entities inside the partition (the shared
 globally deterministic sampler, with the partition's sampling seed: the same sample the full
-graph would give), forward, BCE, backward, then the gradients are averaged across workers with
+graph would give), forward, the loss (``bce``, or ``softmax`` against candidates shared by the
+batch), backward, then the gradients are averaged across workers with
 one all-reduce and every worker takes the same Adam step (identical parameters everywhere).
 
 After each epoch: sampled validation MRR (:mod:`kg_ops.train.validation`), one report per
@@ -130,6 +131,36 @@ def _maybe_crash(epoch: int) -> None:
         os._exit(1)
 
 
+def _batch_loss(model, config: dict, csr, sampler, pos: np.ndarray, fanouts: list[int],
+                sample_seed: int, features, rng: np.random.Generator):
+    """The loss of one mini-batch of positive edges ``pos`` (local ids): negatives, the
+    sampled computation graph of every entity scored, forward, loss (see
+    :mod:`kg_ops.models.link_predictor` for the two losses)."""
+    import torch
+
+    from kg_ops.sampling import sample_computation_graph
+
+    if config.get("loss", "bce") == "softmax":
+        cand, tail_ok, head_ok = sampler.shared_candidates(pos, int(config["negatives"]), rng)
+        seeds = np.concatenate([pos[:, [0, 2]].ravel(), cand])
+    else:
+        neg = sampler.sample(pos, int(config["negatives"]), rng)
+        seeds = np.concatenate([pos, neg])[:, [0, 2]].ravel()
+    cg = sample_computation_graph(csr, seeds, fanouts, seed=sample_seed)
+    z = model.encode_sampled(cg, features)
+    loc = cg.seed_index
+    if config.get("loss", "bce") == "softmax":
+        n = 2 * len(pos)
+        ends = loc[:n].reshape(-1, 2)
+        trip = torch.from_numpy(np.stack([ends[:, 0], pos[:, 1], ends[:, 1]], axis=1))
+        return model.softmax_loss(z, trip, torch.from_numpy(loc[n:]),
+                                  torch.from_numpy(tail_ok), torch.from_numpy(head_ok))
+    ends = loc.reshape(-1, 2)
+    rel = np.concatenate([pos[:, 1], neg[:, 1]])
+    trip = torch.from_numpy(np.stack([ends[:, 0], rel, ends[:, 1]], axis=1))
+    return model.loss(z, trip[:len(pos)], trip[len(pos):])
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the TorchTrainer; ``config`` is built by ``train()``."""
     import ray.train
@@ -140,7 +171,6 @@ def train_worker(config: dict[str, Any]) -> None:
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
     from kg_ops.partition.io import load_partition
     from kg_ops.progress import Progress
-    from kg_ops.sampling import sample_computation_graph
     from kg_ops.train.checkpoints import save_checkpoint
     from kg_ops.train.negatives import TypedNegativeSampler
     from kg_ops.train.validation import SampledValidation
@@ -212,18 +242,11 @@ def train_worker(config: dict[str, Any]) -> None:
         for batch in np.array_split(rng.permutation(len(edges)), steps):
             opt.zero_grad(set_to_none=False)
             if len(batch):
-                pos = edges[batch]
-                neg = sampler.sample(pos, int(config["negatives"]), rng)
-                trip = np.concatenate([pos, neg])
-                cg = sample_computation_graph(csr, trip[:, [0, 2]].ravel(), fanouts,
-                                              seed=sample_seed)
-                z = model.encode_sampled(cg, features)
-                loc = cg.seed_index.reshape(-1, 2)
-                t = torch.from_numpy(np.stack([loc[:, 0], trip[:, 1], loc[:, 1]], axis=1))
-                loss = model.loss(z, t[:len(pos)], t[len(pos):])
+                loss = _batch_loss(model, config, csr, sampler, edges[batch], fanouts,
+                                   sample_seed, features, rng)
                 loss.backward()
-                loss_sum += float(loss.detach()) * len(pos)
-                seen += len(pos)
+                loss_sum += float(loss.detach()) * len(batch)
+                seen += len(batch)
             comm.average_gradients(model)
             opt.step()
             progress.update(len(batch), loss=loss_sum / max(seen, 1))

@@ -55,3 +55,33 @@ class TypedNegativeSampler:
         neg[:, 2] = np.where(tail_side, ent, neg[:, 2])
         neg[:, 0] = np.where(tail_side, neg[:, 0], ent)
         return neg
+
+    def shared_candidates(self, pos: np.ndarray, k: int, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates shared by a batch for the softmax loss: up to ``k`` distinct entities
+        of each node type some positive in ``pos`` expects (all of the pool when it is
+        smaller), and the ``[B, M]`` masks of which candidate may replace each positive's tail
+        and head (the expected type, and not the true entity).
+
+        Returns ``(cand[M], tail_ok[B, M], head_ok[B, M])``."""
+        pos = np.asarray(pos, dtype=np.int64)
+        rel = pos[:, 1]
+        types = np.union1d(self.tail_type[rel], self.head_type[rel])
+        empty = types[self.count[types] == 0]
+        if len(empty):
+            raise KGOpsError(f"no negative candidates of node type {int(empty[0])} in this "
+                             "partition although one of its edges expects that type; the "
+                             "partition does not match the graph schema; re-run "
+                             "`kgops partition`")
+        parts, part_types = [], []
+        for ty in types:
+            n = int(self.count[ty])
+            pick = np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
+            parts.append(self.start[ty] + pick)
+            part_types.append(np.full(len(pick), ty))
+        cand, cand_type = np.concatenate(parts), np.concatenate(part_types)
+        tail_ok = (cand_type[None, :] == self.tail_type[rel][:, None]) \
+            & (cand[None, :] != pos[:, 2:3])
+        head_ok = (cand_type[None, :] == self.head_type[rel][:, None]) \
+            & (cand[None, :] != pos[:, 0:1])
+        return cand, tail_ok, head_ok

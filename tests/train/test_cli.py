@@ -16,7 +16,7 @@ def test_help_lists_the_options():
     out = kgops("train", "--help")
     assert out.returncode == 0
     for opt in ("--partitions", "--model", "--workers", "--epochs", "--out", "--resume",
-                "--batch-size", "--fanout", "--lr"):
+                "--batch-size", "--fanout", "--lr", "--loss", "--negatives"):
         assert opt in out.stdout
 
 

@@ -57,6 +57,37 @@ def test_complex_is_asymmetric_distmult_symmetric():
     assert not torch.allclose(cx.score(h, rel, t), cx.score(t, rel, h))
 
 
+@pytest.mark.parametrize("decoder", ["distmult", "complex"])
+def test_softmax_loss_equals_per_query_cross_entropy(decoder):
+    """Each positive against its allowed candidates, both ways, one query at a time."""
+    torch.manual_seed(3)
+    model = LinkPredictor(ModelConfig(model="rgcn", num_nodes=10, num_relations=3, out_dim=8,
+                                      decoder=decoder, regularization=0.05))
+    z = torch.randn(10, 8)
+    pos = torch.tensor([[0, 1, 2], [3, 0, 4], [5, 2, 0]])
+    cand = torch.tensor([6, 7, 2, 9])
+    tail_ok = torch.tensor([[1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]], dtype=torch.bool)
+    head_ok = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 1]], dtype=torch.bool)
+    dec = model.decoder
+    per_side = []
+    for side_ok, tail_side in ((tail_ok, True), (head_ok, False)):
+        terms = []
+        for i, (h, r, t) in enumerate(pos.tolist()):
+            scores = [dec.score(z[[h]], torch.tensor([r]), z[[t]])[0]]
+            for j, c in enumerate(cand.tolist()):
+                if side_ok[i, j]:
+                    trip = (h, r, c) if tail_side else (c, r, t)
+                    scores.append(dec.score(z[[trip[0]]], torch.tensor([trip[1]]),
+                                            z[[trip[2]]])[0])
+            s = torch.stack(scores)
+            terms.append(torch.logsumexp(s, 0) - s[0])
+        per_side.append(torch.stack(terms).mean())
+    reg = z.pow(2).mean() + dec.rel.pow(2).mean()
+    want = (per_side[0] + per_side[1]) / 2 + 0.05 * reg
+    got = model.softmax_loss(z, pos, cand, tail_ok, head_ok)
+    assert torch.isclose(got, want, atol=1e-5)
+
+
 class Block:
     def __init__(self, node_type, attribute, node_ids, values):
         self.node_type, self.attribute, self.kind = node_type, attribute, "numeric"

@@ -41,3 +41,27 @@ def test_empty_pool_for_an_expected_type_is_a_clear_error():
     rng = np.random.default_rng(0)
     with pytest.raises(KGOpsError, match="no negative candidates of node type 1"):
         sampler.sample(np.array([[0, 0, 1]] * 20), 2, rng)
+
+
+def test_shared_candidates_match_types_and_exclude_the_true_entity(planted):
+    part = load_partition(planted["parts"][2], 0)
+    sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                   part.relation_tail_type)
+    pos = part.core_edges[:40]
+    rng = np.random.default_rng(0)
+    cand, tail_ok, head_ok = sampler.shared_candidates(pos, 5, rng)
+    # up to 5 distinct candidates of each type the batch needs, all from the pool
+    types = part.node_type[cand]
+    for ty in np.unique(types):
+        ids = cand[types == ty]
+        assert len(np.unique(ids)) == len(ids) == min(5, len(part.negative_pool[ty]))
+        assert np.isin(ids, part.negative_pool[ty]).all()
+    # the masks, checked entry by entry
+    for i, (h, r, t) in enumerate(pos):
+        for j, c in enumerate(cand):
+            assert tail_ok[i, j] == (part.node_type[c] == part.relation_tail_type[r] and c != t)
+            assert head_ok[i, j] == (part.node_type[c] == part.relation_head_type[r] and c != h)
+    # a pool smaller than k is taken whole
+    cand_all, _, _ = sampler.shared_candidates(pos, 10_000, rng)
+    needed = np.union1d(part.relation_head_type[pos[:, 1]], part.relation_tail_type[pos[:, 1]])
+    assert sorted(cand_all) == sorted(np.concatenate([part.negative_pool[t] for t in needed]))

@@ -43,7 +43,10 @@ def runs(planted, ray_local, s3_server, tmp_path_factory):
     two = train(planted["parts"][2], f"s3://{bucket}/two", **COMMON, worker_env=aws)
     resumed = train(planted["parts"][1], str(root / "resumed"), **COMMON,
                     resume=checkpoint_uri(str(root / "one"), EPOCHS - 2))
-    return {"one": one, "two": two, "resumed": resumed, "marker": marker, "root": root}
+    softmax = train(planted["parts"][1], str(root / "softmax"), **COMMON, loss="softmax",
+                    negatives=8)
+    return {"one": one, "two": two, "resumed": resumed, "softmax": softmax, "marker": marker,
+            "root": root}
 
 
 def test_learns_the_planted_graph_far_above_random(runs, planted):
@@ -58,6 +61,14 @@ def test_learns_the_planted_graph_far_above_random(runs, planted):
     assert m["workers"] == 1 and m["epochs"] == EPOCHS
     assert m["best_valid_mrr"] == max(h["valid_mrr_sampled"] for h in hist)
     assert m["epoch_s"] > 0 and m["edges_per_s"] > 0
+
+
+def test_softmax_loss_learns_the_planted_graph(runs, planted):
+    m = runs["softmax"]
+    assert m["config"]["loss"] == "softmax" and m["config"]["negatives"] == 8
+    tm = load_trained(m["uri"])
+    assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 0.9
+    assert tm.history[-1]["loss"] < tm.history[0]["loss"]
 
 
 def test_dead_worker_is_restarted_from_the_last_checkpoint(runs):
