@@ -188,18 +188,19 @@ class TrainEmbeddingsOperator(KgStageOperator):
     """
 
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "partitions_uri",
-                                      "model", "workers", "epochs", "resume")
+                                      "model", "workers", "epochs", "loss", "resume")
 
     def __init__(self, *, partitions_uri: str, model: str = "rgcn", workers: int | str = 2,
-                 epochs: int | str = 10, resume: str = "", **kwargs):
+                 epochs: int | str = 10, loss: str = "bce", resume: str = "", **kwargs):
         super().__init__(**kwargs)
         self.partitions_uri, self.model, self.workers, self.epochs = partitions_uri, model, \
             workers, epochs
-        self.resume = resume
+        self.loss, self.resume = loss, resume
 
     def stage_command(self) -> list[str]:
         cmd = ["train", "--partitions", str(self.partitions_uri), "--model", str(self.model),
-               "--workers", str(self.workers), "--epochs", str(self.epochs)]
+               "--workers", str(self.workers), "--epochs", str(self.epochs),
+               "--loss", str(self.loss)]
         if self.resume:
             cmd += ["--resume", str(self.resume)]
         return cmd
