@@ -101,13 +101,19 @@ class NodeFeatures:
 
 class AttributeEmbedding(nn.Module):
     """Input features of entities: mean of per-attribute-type linear maps of their attribute
-    blocks (1-hop, no self-loop), or a learned embedding when an entity has no attribute."""
+    blocks (1-hop, no self-loop), or a learned embedding when an entity has no attribute.
+
+    The embedding table has sparse gradients: a training step touches only the rows of its
+    computation graph, and with millions of entities a dense gradient and a dense Adam update
+    of the whole table cost seconds per step (2.8M x 64 here: 3 s dense, 0.15 s sparse with
+    ``SparseAdam``). Training pairs it with ``torch.optim.SparseAdam`` (see
+    :mod:`kg_ops.train.optim`)."""
 
     def __init__(self, num_nodes: int, dim: int, block_dims: dict[str, int] | None = None):
         super().__init__()
         self.num_nodes, self.dim = int(num_nodes), int(dim)
         self.block_dims = dict(block_dims or {})
-        self.embedding = nn.Embedding(self.num_nodes, self.dim)
+        self.embedding = nn.Embedding(self.num_nodes, self.dim, sparse=True)
         self.names = {k: _module_name(k) for k in self.block_dims}
         self.blocks = nn.ModuleDict({self.names[k]: nn.Linear(d, self.dim)
                                      for k, d in self.block_dims.items()})

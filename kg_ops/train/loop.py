@@ -65,22 +65,57 @@ class _Comm:
         return np.stack([o.numpy().astype(bool) for o in out])
 
     def average_gradients(self, model) -> None:
+        """Average every gradient across workers: dense ones with one flat all-reduce, sparse
+        ones (embedding rows) by gathering each worker's touched rows, so what travels is what
+        the batches touched, not the whole table."""
         import torch
 
+        from kg_ops.train.optim import sparse_parameters
+
+        sparse = {id(p) for p in sparse_parameters(model)}
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:
-                p.grad = torch.zeros_like(p)
+                p.grad = (torch.sparse_coo_tensor(torch.empty(1, 0, dtype=torch.long),
+                                                  torch.empty(0, *p.shape[1:]), p.shape)
+                          if id(p) in sparse else torch.zeros_like(p))
         if self.world == 1:
             return
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dense = [p for p in params if id(p) not in sparse]
+        flat = torch.cat([p.grad.reshape(-1) for p in dense])
         self._dist().all_reduce(flat)
         flat /= self.world
         offset = 0
-        for p in params:
+        for p in dense:
             n = p.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p))
             offset += n
+        for p in params:
+            if id(p) in sparse:
+                p.grad = self._sparse_mean(p.grad)
+
+    def _sparse_mean(self, grad):
+        """Mean over workers of a sparse row gradient: all-gather (rows, values), padded to
+        the largest worker's row count, then sum duplicates."""
+        import torch
+
+        dist = self._dist()
+        g = grad.coalesce()
+        rows, vals = g.indices()[0], g.values()
+        counts = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
+        dist.all_gather(counts, torch.tensor([len(rows)]))
+        width = int(max(int(c) for c in counts))
+        pad_rows = torch.zeros(width, dtype=torch.long)
+        pad_vals = torch.zeros(width, *vals.shape[1:], dtype=vals.dtype)
+        pad_rows[:len(rows)], pad_vals[:len(rows)] = rows, vals
+        all_rows = [torch.empty_like(pad_rows) for _ in range(self.world)]
+        all_vals = [torch.empty_like(pad_vals) for _ in range(self.world)]
+        dist.all_gather(all_rows, pad_rows)
+        dist.all_gather(all_vals, pad_vals)
+        n = [int(c) for c in counts]
+        rows = torch.cat([r[:k] for r, k in zip(all_rows, n, strict=True)])
+        vals = torch.cat([v[:k] for v, k in zip(all_vals, n, strict=True)]) / self.world
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, grad.shape).coalesce()
 
     def broadcast_parameters(self, model) -> None:
         if self.world == 1:
@@ -173,6 +208,7 @@ def train_worker(config: dict[str, Any]) -> None:
     from kg_ops.progress import Progress
     from kg_ops.train.checkpoints import save_checkpoint
     from kg_ops.train.negatives import TypedNegativeSampler
+    from kg_ops.train.optim import TrainingOptimizer
     from kg_ops.train.validation import SampledValidation
 
     logging.basicConfig(level=logging.INFO,
@@ -192,8 +228,7 @@ def train_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(seed)
     model = LinkPredictor(mcfg)
     model.inputs.check(features)
-    opt = torch.optim.Adam(model.parameters(), lr=config["lr"],
-                           weight_decay=config["weight_decay"])
+    opt = TrainingOptimizer(model, lr=config["lr"], weight_decay=config["weight_decay"])
     state = _resume_state(config)
     history: list[dict] = []
     best, best_epoch, bad_epochs, start = -1.0, 0, 0, 1
@@ -201,7 +236,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if state is not None:
         best_model = state["best_model"]
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"], source=state.get("uri", "checkpoint"))
         history = list(state["history"])
         best, best_epoch = float(state["best_valid_mrr"]), int(state["best_epoch"])
         bad_epochs, start = int(state["bad_epochs"]), int(state["epoch"]) + 1
@@ -240,7 +275,7 @@ def train_worker(config: dict[str, Any]) -> None:
         progress = Progress(f"train epoch {epoch}/{config['epochs']} worker {rank}",
                             total=len(edges), unit="edges", every_s=float(config["log_every_s"]))
         for batch in np.array_split(rng.permutation(len(edges)), steps):
-            opt.zero_grad(set_to_none=False)
+            opt.zero_grad()
             if len(batch):
                 loss = _batch_loss(model, config, csr, sampler, edges[batch], fanouts,
                                    sample_seed, features, rng)
