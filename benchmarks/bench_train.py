@@ -86,6 +86,7 @@ def run_train(name: str, parts: str, work: Path, **kw) -> dict:
             "hyperparameters": {k: m["config"][k] for k in
                                 ("lr", "weight_decay", "regularization", "batch_size",
                                  "fanouts", "negatives", "epochs")}
+            | {"loss": m["config"].get("loss", "bce")}
             | {k: m["config"]["model"][k] for k in ("embedding_dim", "hidden_dim", "out_dim",
                                                     "num_bases", "dropout", "decoder")}}
 
@@ -237,6 +238,13 @@ def main() -> None:
     ap.add_argument("--s-epochs", type=int, default=12)
     ap.add_argument("--m-epochs", type=int, default=3)
     ap.add_argument("--tuned-epochs", type=int, default=40)
+    ap.add_argument("--loss", choices=("bce", "softmax"), default="softmax",
+                    help="training loss of the s-*, pyg and m-* sections (results are keyed "
+                         "by it, so bce and softmax figures sit side by side)")
+    ap.add_argument("--s-negatives", type=int, default=None,
+                    help="default: bce 1, softmax 2048 (all CoDEx-S entities)")
+    ap.add_argument("--m-negatives", type=int, default=None,
+                    help="default: bce 1, softmax 1024 of each partition's entities")
     args = ap.parse_args()
     previous = Path(__file__).resolve().parent / "results" / "bench_train.json"
     if previous.exists():   # keep the sections of earlier runs
@@ -266,13 +274,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     sections = args.sections.split(",")
     s = prepare(work, "s", (1,))
-    common = {"patience": 0, "threads": 1}
+    common = {"patience": 0, "threads": 1, "loss": args.loss}
+    softmax = args.loss == "softmax"
+    s_kw = {"batch_size": 1024, "decoder": "complex",
+            "negatives": args.s_negatives or 2048} if softmax else {}
+    m_neg = args.m_negatives or (1024 if softmax else 1)
+    tag = "softmax, " if softmax else ""
 
     if "s-rgcn" in sections or "pyg" in sections:
-        r = run_train("s-rgcn", s[1], work, model="rgcn", epochs=args.s_epochs,
-                      keep_checkpoints=args.s_epochs, **common)
-        r["test"] = evaluate(r["uri"], s["graph"], str(work / "s-rgcn-eval"))
-        RESULTS["codex-s rgcn (1 worker)"] = r
+        name = f"s-rgcn-{args.loss}"
+        r = run_train(name, s[1], work, model="rgcn", epochs=args.s_epochs,
+                      keep_checkpoints=args.s_epochs, **s_kw, **common)
+        r["test"] = evaluate(r["uri"], s["graph"], str(work / f"{name}-eval"))
+        RESULTS[f"codex-s rgcn ({tag}1 worker)"] = r
         write_results("bench_train", RESULTS)
         if "pyg" in sections:
             valid = _Valid(s["graph"])
@@ -282,7 +296,7 @@ def main() -> None:
             target = round(0.9 * min(max(c["valid_mrr"] for c in ours),
                                      max(c["valid_mrr"] for c in base["curve"])), 4)
             t_ours, t_base = time_to(ours, target), time_to(base["curve"], target)
-            RESULTS["codex-s time to validation MRR (ours vs PyG full-batch)"] = {
+            RESULTS[f"codex-s time to validation MRR ({tag}ours vs PyG full-batch)"] = {
                 "target_filtered_valid_mrr": target,
                 "ours_train_s_to_target": t_ours, "pyg_train_s_to_target": t_base,
                 "speedup": round(t_base / t_ours, 2) if t_ours and t_base else None,
@@ -296,34 +310,40 @@ def main() -> None:
     if "m-workers" in sections:
         m = prepare(work, "m", (1, 2))
         kw = {"model": "rgcn", "epochs": args.m_epochs, "batch_size": 1024,
-              "fanout": "10,5", **common}
-        one = run_train("m-rgcn-1w", m[1], work, workers=1, **kw)
-        one["test"] = evaluate(one["uri"], m["graph"], str(work / "m-rgcn-1w-eval"))
-        RESULTS["codex-m rgcn 1 worker"] = one
+              "fanout": "10,5", "negatives": m_neg, **common}
+        if softmax:
+            kw["decoder"] = "complex"
+        sfx = "" if not softmax else "-softmax"
+        one = run_train(f"m-rgcn-1w{sfx}", m[1], work, workers=1, **kw)
+        one["test"] = evaluate(one["uri"], m["graph"], str(work / f"m-rgcn-1w{sfx}-eval"))
+        RESULTS[f"codex-m rgcn {tag}1 worker"] = one
         write_results("bench_train", RESULTS)
-        two = run_train("m-rgcn-2w", m[2], work, workers=2, **kw)
-        two["test"] = evaluate(two["uri"], m["graph"], str(work / "m-rgcn-2w-eval"))
-        RESULTS["codex-m rgcn 2 workers"] = two
-        RESULTS["codex-m |MRR(2w) - MRR(1w)|"] = round(abs(two["test"]["mrr"]
-                                                           - one["test"]["mrr"]), 4)
-        RESULTS["codex-m epoch time 1w -> 2w"] = {
+        two = run_train(f"m-rgcn-2w{sfx}", m[2], work, workers=2, **kw)
+        two["test"] = evaluate(two["uri"], m["graph"], str(work / f"m-rgcn-2w{sfx}-eval"))
+        RESULTS[f"codex-m rgcn {tag}2 workers"] = two
+        RESULTS[f"codex-m {tag}|MRR(2w) - MRR(1w)|"] = round(abs(two["test"]["mrr"]
+                                                                - one["test"]["mrr"]), 4)
+        RESULTS[f"codex-m {tag}epoch time 1w -> 2w"] = {
             "epoch_s": [one["epoch_s"], two["epoch_s"]],
             "edges_per_s": [one["edges_per_s"], two["edges_per_s"]],
             "speedup": round(one["epoch_s"] / two["epoch_s"], 2)}
         write_results("bench_train", RESULTS)
 
     if "s-relgnn" in sections:
-        r = run_train("s-relgnn", s[1], work, model="relgnn", epochs=args.s_epochs, **common)
-        r["test"] = evaluate(r["uri"], s["graph"], str(work / "s-relgnn-eval"))
-        RESULTS["codex-s relgnn (1 worker)"] = r
+        name = f"s-relgnn-{args.loss}"
+        r = run_train(name, s[1], work, model="relgnn", epochs=args.s_epochs, **s_kw, **common)
+        r["test"] = evaluate(r["uri"], s["graph"], str(work / f"{name}-eval"))
+        RESULTS[f"codex-s relgnn ({tag}1 worker)"] = r
         write_results("bench_train", RESULTS)
 
     if "m-relgnn" in sections:
         m = prepare(work, "m", (1,))
-        r = run_train("m-relgnn", m[1], work, model="relgnn", epochs=args.m_epochs,
-                      batch_size=1024, fanout="10,5", **common)
-        r["test"] = evaluate(r["uri"], m["graph"], str(work / "m-relgnn-eval"))
-        RESULTS["codex-m relgnn (1 worker)"] = r
+        name = f"m-relgnn-{args.loss}"
+        r = run_train(name, m[1], work, model="relgnn", epochs=args.m_epochs,
+                      batch_size=1024, fanout="10,5", negatives=m_neg,
+                      **({"decoder": "complex"} if softmax else {}), **common)
+        r["test"] = evaluate(r["uri"], m["graph"], str(work / f"{name}-eval"))
+        RESULTS[f"codex-m relgnn ({tag}1 worker)"] = r
         write_results("bench_train", RESULTS)
 
     if "s-tuned" in sections:
