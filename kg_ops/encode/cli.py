@@ -1,7 +1,8 @@
 """``kgops encode``: fit attribute encoders once, transform on Ray, write feature blocks.
 
-Phases (timed in the manifest): fit (driver; or load ``--encoders``), startup (workers load the
-encoders and the text model), tabular, text (workers encode and write shards), write (index)."""
+Phases (timed in the manifest): fit (driver; or load ``--encoders``), plan (driver counts text
+tokens to cut balanced items), startup (workers load the encoders and the text model), tabular,
+text (workers encode and write shards), write (index)."""
 
 from __future__ import annotations
 
@@ -45,17 +46,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="bad values (inf numbers, null labels): stop, or treat as missing "
                         "and count them")
     p.add_argument("--text-chunk", type=int, default=512, help="texts per work item")
-    p.add_argument("--text-batch-size", type=int, default=64, help="texts per forward pass")
+    p.add_argument("--tabular-min-cells", type=int, default=500_000,
+                   help="no tabular work item smaller than this many rows x attributes (a "
+                        "sub-second table is not worth a dispatch per worker)")
+    p.add_argument("--text-batch-size", type=int, default=64,
+                   help="at most this many texts per forward pass")
+    p.add_argument("--text-batch-tokens", type=int, default=None,
+                   help="at most this many tokens (texts x padded length) per forward pass "
+                        "(default 1024: bounded activations, cache-friendly; 0: no limit)")
 
 
 def encode(graph: str, out: str, *, workers: int | None = None, threads: int | None = None,
            encoders_uri: str | None = None, settings: Any = None, text_chunk: int = 512,
-           text_batch_size: int = 64, force: bool = False) -> dict:
+           text_batch_size: int = 64, text_batch_tokens: int | None = None,
+           tabular_min_cells: int = 500_000, force: bool = False) -> dict:
     """Run the encode stage (Ray must be initialised); returns the manifest."""
     import ray
 
     from kg_ops.encode import features as F
     from kg_ops.encode.fit import (
+        EncodeError,
         EncodeSettings,
         encoders_document,
         fit_encoders,
@@ -74,7 +84,14 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
         from kg_ops.raycluster import init_ray
 
         init_ray()
+    from kg_ops.encode.text import BATCH_TOKENS
+
     settings = settings or EncodeSettings()
+    if text_batch_tokens is None:
+        text_batch_tokens = BATCH_TOKENS
+    if text_batch_tokens < 0 or text_batch_size < 1 or text_chunk < 1:
+        raise EncodeError("--text-batch-size and --text-chunk must be at least 1, "
+                          "--text-batch-tokens at least 0 (0: no token limit)")
     graph, out = normalize(graph), normalize(out)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = threads or max(1, cpus // (workers or cpus))
@@ -82,7 +99,8 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
     inputs = {"graph": graph, **({"encoders": normalize(encoders_uri)} if encoders_uri else {})}
     config = {"settings": settings.__dict__ if not encoders_uri else "from --encoders",
               "workers": workers, "threads_per_worker": threads, "text_chunk": text_chunk,
-              "text_batch_size": text_batch_size}
+              "text_batch_size": text_batch_size, "text_batch_tokens": text_batch_tokens,
+              "tabular_min_cells": tabular_min_cells}
     with Stage("encode", out, config=config, inputs=inputs, force=force) as st:
         if st.reused:
             return st.manifest
@@ -110,7 +128,9 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
             log.info("encode: removed %d shard(s) of an earlier run in %s", removed, out)
         result = transform(graph, out, schema, encoders, workers, threads, settings.on_bad,
                            text_chunk=text_chunk, text_batch_size=text_batch_size,
-                           phase_timer=st.phase, tables=tables)
+                           phase_timer=st.phase, tables=tables,
+                           text_batch_tokens=text_batch_tokens or None,
+                           tabular_min_cells=tabular_min_cells)
         del tables
         with st.phase("write"):
             blocks = gather_blocks(encoders, result.results, fit_stats)
@@ -130,6 +150,7 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
         tab_rows = sum(t.count for t in schema.node_types
                        if any(a.kind != "text" for a in t.attributes))
         st.timings["startup_s"] = round(result.startup_s, 3)
+        st.timings["plan_s"] = round(result.plan_s, 3)  # token counts for balanced text items
         st.counts.update({"nodes": schema.num_nodes, "nodes_with_attributes": nodes,
                           "blocks": len(blocks), "texts": texts,
                           "shards": sum(len(b["shards"]) for b in blocks)})
@@ -173,5 +194,6 @@ def run(args: argparse.Namespace) -> int:
     init_ray(args.ray_address, num_cpus=args.num_cpus)
     encode(args.graph, args.out, workers=args.workers, threads=args.threads_per_worker,
            encoders_uri=args.encoders, settings=settings, text_chunk=args.text_chunk,
-           text_batch_size=args.text_batch_size)
+           text_batch_size=args.text_batch_size, text_batch_tokens=args.text_batch_tokens,
+           tabular_min_cells=args.tabular_min_cells)
     return 0

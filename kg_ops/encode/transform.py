@@ -74,23 +74,89 @@ class Plan:
         return sum(i.rows for i in self.items[phase])
 
 
+def _cuts(cost: np.ndarray, parts: int) -> np.ndarray:
+    """Boundaries ``[0, ..., n]`` of at most ``parts`` contiguous row ranges of about equal total
+    ``cost`` (equal row counts when there is no cost at all)."""
+    n = len(cost)
+    parts = max(1, min(parts, n))
+    cum = np.cumsum(cost, dtype=np.float64)
+    if not n or cum[-1] <= 0:
+        inner = np.linspace(0, n, parts + 1).round().astype(np.int64)[1:-1]
+    else:
+        inner = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="right")
+    return np.unique(np.concatenate([[0], np.clip(inner, 1, n - 1 if n > 1 else 1), [n]]))
+
+
 def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
-               text_chunk: int = 512, tabular_chunk: int = 250_000) -> Plan:
-    """Row ranges per phase: tabular split in ~2 items per worker (capped for memory), text in
-    chunks of at most ``text_chunk`` rows and at least ~4 items per worker, so the workers stay
-    balanced and progress is fine-grained."""
+               text_chunk: int = 512, tabular_chunk: int = 250_000,
+               text_costs: dict[str, np.ndarray] | None = None,
+               min_tabular_cells: int = 500_000) -> Plan:
+    """Row ranges per phase, sized by work so the workers finish together.
+
+    Text: at least ~4 items per worker and about ``text_chunk`` rows each, cut at equal total
+    token count (``text_costs``: tokens per row, from :func:`text_token_costs`) rather than equal
+    rows, so no worker is left with the long descriptions. Tabular: items of equal size across
+    all node types, ~2 per worker, but none smaller than ``min_tabular_cells`` rows x attributes
+    (a sub-second job is not worth splitting: each item pays a dispatch and one shard write per
+    attribute) nor larger than ``tabular_chunk`` rows (memory). Items are listed largest first.
+    """
     plan = Plan()
+    tab_cells = sum(nt.count * sum(1 for e in encoders if e.node_type == nt.name
+                                   and e.kind != "text") for nt in schema.node_types)
+    cells_per_item = max(min_tabular_cells, math.ceil(tab_cells / (2 * workers)))
     for nt in schema.node_types:
         mine = [e for e in encoders if e.node_type == nt.name]
         for phase in PHASES:
             attrs = [e.attribute for e in mine if (e.kind == "text") == (phase == "text")]
             if not attrs or nt.count == 0:
                 continue
-            per_worker, cap = (4, text_chunk) if phase == "text" else (2, tabular_chunk)
-            chunk = min(cap, max(1, math.ceil(nt.count / (per_worker * workers))))
-            plan.items[phase].extend(WorkItem(nt.name, s, min(s + chunk, nt.count), attrs, phase)
-                                     for s in range(0, nt.count, chunk))
+            if phase == "text":
+                parts = max(4 * workers, math.ceil(nt.count / text_chunk))
+                cost = (text_costs or {}).get(nt.name)
+                cuts = _cuts(np.ones(nt.count) if cost is None else cost, parts)
+            else:
+                parts = max(math.ceil(nt.count * len(attrs) / cells_per_item),
+                            math.ceil(nt.count / tabular_chunk))
+                cuts = _cuts(np.ones(nt.count), parts)
+            plan.items[phase].extend(WorkItem(nt.name, int(a), int(b), attrs, phase)
+                                     for a, b in zip(cuts[:-1], cuts[1:], strict=True))
+    for phase in PHASES:  # largest first: the last items handed out are the short ones
+        plan.items[phase].sort(key=lambda i: -i.rows * len(i.attributes))
     return plan
+
+
+def text_token_costs(graph_uri: str, schema: GraphSchema, encoders: list[FittedEncoder],
+                     ) -> dict[str, np.ndarray]:
+    """Per node type with text attributes: tokens per row after truncation (0 when missing),
+    summed over its text attributes: what a row costs the text model, to cut balanced items.
+    Runs on the driver with the model's own (Rust) tokenizer; no model weights are loaded."""
+    from transformers import AutoTokenizer
+
+    from kg_ops.encode.text import resolve_model_path
+    from kg_ops.graph.kg import load_nodes
+
+    texts = [e for e in encoders if e.kind == "text"]
+    if not texts:
+        return {}
+    params = texts[0].params
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(params["model"]),
+                                              local_files_only=True)
+    costs: dict[str, np.ndarray] = {}
+    for nt in schema.node_types:
+        attrs = [e.attribute for e in texts if e.node_type == nt.name]
+        if not attrs or nt.count == 0:
+            continue
+        table = load_nodes(graph_uri, nt.name, columns=attrs)
+        cost = np.zeros(nt.count, dtype=np.int64)
+        for attr in attrs:
+            prep = prepare("text", table.column(attr), graph_uri, attr)
+            if len(prep.rows):
+                enc = tokenizer([t.strip() for t in prep.data.to_pylist()], truncation=True,
+                                max_length=params["max_length"], return_length=True,
+                                return_attention_mask=False, return_token_type_ids=False)
+                cost[prep.rows] += np.asarray(enc["length"], dtype=np.int64)
+        costs[nt.name] = cost
+    return costs
 
 
 class ShardEncoder:
@@ -98,10 +164,12 @@ class ShardEncoder:
 
     def __init__(self, graph_uri: str, out_uri: str | None, encoders: list[dict[str, Any]],
                  on_bad: str = "error", threads: int | None = None, text_batch_size: int = 64,
-                 worker_id: int = 0, shared_tables: dict[str, Any] | None = None):
+                 worker_id: int = 0, shared_tables: dict[str, Any] | None = None,
+                 text_batch_tokens: int | None = None):
         self.shared_tables = shared_tables or {}  # node type -> ObjectRef of its tabular columns
         self.graph_uri, self.out_uri, self.on_bad = graph_uri, out_uri, on_bad
         self.threads, self.worker_id, self.text_batch_size = threads, worker_id, text_batch_size
+        self.text_batch_tokens = text_batch_tokens
         self.encoders = {(e["node_type"], e["attribute"]): FittedEncoder(**e) for e in encoders}
         self.lookups = {k: _column_lookup(e) for k, e in self.encoders.items()
                         if e.kind in ("categorical", "multilabel")}
@@ -119,7 +187,8 @@ class ShardEncoder:
 
             params = next(e.params for e in self.encoders.values() if e.kind == "text")
             self._text = TextEncoder(params, threads=self.threads,
-                                     batch_size=self.text_batch_size)
+                                     batch_size=self.text_batch_size,
+                                     batch_tokens=self.text_batch_tokens)
         return self._text
 
     def _table(self, node_type: str, attributes: list[str]):
@@ -229,11 +298,13 @@ class TransformResult:
     startup_s: float
     workers: int
     threads: int
+    plan_s: float = 0.0
 
 
 def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], workers: int,
                   threads: int, on_bad: str, text_batch_size: int,
-                  tables: dict[str, Any] | None = None) -> list:
+                  tables: dict[str, Any] | None = None,
+                  text_batch_tokens: int | None = None) -> list:
     """Start the actors. The fitted encoders and the tabular columns the driver already read
     for fitting are placed in the object store once; text columns the workers read themselves."""
     import ray
@@ -244,7 +315,7 @@ def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], w
     shared = ray.put([e.__dict__ for e in encoders])
     table_refs = {name: ray.put(t) for name, t in (tables or {}).items()}
     actors = [actor.remote(graph_uri, out_uri, shared, on_bad, threads, text_batch_size, i,
-                           table_refs)
+                           table_refs, text_batch_tokens)
               for i in range(workers)]
     try:
         ray.get([a.ready.remote() for a in actors])
@@ -255,7 +326,9 @@ def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], w
 
 def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 2,
               ) -> list[dict[str, Any]]:
-    """Hand items to whichever worker is free; gather their small result dicts."""
+    """Hand items to whichever worker is free; gather their small result dicts. ``in_flight``
+    items per worker hide the round trip of short items; for long ones (text, seconds each) one
+    is enough, and a second would sit queued on a busy worker while another runs out of work."""
     import ray
 
     progress = Progress(f"encode/{phase}", total=sum(i.rows for i in items), unit="rows")
@@ -283,11 +356,20 @@ def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 
 def transform(graph_uri: str, out_uri: str, schema: GraphSchema, encoders: list[FittedEncoder],
               workers: int, threads: int, on_bad: str = "error", text_chunk: int = 512,
               text_batch_size: int = 64, phase_timer=None,
-              tables: dict[str, Any] | None = None) -> TransformResult:
-    plan = plan_items(schema, encoders, workers, text_chunk=text_chunk)
+              tables: dict[str, Any] | None = None,
+              text_batch_tokens: int | None = None,
+              tabular_min_cells: int = 500_000) -> TransformResult:
+    t0 = time.perf_counter()
+    costs = text_token_costs(graph_uri, schema, encoders) if workers > 1 else None
+    plan = plan_items(schema, encoders, workers, text_chunk=text_chunk, text_costs=costs,
+                      min_tabular_cells=tabular_min_cells)
+    plan_s = time.perf_counter() - t0
+    if costs:
+        log.info("encode: %d text tokens counted in %.1fs to balance %d items",
+                 sum(int(c.sum()) for c in costs.values()), plan_s, len(plan.items["text"]))
     t0 = time.perf_counter()
     actors = start_workers(graph_uri, out_uri, encoders, workers, threads, on_bad, text_batch_size,
-                           tables)
+                           tables, text_batch_tokens)
     startup = time.perf_counter() - t0
     log.info("encode: %d worker(s) x %d thread(s) ready in %.1fs", workers, threads, startup)
     results, walls = [], {}
@@ -296,17 +378,18 @@ def transform(graph_uri: str, out_uri: str, schema: GraphSchema, encoders: list[
             walls[phase] = 0.0
             continue
         t = time.perf_counter()
+        in_flight = 1 if phase == "text" else 2
         if phase_timer is not None:
             with phase_timer(phase):
-                results += run_items(actors, plan.items[phase], phase)
+                results += run_items(actors, plan.items[phase], phase, in_flight)
         else:
-            results += run_items(actors, plan.items[phase], phase)
+            results += run_items(actors, plan.items[phase], phase, in_flight)
         walls[phase] = time.perf_counter() - t
     import ray
 
     for a in actors:
         ray.kill(a)
-    return TransformResult(results, walls, startup, workers, threads)
+    return TransformResult(results, walls, startup, workers, threads, plan_s)
 
 
 def gather_blocks(encoders: list[FittedEncoder], results: list[dict[str, Any]],

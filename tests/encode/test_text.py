@@ -50,3 +50,21 @@ def test_bad_model_settings_are_clear(tmp_path):
     params = dict(text_encoder_params(EncodeSettings()), model_sha256="0" * 64)
     with pytest.raises(TextModelError, match="sha256 mismatch"):
         TextEncoder(params)
+
+
+def test_token_budget_bounds_each_forward_pass(encoder):
+    """With ``batch_tokens`` every forward pass holds at most that many tokens (or one text),
+    and the vectors are those of the unbounded encoder (float noise only)."""
+    bounded = TextEncoder(encoder.params, threads=1, batch_size=64, batch_tokens=24)
+    shapes = []
+    hook = bounded.model.register_forward_hook(
+        lambda _m, _args, kwargs, _out: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    try:
+        got = bounded.encode(TEXTS * 3)
+    finally:
+        hook.remove()
+    assert sum(r for r, _ in shapes) == len(TEXTS) * 3
+    assert all(r * w <= 24 or r == 1 for r, w in shapes) and len(shapes) > 3
+    unbounded = TextEncoder(encoder.params, threads=1, batch_size=64, batch_tokens=None)
+    np.testing.assert_allclose(got, unbounded.encode(TEXTS * 3), atol=2e-6)

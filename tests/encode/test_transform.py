@@ -30,7 +30,7 @@ def graph(tmp_path_factory):
 def local_run(graph, ray_local, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("enc") / "features")
     manifest = encode(graph, out, workers=2, threads=1, settings=SETTINGS, text_chunk=4,
-                      text_batch_size=3)
+                      text_batch_size=3, tabular_min_cells=1)
     return out, manifest
 
 
@@ -105,7 +105,7 @@ def test_s3_input_and_output(ray_local, s3_bucket, tmp_path):
     graph_s3 = save_graph(join(s3_bucket, "graph"), table, text=False)
     graph_local = save_graph(str(tmp_path / "graph"), table, text=False)
     out = join(s3_bucket, "run", "encode")
-    manifest = encode(graph_s3, out, workers=2, threads=1, settings=SETTINGS)
+    manifest = encode(graph_s3, out, workers=2, threads=1, settings=SETTINGS, tabular_min_cells=1)
     assert get_store(out).exists(join(out, "_manifest.json"))
     assert manifest["uri"] == out and manifest["metrics"]["workers"] == 2
     out_local = str(tmp_path / "enc")
@@ -161,3 +161,73 @@ def test_cli_bad_values_exit_2(ray_local, tmp_path, capsys):
     assert price_block["bad_examples"] == ["item-4"] and price_block["bad"] == 1
     ids = _blocks(out)["item/price"].node_ids
     assert 3 + 4 not in ids
+
+
+def _schema(count: int, text: bool = True):
+    from kg_ops.encode.fit import FittedEncoder
+    from kg_ops.graph.schema import Attribute, GraphSchema, NodeType
+
+    attrs = [Attribute("price", "numeric"), Attribute("section", "categorical")]
+    attrs += [Attribute("description", "text")] if text else []
+    schema = GraphSchema(name="plan", node_types=[NodeType("item", count, 0, attrs)],
+                         relations=[])
+    encoders = [FittedEncoder("item", a.name, a.kind, 3) for a in attrs]
+    return schema, encoders
+
+
+def test_text_items_cut_at_equal_token_counts():
+    """Long texts first (as when a table is sorted): equal-row items would give the first
+    worker most of the tokens; token-balanced items stay contiguous, cover every row once and
+    each carries about 1/parts of the tokens."""
+    from kg_ops.encode.transform import plan_items
+
+    n, workers = 1000, 2
+    cost = np.where(np.arange(n) < 100, 200, 10)
+    schema, encoders = _schema(n)
+    items = plan_items(schema, encoders, workers, text_chunk=512,
+                       text_costs={"item": cost}).items["text"]
+    spans = sorted((i.start, i.stop) for i in items)
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    per_item = [cost[a:b].sum() for a, b in spans]
+    assert len(spans) == 4 * workers
+    assert max(per_item) <= cost.sum() / len(spans) + cost.max()
+    equal_rows = [cost[a:a + n // 8].sum() for a in range(0, n, n // 8)]
+    assert max(equal_rows) > 2 * max(per_item)  # what the row split would have done
+    # without token counts (1 worker): equal rows, as before
+    plain = plan_items(schema, encoders, 1, text_chunk=512).items["text"]
+    assert sorted(i.rows for i in plain) == [250] * 4
+
+
+def test_tabular_items_sized_by_work():
+    """A small table is one item (not worth a dispatch per worker); a big one is cut into
+    ~2 items per worker, largest first; rows are covered exactly once either way."""
+    from kg_ops.encode.transform import plan_items
+
+    schema, encoders = _schema(10_000, text=False)
+    assert [(i.start, i.stop) for i in plan_items(schema, encoders, 2).items["tabular"]] \
+        == [(0, 10_000)]
+    items = plan_items(schema, encoders, 2, min_tabular_cells=1000).items["tabular"]
+    assert len(items) == 4 and sum(i.rows for i in items) == 10_000
+    assert [i.rows for i in items] == sorted((i.rows for i in items), reverse=True)
+    assert sorted((i.start, i.stop) for i in items)[-1][1] == 10_000
+
+
+def test_token_costs_count_what_the_model_sees(graph):
+    """Tokens per row (after truncation; 0 for missing texts) against the tokenizer called one
+    text at a time."""
+    from transformers import AutoTokenizer
+
+    from kg_ops.encode.fit import fit_encoders
+    from kg_ops.encode.text import resolve_model_path
+    from kg_ops.encode.transform import text_token_costs
+
+    schema = load_schema(graph)
+    encoders, _ = fit_encoders(graph, schema, SETTINGS)
+    costs = text_token_costs(graph, schema, encoders)
+    assert set(costs) == {"item"}
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(None))
+    text = item_table(N, seed=7).column("description").to_pylist()
+    expect = [len(tok(t.strip(), truncation=True, max_length=256)["input_ids"])
+              if t and t.strip() else 0 for t in text]
+    np.testing.assert_array_equal(costs["item"], expect)
