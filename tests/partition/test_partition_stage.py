@@ -166,11 +166,12 @@ def test_partition_contents_are_consistent(graph, tmp_path):
         assert key in m["metrics"]
 
 
-def test_deterministic_for_a_fixed_seed(graph, tmp_path):
+@pytest.mark.parametrize("method", ["metis", "random"])
+def test_deterministic_for_a_fixed_seed(graph, tmp_path, method):
     uri, _ = graph
     runs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        partition(uri, 3, str(tmp_path / name), fanout="3,2", method="random", seed=seed)
+        partition(uri, 3, str(tmp_path / name), fanout="3,2", method=method, seed=seed)
         runs[name] = parts_of(str(tmp_path / name))
     for pa, pb in zip(runs["a"], runs["b"], strict=True):
         assert np.array_equal(pa.global_ids, pb.global_ids)
