@@ -5,8 +5,8 @@ needs its whole sampled computation graph there. What that adds depends on what 
 partition already stores: a node whose sampled neighbours are already expanded in ``q`` costs
 a few edges, one whose neighbours all live elsewhere costs its full two-hop tree. Measured on
 CoDEx-M (P=4, fanout 25,10) pricing replications this way instead of by degree takes the edge
-replication factor from 2.30 to 2.13: halo edges follow the sampled computation graph, not
-the degree.
+replication factor from 2.30 to 2.14 (a degree-priced cover gives 2.37): halo edges follow
+the sampled computation graph, not the degree.
 
 The price is estimated against each partition's *home* computation graph (the sampled
 computation graph of the nodes METIS put there, :func:`home_coverage`): for ``v``'s sampled
