@@ -13,6 +13,7 @@ reference the distributed output is tested against.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -141,6 +142,12 @@ def text_token_costs(graph_uri: str, schema: GraphSchema, encoders: list[FittedE
     params = texts[0].params
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(params["model"]),
                                               local_files_only=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # Rust: no Python list per token
+    if backend is not None:
+        backend = copy.deepcopy(backend)
+        backend.enable_truncation(params["max_length"])
+        backend.no_padding()
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     costs: dict[str, np.ndarray] = {}
     for nt in schema.node_types:
         attrs = [e.attribute for e in texts if e.node_type == nt.name]
@@ -150,11 +157,16 @@ def text_token_costs(graph_uri: str, schema: GraphSchema, encoders: list[FittedE
         cost = np.zeros(nt.count, dtype=np.int64)
         for attr in attrs:
             prep = prepare("text", table.column(attr), graph_uri, attr)
-            if len(prep.rows):
-                enc = tokenizer([t.strip() for t in prep.data.to_pylist()], truncation=True,
-                                max_length=params["max_length"], return_length=True,
-                                return_attention_mask=False, return_token_type_ids=False)
-                cost[prep.rows] += np.asarray(enc["length"], dtype=np.int64)
+            if not len(prep.rows):
+                continue
+            texts = [t.strip() for t in prep.data.to_pylist()]
+            if backend is not None:
+                lengths = np.fromiter((len(e) for e in encode(texts)), np.int64, len(texts))
+            else:
+                lengths = np.asarray(tokenizer(texts, truncation=True,
+                                               max_length=params["max_length"],
+                                               return_length=True)["length"], dtype=np.int64)
+            cost[prep.rows] += lengths
         costs[nt.name] = cost
     return costs
 
@@ -305,8 +317,9 @@ def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], w
                   threads: int, on_bad: str, text_batch_size: int,
                   tables: dict[str, Any] | None = None,
                   text_batch_tokens: int | None = None) -> list:
-    """Start the actors. The fitted encoders and the tabular columns the driver already read
-    for fitting are placed in the object store once; text columns the workers read themselves."""
+    """Start the actors (without waiting for them). The fitted encoders and the tabular columns
+    the driver already read for fitting are placed in the object store once; text columns the
+    workers read themselves."""
     import ray
 
     env = worker_env([graph_uri, out_uri])
@@ -317,11 +330,17 @@ def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], w
     actors = [actor.remote(graph_uri, out_uri, shared, on_bad, threads, text_batch_size, i,
                            table_refs, text_batch_tokens)
               for i in range(workers)]
+    return actors
+
+
+def wait_ready(actors: list) -> None:
+    """Block until every actor has loaded its encoders and model."""
+    import ray
+
     try:
         ray.get([a.ready.remote() for a in actors])
     except Exception as exc:  # actor construction failed: surface the worker's own error
         raise _unwrap(exc) from exc
-    return actors
 
 
 def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 2,
@@ -360,6 +379,9 @@ def transform(graph_uri: str, out_uri: str, schema: GraphSchema, encoders: list[
               text_batch_tokens: int | None = None,
               tabular_min_cells: int = 500_000) -> TransformResult:
     t0 = time.perf_counter()
+    actors = start_workers(graph_uri, out_uri, encoders, workers, threads, on_bad, text_batch_size,
+                           tables, text_batch_tokens)
+    # while the workers load the model: count text tokens to cut balanced items
     costs = text_token_costs(graph_uri, schema, encoders) if workers > 1 else None
     plan = plan_items(schema, encoders, workers, text_chunk=text_chunk, text_costs=costs,
                       min_tabular_cells=tabular_min_cells)
@@ -367,9 +389,7 @@ def transform(graph_uri: str, out_uri: str, schema: GraphSchema, encoders: list[
     if costs:
         log.info("encode: %d text tokens counted in %.1fs to balance %d items",
                  sum(int(c.sum()) for c in costs.values()), plan_s, len(plan.items["text"]))
-    t0 = time.perf_counter()
-    actors = start_workers(graph_uri, out_uri, encoders, workers, threads, on_bad, text_batch_size,
-                           tables, text_batch_tokens)
+    wait_ready(actors)
     startup = time.perf_counter() - t0
     log.info("encode: %d worker(s) x %d thread(s) ready in %.1fs", workers, threads, startup)
     results, walls = [], {}
