@@ -126,6 +126,7 @@ def our_curve(model_uri: str, graph: str, valid: _Valid) -> list[dict]:
     from kg_ops.train.checkpoints import load_checkpoint
 
     store = get_store(model_uri)
+    training = store.read_json(join(model_uri, "model_config.json")).get("training", {})
     cks = sorted(u for u in store.list(join(model_uri, "checkpoints")) if "epoch-" in u)
     out = []
     for uri in cks:
@@ -133,7 +134,8 @@ def our_curve(model_uri: str, graph: str, valid: _Valid) -> list[dict]:
         model = LinkPredictor(ModelConfig.from_dict(st["model_config"]))
         model.load_state_dict(st["model"])
         model.requires_grad_(False)
-        tm = TrainedModel(model_uri, {**st["model_config"], "graph": graph}, [], model)
+        tm = TrainedModel(model_uri, {**st["model_config"], "graph": graph,
+                                      "training": training}, [], model)
         with torch.no_grad():
             mrr = valid.mrr(tm.embed_all(), tm)
         out.append({"epoch": st["epoch"], "train_s": round(sum(h["epoch_s"] for h in

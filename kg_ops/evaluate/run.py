@@ -72,6 +72,17 @@ def _hard_negatives_auc(graph_uri: str, split: str, score, positives: np.ndarray
                       f"negatives ({uri})"}
 
 
+def _neighbourhoods(trained) -> str:
+    """How the embeddings aggregated neighbours (models other than ours: not recorded)."""
+    nb = trained.neighbourhoods() if hasattr(trained, "neighbourhoods") else None
+    if nb is None:
+        return "as the model computes them"
+    if nb["fanouts"] is None:
+        return "exact: every neighbour in the training edges"
+    return (f"sampled as in training: fanouts {nb['fanouts']}, sampling seed {nb['seed']} "
+            "(the model never saw other neighbourhoods)")
+
+
 def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
                    split: str = "test", batch_size: int | None = None,
                    memory_mib: float = 256.0, max_queries: int | None = None, seed: int = 0,
@@ -144,6 +155,7 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
             "subsample": (f"{len(triples)} of {len(edges[split])} triples, seeded "
                           f"(seed {seed})" if len(triples) < len(edges[split]) else "none"),
             "candidates": f"all {schema.num_nodes} entities",
+            "neighbourhoods": _neighbourhoods(trained),
             "filter": "known true triples of train+valid+test removed from the candidates "
                       "(the query's own answer is kept)",
             "filter_triples": {s: int(len(edges[s])) for s in SPLITS}

@@ -108,10 +108,12 @@ class LinkPredictor(nn.Module):
 
     @torch.no_grad()
     def encode_full(self, csr, features: NodeFeatures | None = None,
-                    batch_size: int = 65536) -> torch.Tensor:
-        """Embeddings of all ``csr.num_nodes`` nodes over every message of ``csr`` (whose ids
-        are the features' id space), computed layer by layer in chunks of ``batch_size``
-        target nodes."""
+                    batch_size: int = 65536, fanouts: list[int] | None = None,
+                    seed: int | None = None) -> torch.Tensor:
+        """Embeddings of all ``csr.num_nodes`` nodes (whose ids are the features' id space),
+        computed layer by layer in chunks of ``batch_size`` target nodes, over every message
+        of ``csr`` or, with ``fanouts``, over the messages training's sampler gives each node
+        at that layer (layer ``i`` of ``K`` uses ``fanouts[K-1-i]``, with ``seed``)."""
         from kg_ops.sampling import sample_messages
 
         n = csr.num_nodes
@@ -123,7 +125,9 @@ class LinkPredictor(nn.Module):
         for i in range(self.encoder.num_layers):
             out = []
             for c in chunks:
-                pos, seg = sample_messages(csr, c, -1, 0)
+                fanout = -1 if fanouts is None else int(fanouts[len(fanouts) - 1 - i])
+                pos, seg = sample_messages(csr, c, fanout,
+                                           csr.seed if seed is None else int(seed))
                 edge_index = torch.from_numpy(np.stack([csr.src[pos], seg]))
                 edge_type = torch.from_numpy(csr.rel[pos])
                 out.append(self.encoder.layer(i, h, h[torch.from_numpy(c)], edge_index,

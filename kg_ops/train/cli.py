@@ -193,7 +193,8 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
                              f"({mcfg.to_dict()}); use the same model options")
         resume = state["uri"]
     config = {"model": mcfg.to_dict(), "workers": workers, "epochs": epochs,
-              "batch_size": batch_size, "fanouts": fanouts, "loss": loss,
+              "batch_size": batch_size, "fanouts": fanouts,
+              "sample_seed": int(sampling["seed"]), "loss": loss,
               "negatives": negatives, "patience": patience, "valid_triples": valid_triples,
               "valid_candidates": valid_candidates, "seed": seed, "resume": resume, **hyper}
     with Stage("train", out, config=config, inputs={"partitions": partitions}, force=force) as st:

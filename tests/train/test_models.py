@@ -152,6 +152,25 @@ def test_full_graph_inference_equals_exact_computation_graph(kind):
     assert torch.allclose(z[cg.seed_index], full[seeds], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["rgcn", "relgnn"])
+@pytest.mark.parametrize("sample_seed", [0, 7])
+def test_sampled_full_inference_equals_the_training_computation_graph(kind, sample_seed):
+    """With fanouts, full inference gives every node what a training batch's sampled
+    computation graph gives it, and differs from exact inference."""
+    csr, n, r = toy_graph()
+    torch.manual_seed(5)
+    model = LinkPredictor(ModelConfig(kind, n, r, embedding_dim=8, hidden_dim=8, out_dim=6,
+                                      num_bases=2, heads=2, rel_dim=4)).eval()
+    fanouts = [3, 2]
+    full = model.encode_full(csr, batch_size=7, fanouts=fanouts, seed=sample_seed)
+    seeds = np.arange(n)
+    cg = sample_computation_graph(csr, seeds, fanouts, seed=sample_seed)
+    with torch.no_grad():
+        z = model.encode_sampled(cg)
+    assert torch.allclose(z[cg.seed_index], full, atol=1e-5)
+    assert not torch.allclose(full, model.encode_full(csr, batch_size=7), atol=1e-3)
+
+
 def test_model_config_round_trip():
     cfg = ModelConfig("relgnn", 10, 2, feature_dims={"a/b": 3}, decoder="complex")
     assert ModelConfig.from_dict(cfg.to_dict() | {"graph": "ignored"}) == cfg

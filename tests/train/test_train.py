@@ -57,6 +57,9 @@ def test_learns_the_planted_graph_far_above_random(runs, planted):
     assert [h["epoch"] for h in hist] == list(range(1, EPOCHS + 1))
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert max(h["valid_mrr_sampled"] for h in hist) > hist[0]["valid_mrr_sampled"]
+    # inference aggregates over the neighbourhoods training sampled (partitions: 10,5)
+    assert tm.neighbourhoods() == {"mode": "sampled as in training", "fanouts": [10, 5],
+                                   "seed": 0}
     m = runs["one"]["metrics"]
     assert m["workers"] == 1 and m["epochs"] == EPOCHS
     assert m["best_valid_mrr"] == max(h["valid_mrr_sampled"] for h in hist)
