@@ -13,7 +13,6 @@ reference the distributed output is tested against.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -130,43 +129,47 @@ def text_token_costs(graph_uri: str, schema: GraphSchema, encoders: list[FittedE
                      ) -> dict[str, np.ndarray]:
     """Per node type with text attributes: tokens per row after truncation (0 when missing),
     summed over its text attributes: what a row costs the text model, to cut balanced items.
-    Runs on the driver with the model's own (Rust) tokenizer; no model weights are loaded."""
-    from transformers import AutoTokenizer
-
+    Runs on the driver with the model's own tokenizer (Rust ``tokenizers`` from
+    ``tokenizer.json`` when the model has one: light to import; else transformers'
+    AutoTokenizer); no model weights are loaded."""
     from kg_ops.encode.text import resolve_model_path
     from kg_ops.graph.kg import load_nodes
 
-    texts = [e for e in encoders if e.kind == "text"]
-    if not texts:
+    text_encoders = [e for e in encoders if e.kind == "text"]
+    if not text_encoders:
         return {}
-    params = texts[0].params
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(params["model"]),
-                                              local_files_only=True)
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # Rust: no Python list per token
-    if backend is not None:
-        backend = copy.deepcopy(backend)
-        backend.enable_truncation(params["max_length"])
-        backend.no_padding()
-        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    params = text_encoders[0].params
+    path = resolve_model_path(params["model"])
+    max_length = params["max_length"]
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        fast = Tokenizer.from_file(str(path / "tokenizer.json"))
+        fast.enable_truncation(max_length)
+        fast.no_padding()
+        batch = getattr(fast, "encode_batch_fast", fast.encode_batch)
+
+        def lengths(texts: list[str]) -> np.ndarray:
+            return np.fromiter((len(e) for e in batch(texts)), np.int64, len(texts))
+    else:
+        from transformers import AutoTokenizer
+
+        slow = AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+        def lengths(texts: list[str]) -> np.ndarray:
+            return np.asarray(slow(texts, truncation=True, max_length=max_length,
+                                   return_length=True)["length"], dtype=np.int64)
     costs: dict[str, np.ndarray] = {}
     for nt in schema.node_types:
-        attrs = [e.attribute for e in texts if e.node_type == nt.name]
+        attrs = [e.attribute for e in text_encoders if e.node_type == nt.name]
         if not attrs or nt.count == 0:
             continue
         table = load_nodes(graph_uri, nt.name, columns=attrs)
         cost = np.zeros(nt.count, dtype=np.int64)
         for attr in attrs:
             prep = prepare("text", table.column(attr), graph_uri, attr)
-            if not len(prep.rows):
-                continue
-            texts = [t.strip() for t in prep.data.to_pylist()]
-            if backend is not None:
-                lengths = np.fromiter((len(e) for e in encode(texts)), np.int64, len(texts))
-            else:
-                lengths = np.asarray(tokenizer(texts, truncation=True,
-                                               max_length=params["max_length"],
-                                               return_length=True)["length"], dtype=np.int64)
-            cost[prep.rows] += lengths
+            if len(prep.rows):
+                cost[prep.rows] += lengths([t.strip() for t in prep.data.to_pylist()])
         costs[nt.name] = cost
     return costs
 

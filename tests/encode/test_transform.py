@@ -213,7 +213,7 @@ def test_tabular_items_sized_by_work():
     assert sorted((i.start, i.stop) for i in items)[-1][1] == 10_000
 
 
-def test_token_costs_count_what_the_model_sees(graph):
+def test_token_costs_count_what_the_model_sees(graph, tmp_path):
     """Tokens per row (after truncation; 0 for missing texts) against the tokenizer called one
     text at a time."""
     from transformers import AutoTokenizer
@@ -231,3 +231,13 @@ def test_token_costs_count_what_the_model_sees(graph):
     expect = [len(tok(t.strip(), truncation=True, max_length=256)["input_ids"])
               if t and t.strip() else 0 for t in text]
     np.testing.assert_array_equal(costs["item"], expect)
+    # a model directory without tokenizer.json: transformers' tokenizer, same counts
+    model = resolve_model_path(None)
+    other = tmp_path / "model"
+    other.mkdir()
+    for f in model.iterdir():
+        if f.name != "tokenizer.json":
+            (other / f.name).symlink_to(f)
+    text_enc = next(e for e in encoders if e.kind == "text")
+    text_enc.params = {**text_enc.params, "model": str(other)}
+    np.testing.assert_array_equal(text_token_costs(graph, schema, encoders)["item"], expect)
