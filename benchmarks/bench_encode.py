@@ -80,10 +80,20 @@ def derive(src: str, name: str, text: bool, rows: int | None = None) -> str:
     return str(out)
 
 
+def host_cpu() -> np.ndarray:
+    """Machine-wide CPU seconds since boot: user+nice, system, idle+iowait, steal (hypervisor)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return np.array([f[0] + f[1], f[2] + f[5] + f[6], f[3] + f[4], f[7]]) / os.sysconf(
+        "SC_CLK_TCK")
+
+
 def encode_run(graph: str, workers: int, threads: int = 1) -> dict:
     out = WORK / "runs" / f"{Path(graph).name}-w{workers}t{threads}"
+    cpu0 = host_cpu()
     r = kgops("--force", "encode", "--graph", graph, "--out", str(out), "--workers", str(workers),
               "--threads-per-worker", str(threads))
+    host = dict(zip(("user", "system", "idle", "steal"), (host_cpu() - cpu0).round(1).tolist(),
+                    strict=True))
     m = json.loads((out / "_manifest.json").read_text())
     mt, tm = m["metrics"], m["timings"]
     return {"workers": workers, "threads_per_worker": threads, "nodes": mt["nodes"],
@@ -97,7 +107,55 @@ def encode_run(graph: str, workers: int, threads: int = 1) -> dict:
                                            "write_s") if k in tm},
             "worker_busy_s": mt["worker_busy_s"], "shards": m["counts"]["shards"],
             "text_batch_tokens": m["config"].get("text_batch_tokens"),
-            "peak_rss_mib": round(r["peak_rss_mib"], 1), "dims": mt["dims"]}
+            "peak_rss_mib": round(r["peak_rss_mib"], 1), "dims": mt["dims"],
+            "host_cpu_s_whole_process": host}
+
+
+def bare_text_ceiling(graph: str, n: int) -> dict:
+    """What the machine allows without Ray: the bare TextEncoder (1 thread, default batching) on
+    the first ``n`` texts, one process alone, then two processes at once on halves of equal
+    token count."""
+    def run(parts: int) -> list[dict]:
+        start_at = str(time.time() + 20)  # after both have loaded the model: a common start
+        procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.bench_encode", "--bare-part",
+                                   graph, str(n), str(p), str(parts), start_at], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                  cwd=Path(__file__).resolve().parents[1])
+                 for p in range(parts)]
+        return [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+
+    one, two = run(1), run(2)
+    alone = one[0]["texts"] / one[0]["wall_s"]
+    together = n / max(r["wall_s"] for r in two)
+    return {"texts": n, "one_process_texts_per_s": round(alone, 1),
+            "two_processes_texts_per_s": round(together, 1),
+            "speedup_1_to_2": round(together / alone, 3), "two_processes": two}
+
+
+def bare_part(graph: str, n: int, part: int, parts: int, start_at: float) -> None:
+    from kg_ops.encode.fit import EncodeSettings, FittedEncoder, prepare
+    from kg_ops.encode.text import TextEncoder, text_encoder_params
+    from kg_ops.encode.transform import _cuts, text_token_costs
+    from kg_ops.graph.kg import load_nodes, load_schema
+
+    params = text_encoder_params(EncodeSettings())
+    schema = load_schema(graph)
+    t = schema.node_types[0]
+    attr = t.attributes[0].name
+    cost = text_token_costs(graph, schema, [FittedEncoder(t.name, attr, "text", 384, params)])
+    cuts = _cuts(cost[t.name][:n], parts)
+    col = load_nodes(graph, t.name, columns=[attr]).column(attr).slice(cuts[part],
+                                                                       cuts[part + 1] - cuts[part])
+    texts = prepare("text", col, graph, attr).data.to_pylist()
+    enc = TextEncoder(params, threads=1)
+    enc.encode(texts[:8])
+    time.sleep(max(0.0, start_at - time.time()))
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(texts), 512):
+        enc.encode(texts[i:i + 512])
+    print(json.dumps({"part": part, "texts": len(texts),
+                      "wall_s": round(time.perf_counter() - t0, 2),
+                      "cpu_s": round(time.process_time() - c0, 2)}))
 
 
 def scaling(graph: str) -> dict:
@@ -185,7 +243,13 @@ def main() -> None:
     p.add_argument("--synth-nodes", type=int, default=200_000)
     p.add_argument("--synth-edges", type=int, default=1_000_000)
     p.add_argument("--only", choices=("debian", "synth"), default=None)
+    p.add_argument("--ceiling-texts", type=int, default=1000,
+                   help="Debian texts for the bare 1-vs-2-process ceiling (0: skip)")
+    p.add_argument("--bare-part", nargs=5, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.bare_part:
+        g, n, part, parts, start_at = args.bare_part
+        return bare_part(g, int(n), int(part), int(parts), float(start_at))
     WORK.mkdir(parents=True, exist_ok=True)
     graphs = {}
     if args.only in (None, "debian"):
@@ -222,6 +286,9 @@ def run_all(graphs: dict, args: argparse.Namespace, results: dict) -> None:
                 g, txt, results[name][f"text_first_{args.text_rows}"]["2_workers"])
             results[name]["text_vs_sentence_transformers"] = text_vs_sentence_transformers(
                 txt, args.st_texts)
+            if args.ceiling_texts:
+                results[name]["text_bare_ceiling_no_ray"] = bare_text_ceiling(
+                    txt, args.ceiling_texts)
         print(json.dumps({name: results[name]}, indent=1, default=str), flush=True)
 
 
