@@ -12,8 +12,8 @@ token length so each forward pass pads only to its own longest text; the model r
 texts a fixed 64-row batch makes activations of hundreds of MB (the attention scores alone are
 rows x heads x width^2 floats), which are allocated and page-faulted afresh at every layer and
 spill the caches; two workers doing that at once share one memory bus and slow each other down
-(on the 2-core machine, 1->2 workers gave 1.2-1.6x with 64-row batches of Debian descriptions,
-~1.8x with a 1024-token budget, which is also faster for one worker alone).
+(Debian long descriptions on the 2-core machine: 1->2 workers 1.47x with 64-text batches, 1.87x
+with a 1024-token budget, which also makes one worker alone ~1.35x faster: 26 -> 35 texts/s).
 """
 
 from __future__ import annotations

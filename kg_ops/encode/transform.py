@@ -93,7 +93,7 @@ def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
                min_tabular_cells: int = 500_000) -> Plan:
     """Row ranges per phase, sized by work so the workers finish together.
 
-    Text: at least ~4 items per worker and about ``text_chunk`` rows each, cut at equal total
+    Text: at least ~8 items per worker and about ``text_chunk`` rows each, cut at equal total
     token count (``text_costs``: tokens per row, from :func:`text_token_costs`) rather than equal
     rows, so no worker is left with the long descriptions. Tabular: items of equal size across
     all node types, ~2 per worker, but none smaller than ``min_tabular_cells`` rows x attributes
@@ -111,7 +111,7 @@ def plan_items(schema: GraphSchema, encoders: list[FittedEncoder], workers: int,
             if not attrs or nt.count == 0:
                 continue
             if phase == "text":
-                parts = max(4 * workers, math.ceil(nt.count / text_chunk))
+                parts = max(8 * workers, math.ceil(nt.count / text_chunk))
                 cost = (text_costs or {}).get(nt.name)
                 cuts = _cuts(np.ones(nt.count) if cost is None else cost, parts)
             else:
@@ -355,7 +355,7 @@ def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 
 
     progress = Progress(f"encode/{phase}", total=sum(i.rows for i in items), unit="rows")
     queue = list(reversed(items))
-    free = [a for a in actors for _ in range(in_flight)]
+    free = [a for _ in range(in_flight) for a in actors]  # a0, a1, a0, a1: spread the big ones
     pending: dict[Any, Any] = {}
     results = []
     while queue or pending:

@@ -190,13 +190,13 @@ def test_text_items_cut_at_equal_token_counts():
     assert spans[0][0] == 0 and spans[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
     per_item = [cost[a:b].sum() for a, b in spans]
-    assert len(spans) == 4 * workers
+    assert len(spans) == 8 * workers
     assert max(per_item) <= cost.sum() / len(spans) + cost.max()
-    equal_rows = [cost[a:a + n // 8].sum() for a in range(0, n, n // 8)]
+    equal_rows = [cost[a:a + n // 16].sum() for a in range(0, n, n // 16)]
     assert max(equal_rows) > 2 * max(per_item)  # what the row split would have done
     # without token counts (1 worker): equal rows, as before
     plain = plan_items(schema, encoders, 1, text_chunk=512).items["text"]
-    assert sorted(i.rows for i in plain) == [250] * 4
+    assert sorted(i.rows for i in plain) == [125] * 8
 
 
 def test_tabular_items_sized_by_work():
@@ -241,3 +241,27 @@ def test_token_costs_count_what_the_model_sees(graph, tmp_path):
     text_enc = next(e for e in encoders if e.kind == "text")
     text_enc.params = {**text_enc.params, "model": str(other)}
     np.testing.assert_array_equal(text_token_costs(graph, schema, encoders)["item"], expect)
+
+
+def test_first_items_go_to_different_workers(ray_local):
+    """Items are handed out largest first, one per worker in turn: the two big items must not
+    queue up on one worker while the other gets the small ones."""
+    import time
+
+    from kg_ops.encode.transform import WorkItem, run_items
+
+    @ray_local.remote(num_cpus=0)
+    class Recorder:
+        def __init__(self, i):
+            self.i = i
+
+        def run(self, item):
+            time.sleep(item.rows / 1000)
+            return {"worker": self.i, "rows": item.rows, "start": item.start}
+
+    actors = [Recorder.remote(i) for i in range(2)]
+    items = [WorkItem("t", 0, 300, ["a"], "tabular"), WorkItem("t", 300, 600, ["a"], "tabular"),
+             WorkItem("t", 600, 610, ["a"], "tabular"), WorkItem("t", 610, 620, ["a"], "tabular")]
+    results = {r["start"]: r["worker"] for r in run_items(actors, items, "tabular", in_flight=2)}
+    assert sorted(results) == [0, 300, 600, 610]
+    assert results[0] != results[300]
