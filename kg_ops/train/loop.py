@@ -7,8 +7,9 @@ number of optimiser steps. Per step: type-constrained negatives from the partiti
 sampled K-hop computation graph of the batch's entities inside the partition (the shared
 globally deterministic sampler, with the partition's sampling seed: the same sample the full
 graph would give), forward, the loss (``bce``, or ``softmax`` against candidates shared by the
-batch), backward, then the gradients are averaged across workers with
-one all-reduce and every worker takes the same Adam step (identical parameters everywhere).
+batch), backward, then the gradients are averaged across workers (dense ones with one
+all-reduce, embedding rows by gathering the rows each worker touched) and every worker takes
+the same optimiser step (identical parameters everywhere).
 
 After each epoch: sampled validation MRR (:mod:`kg_ops.train.validation`), one report per
 epoch through ``ray.train.report`` and a checkpoint in the artifact store written by rank 0;
@@ -175,7 +176,8 @@ def _batch_loss(model, config: dict, csr, sampler, pos: np.ndarray, fanouts: lis
 
     from kg_ops.sampling import sample_computation_graph
 
-    if config.get("loss", "bce") == "softmax":
+    softmax = config.get("loss", "bce") == "softmax"
+    if softmax:
         cand, tail_ok, head_ok = sampler.shared_candidates(pos, int(config["negatives"]), rng)
         seeds = np.concatenate([pos[:, [0, 2]].ravel(), cand])
     else:
@@ -184,7 +186,7 @@ def _batch_loss(model, config: dict, csr, sampler, pos: np.ndarray, fanouts: lis
     cg = sample_computation_graph(csr, seeds, fanouts, seed=sample_seed)
     z = model.encode_sampled(cg, features)
     loc = cg.seed_index
-    if config.get("loss", "bce") == "softmax":
+    if softmax:
         n = 2 * len(pos)
         ends = loc[:n].reshape(-1, 2)
         trip = torch.from_numpy(np.stack([ends[:, 0], pos[:, 1], ends[:, 1]], axis=1))
