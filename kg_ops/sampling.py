@@ -268,7 +268,7 @@ class ComputationGraph:
         return np.stack([self.global_nodes[h.src], h.rel, self.global_nodes[h.dst]], axis=1)
 
 
-def _segment_arange(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def segment_arange(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated ``arange(starts[i], starts[i] + counts[i])`` and the segment of each item."""
     total = int(counts.sum())
     seg = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
@@ -287,7 +287,7 @@ def sample_messages(csr: CSRGraph, frontier: np.ndarray, fanout: int, seed: int,
     deg = csr.indptr[frontier + 1] - csr.indptr[frontier]
     keep_n = deg if fanout < 0 else np.minimum(deg, fanout)
     if seed == csr.seed or fanout < 0:      # segments already in key order: take a prefix
-        pos, seg = _segment_arange(csr.indptr[frontier], keep_n)
+        pos, seg = segment_arange(csr.indptr[frontier], keep_n)
         return pos, seg
     # Another seed: rank the messages of over-full segments by key, chunk by chunk.
     cum = np.cumsum(deg)
@@ -296,7 +296,7 @@ def sample_messages(csr: CSRGraph, frontier: np.ndarray, fanout: int, seed: int,
     bounds = np.unique(np.concatenate([[0], bounds, [len(frontier)]]))
     out_pos, out_seg = [], []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        pos, seg = _segment_arange(csr.indptr[frontier[a:b]], deg[a:b])
+        pos, seg = segment_arange(csr.indptr[frontier[a:b]], deg[a:b])
         seg += a
         capped = deg[seg] > keep_n[seg]          # only segments over the fanout need keys
         if capped.any():
@@ -368,7 +368,7 @@ def computation_graph_messages(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequen
     for k, fanout in enumerate(fanouts):
         frontier = np.flatnonzero(depth >= 0)
         take = deg[frontier] if fanout < 0 else np.minimum(deg[frontier], fanout)
-        pos, _ = _segment_arange(csr.indptr[frontier], take)
+        pos, _ = segment_arange(csr.indptr[frontier], take)
         senders = csr.src[pos]
         depth[senders[depth[senders] < 0]] = k + 1
     # Prefix length per node: the largest fanout of the hops it is expanded in.
@@ -377,5 +377,5 @@ def computation_graph_messages(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequen
     expanded = np.flatnonzero((depth >= 0) & (depth < len(fanouts)))
     cap = np.asarray(caps, dtype=np.int64)[depth[expanded]]
     take = np.where(cap < 0, deg[expanded], np.minimum(deg[expanded], cap))
-    pos, _ = _segment_arange(csr.indptr[expanded], take)
+    pos, _ = segment_arange(csr.indptr[expanded], take)
     return pos, depth

@@ -20,8 +20,8 @@ import numpy as np
 from kg_ops.partition.io import Partition
 from kg_ops.sampling import (
     CSRGraph,
-    _segment_arange,
     computation_graph_messages,
+    segment_arange,
     unique_int,
 )
 
@@ -59,7 +59,7 @@ def expand_partition(ctx: ExpandContext, part_id: int, core_eids: np.ndarray,
     # serve later hops (for the manifest's breakdown of the replication factor).
     first = -1 if any(f < 0 for f in ctx.fanouts) else max(ctx.fanouts)
     deg = ctx.csr.degree[core_nodes]
-    pos1, _ = _segment_arange(ctx.csr.indptr[core_nodes],
+    pos1, _ = segment_arange(ctx.csr.indptr[core_nodes],
                               deg if first < 0 else np.minimum(deg, first))
     halo_hop1 = int(np.count_nonzero(stored[unique_int(ctx.csr.eid[pos1])]))
     depth[core_nodes] = -1

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kg_ops.sampling import CSRGraph, _segment_arange, computation_graph_messages
+from kg_ops.sampling import CSRGraph, computation_graph_messages, segment_arange
 
 
 @dataclass
@@ -62,7 +62,7 @@ def replication_cost(csr: CSRGraph, cover: HomeCoverage, fanouts: Sequence[int],
     bounds = np.searchsorted(np.cumsum(take1), np.arange(chunk, int(take1.sum()), chunk))
     bounds = np.unique(np.concatenate([[0], bounds, [len(v)]]))
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        pos, seg = _segment_arange(csr.indptr[v[a:b]], take1[a:b])
+        pos, seg = segment_arange(csr.indptr[v[a:b]], take1[a:b])
         qs = q[a:b][seg]
         u = csr.src[pos]
         missing = (~cover.stored[qs, csr.eid[pos]]).astype(np.float64)
