@@ -20,6 +20,15 @@ def _procs_running(text: str) -> list:
             if text in " ".join(p.info["cmdline"] or [])]
 
 
+def _wait_for_procs(text: str, timeout: float = 30.0) -> list:
+    """Ray marks a job RUNNING just before its supervisor spawns the entrypoint, so the process
+    can lag the status by a moment on a loaded machine: poll for it."""
+    end = time.monotonic() + timeout
+    while not (found := _procs_running(text)) and time.monotonic() < end:
+        time.sleep(0.2)
+    return found
+
+
 def test_names_dir_matches_only_that_directory():
     assert _names_dir(["raylet", "--temp_dir=/tmp/kgray-ab"], "/tmp/kgray-ab")
     assert _names_dir(["x", "--log-dir", "/tmp/kgray-ab/session_1/logs"], "/tmp/kgray-ab")
@@ -48,7 +57,7 @@ def test_second_cluster_coexists_and_stops_alone(ray_head, ray_hook):
                 f"{other.dashboard_url}/api/jobs/doomed", headers=auth,
                 timeout=10).json()["status"] != "RUNNING":
             time.sleep(0.3)
-        assert _procs_running(doomed)  # the job driver runs, in its own session
+        assert _wait_for_procs(doomed)  # the job driver runs, in its own session
         temp_dir = other.temp_dir
     # the other cluster is gone (dashboard down, temp dir removed, job driver killed)
     with pytest.raises(requests.ConnectionError):
