@@ -59,10 +59,17 @@ class ModelConfig:
     decoder: str = "distmult"
     regularization: float = 0.01
     feature_dims: dict[str, int] = field(default_factory=dict)
+    # Add each node's input representation to the encoder's output (a skip connection around
+    # the whole encoder): the decoder then sees the node's own embedding as well as its
+    # neighbourhood's, as a shallow KGE model would. Needs embedding_dim == out_dim.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, not {self.model!r}")
+        if self.residual and self.embedding_dim != self.out_dim:
+            raise ValueError(f"residual needs embedding_dim == out_dim, got "
+                             f"{self.embedding_dim} and {self.out_dim}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, not {self.decoder!r}")
 
@@ -100,11 +107,12 @@ class LinkPredictor(nn.Module):
         """Embeddings of ``cg.nodes[:cg.sizes[0]]`` (the seeds) from a sampled computation
         graph whose node ids index ``features``' id space."""
         n = cg.sizes[-1]
-        h = self.inputs(torch.from_numpy(cg.nodes[:n]), torch.from_numpy(cg.global_nodes[:n]),
+        x = self.inputs(torch.from_numpy(cg.nodes[:n]), torch.from_numpy(cg.global_nodes[:n]),
                         features)
+        h = x
         for i, (hop, n_src, n_dst) in enumerate(cg.gnn_layers()):
             h = self.encoder.layer(i, h[:n_src], h[:n_dst], hop.edge_index, hop.edge_type)
-        return h
+        return h + x[:len(h)] if self.cfg.residual else h
 
     @torch.no_grad()
     def encode_full(self, csr, features: NodeFeatures | None = None,
@@ -119,9 +127,10 @@ class LinkPredictor(nn.Module):
         n = csr.num_nodes
         chunks = [np.arange(a, min(a + batch_size, n), dtype=np.int64)
                   for a in range(0, n, batch_size)]
-        h = torch.cat([self.inputs(torch.from_numpy(c), torch.from_numpy(csr.to_global(c)),
+        x = torch.cat([self.inputs(torch.from_numpy(c), torch.from_numpy(csr.to_global(c)),
                                    features) for c in chunks]) if n else \
             torch.empty(0, self.cfg.embedding_dim)
+        h = x
         for i in range(self.encoder.num_layers):
             out = []
             for c in chunks:
@@ -133,7 +142,7 @@ class LinkPredictor(nn.Module):
                 out.append(self.encoder.layer(i, h, h[torch.from_numpy(c)], edge_index,
                                               edge_type))
             h = torch.cat(out) if out else torch.empty(0, self.cfg.out_dim)
-        return h
+        return h + x if self.cfg.residual else h
 
     # --- scoring and loss -------------------------------------------------------------------
     def score(self, h: torch.Tensor, rel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-dim", type=int, default=64)
     p.add_argument("--hidden-dim", type=int, default=64)
     p.add_argument("--out-dim", type=int, default=32)
+    p.add_argument("--residual", action="store_true",
+                   help="add each node's input embedding to the encoder output (a skip "
+                        "connection; needs --embedding-dim equal to --out-dim)")
     p.add_argument("--num-bases", type=int, default=4, help="RGCN basis decomposition")
     p.add_argument("--num-blocks", type=int, default=None,
                    help="RGCN block decomposition instead of bases (PyG RGCNConv; slower)")
@@ -87,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
           regularization=args.regularization, dropout=args.dropout, batch_size=args.batch_size,
           fanout=args.fanout, loss=args.loss, negatives=args.negatives,
           embedding_dim=args.embedding_dim,
-          hidden_dim=args.hidden_dim, out_dim=args.out_dim, num_bases=args.num_bases,
+          hidden_dim=args.hidden_dim, out_dim=args.out_dim, residual=args.residual,
+          num_bases=args.num_bases,
           num_blocks=args.num_blocks, heads=args.heads, decoder=args.decoder,
           patience=args.patience, valid_triples=args.valid_triples,
           valid_candidates=args.valid_candidates, seed=args.seed, threads=args.threads,
@@ -132,7 +136,7 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
           weight_decay: float | None = None, regularization: float | None = None,
           dropout: float = 0.2, batch_size: int = 256, fanout: str | None = None,
           loss: str = "bce", negatives: int | None = None, embedding_dim: int = 64,
-          hidden_dim: int = 64, out_dim: int = 32,
+          hidden_dim: int = 64, out_dim: int = 32, residual: bool = False,
           num_bases: int | None = 4, num_blocks: int | None = None, heads: int = 2,
           decoder: str = "distmult", patience: int = 5, valid_triples: int = 1000,
           valid_candidates: int = 200, seed: int = 0, threads: int = 1, max_failures: int = 2,
@@ -178,16 +182,21 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
              "weight_decay": defaults["weight_decay"] if weight_decay is None else weight_decay,
              "regularization": (defaults["regularization"] if regularization is None
                                 else regularization)}
-    mcfg = ModelConfig(model=model, num_nodes=schema.num_nodes,
-                       num_relations=schema.num_relations, embedding_dim=embedding_dim,
-                       hidden_dim=hidden_dim, out_dim=out_dim, num_layers=len(fanouts),
-                       num_bases=None if num_blocks else num_bases, num_blocks=num_blocks,
-                       dropout=dropout, heads=heads, decoder=decoder,
-                       regularization=hyper["regularization"],
-                       feature_dims=feature_dims(features_uri))
+    try:
+        mcfg = ModelConfig(model=model, num_nodes=schema.num_nodes,
+                           num_relations=schema.num_relations, embedding_dim=embedding_dim,
+                           hidden_dim=hidden_dim, out_dim=out_dim, num_layers=len(fanouts),
+                           num_bases=None if num_blocks else num_bases, num_blocks=num_blocks,
+                           dropout=dropout, heads=heads, decoder=decoder,
+                           regularization=hyper["regularization"],
+                           feature_dims=feature_dims(features_uri), residual=residual)
+    except ValueError as exc:
+        raise KGOpsError(f"train: {exc}; see `kgops train --help`") from exc
     if resume:
         state = load_checkpoint(resume)    # fail early, with a clear message
-        if state["model_config"] != mcfg.to_dict():
+        # Through ModelConfig, so a checkpoint written before a field existed compares with
+        # that field's default.
+        if ModelConfig.from_dict(state["model_config"]).to_dict() != mcfg.to_dict():
             raise KGOpsError(f"--resume {state['uri']}: the checkpoint's model "
                              f"({state['model_config']}) differs from this run's "
                              f"({mcfg.to_dict()}); use the same model options")

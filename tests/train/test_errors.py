@@ -49,6 +49,13 @@ def test_fanout_beyond_the_partitions_is_refused(planted, tmp_path):
         train(planted["parts"][1], str(tmp_path / "out"), fanout="5")
 
 
+def test_residual_with_unequal_dims_is_refused(planted, tmp_path):
+    with pytest.raises(KGOpsError, match=r"residual needs embedding_dim == out_dim, got 64 "
+                                         r"and 32.*kgops train --help"):
+        train(planted["parts"][1], str(tmp_path / "out"), residual=True)
+    assert not (tmp_path / "out" / "_manifest.json").exists()
+
+
 def test_corrupt_resume_checkpoint(planted, tmp_path):
     bad = tmp_path / "epoch-00002.pt"
     bad.write_bytes(b"this is not a torch file")

@@ -176,3 +176,29 @@ def test_model_config_round_trip():
     assert ModelConfig.from_dict(cfg.to_dict() | {"graph": "ignored"}) == cfg
     with pytest.raises(ValueError, match="model must be one of"):
         ModelConfig("transe", 10, 2)
+
+
+@pytest.mark.parametrize("kind", ["rgcn", "relgnn"])
+def test_residual_adds_the_input_embedding_on_both_inference_paths(kind):
+    """``residual=True`` gives the plain encoder's output plus the node's own input row (same
+    weights, loaded into a plain model), in training's sampled path and in full inference."""
+    csr, n, r = toy_graph()
+    cfg = dict(embedding_dim=6, hidden_dim=8, out_dim=6, num_bases=2, heads=2, rel_dim=4)
+    torch.manual_seed(6)
+    res = LinkPredictor(ModelConfig(kind, n, r, residual=True, **cfg)).eval()
+    plain = LinkPredictor(ModelConfig(kind, n, r, **cfg)).eval()
+    plain.load_state_dict(res.state_dict())
+    ids = torch.arange(n)
+    with torch.no_grad():
+        own = res.inputs(ids, ids, None)
+        assert own.abs().sum() > 0
+        fanouts = [3, 2]
+        full = res.encode_full(csr, batch_size=7, fanouts=fanouts, seed=0)
+        expected = plain.encode_full(csr, batch_size=7, fanouts=fanouts, seed=0) + own
+        assert torch.allclose(full, expected, atol=1e-6)
+        seeds = np.array([5, 0, 29, 13])
+        cg = sample_computation_graph(csr, seeds, fanouts, seed=0)
+        z = res.encode_sampled(cg)
+        assert torch.allclose(z[cg.seed_index], full[seeds], atol=1e-5)
+    with pytest.raises(ValueError, match="residual needs embedding_dim == out_dim"):
+        ModelConfig(kind, n, r, residual=True, embedding_dim=8, out_dim=6)
