@@ -253,6 +253,7 @@ def train_worker(config: dict[str, Any]) -> None:
     steps = max(1, math.ceil(total_edges / int(config["batch_size"])))
 
     valid = load_edges(config["graph"], "valid")
+    known = np.concatenate([valid, load_edges(config["graph"], "test")])   # for filtering
     if config["valid_triples"] and len(valid) > config["valid_triples"]:
         pick = np.random.default_rng(seed).choice(len(valid), config["valid_triples"],
                                                   replace=False)
@@ -260,7 +261,7 @@ def train_worker(config: dict[str, Any]) -> None:
     eligible = comm.all_gather_mask(SampledValidation.eligible(part, valid))
     owner = np.where(eligible.any(0), eligible.argmax(0), -1)
     validation = SampledValidation(part, valid, sampler, int(config["valid_candidates"]), seed,
-                                   owner == rank)
+                                   owner == rank, known_global=known)
     uncovered = int((owner < 0).sum())
     if rank == 0:
         log.info("worker 0/%d: partition %d: %d core edges of %d, %d steps/epoch, local batch "

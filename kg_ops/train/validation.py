@@ -3,11 +3,18 @@ the partitions, honest about what it measures.
 
 A subset of the graph's validation triples (seeded, the same on every worker) is ranked both
 ways against the true entity plus a fixed set of sampled candidates of the node type the
-relation expects (drawn from the worker's negative pool), unfiltered, ties counted as the
-mean of the optimistic and pessimistic rank. Each triple is ranked by exactly one worker: the
-lowest rank whose core nodes contain both its ends (the only nodes whose computation graphs a
-partition holds completely); triples no partition covers are counted, not ranked. This is NOT
-the filtered full ranking of ``kgops evaluate``: use it for early stopping and curves only.
+relation expects (drawn from the worker's negative pool), ties counted as the mean of the
+optimistic and pessimistic rank. Each triple is ranked by exactly one worker: the lowest rank
+whose core nodes contain both its ends (the only nodes whose computation graphs a partition
+holds completely); triples no partition covers are counted, not ranked.
+
+Filtered, as far as the worker knows: a candidate that makes a known true triple is left out
+of the ranking, known meaning the partition's training edges (core and halo) and the graph's
+valid and test triples. Unfiltered, a model that learns more true facts ranks more of them
+above the answer, so the measure *fell* while the filtered MRR rose (CoDEx-S: 0.47 at epoch 2
+to 0.41 at epoch 40), and the best epoch it picked was the second. With one partition the
+filter is exact; with more, a true triple stored only in another partition can stay a
+candidate. This is still NOT the filtered full ranking of ``kgops evaluate``.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ def realistic_rank(true: torch.Tensor, cand: torch.Tensor, valid: torch.Tensor) 
 
 class SampledValidation:
     def __init__(self, part, valid_global: np.ndarray, sampler, candidates: int, seed: int,
-                 owner_mask: np.ndarray):
+                 owner_mask: np.ndarray, known_global: np.ndarray | None = None):
         """``valid_global``: ``(V, 3)`` global triples (the same array on every worker);
-        ``owner_mask[i]``: this worker ranks triple ``i``."""
+        ``owner_mask[i]``: this worker ranks triple ``i``; ``known_global``: more true triples
+        (global ids: the graph's valid and test sets) to filter with, besides the partition's
+        own edges."""
         core = part.global_ids[:part.num_core_nodes]           # sorted by global id
         trip = valid_global[owner_mask]
         self.triples = np.stack([np.searchsorted(core, trip[:, 0]), trip[:, 1],
@@ -43,6 +52,8 @@ class SampledValidation:
                 self.candidates[t] = sampler.start[t] + np.sort(
                     rng.choice(n, size=min(candidates, n), replace=False))
         self.sampler = sampler
+        self.num_relations, self.num_nodes = part.num_relations, part.num_nodes
+        self.known = known_triple_keys(part, known_global)
 
     @staticmethod
     def eligible(part, valid_global: np.ndarray) -> np.ndarray:
@@ -88,7 +99,44 @@ class SampledValidation:
                 r = torch.from_numpy(rows)
                 score = model.decoder.score_tails if tail_side else model.decoder.score_heads
                 cand = score(h[r] if tail_side else t[r], rel[r], z[cpos])
-                valid = torch.from_numpy(self.candidates[ty][None, :] != answer[rows, None])
+                c = self.candidates[ty][None, :]
+                known = (self._is_known(self.triples[rows, 0, None], self.triples[rows, 1, None], c)
+                         if tail_side else
+                         self._is_known(c, self.triples[rows, 1, None], self.triples[rows, 2, None]))
+                valid = torch.from_numpy((c != answer[rows, None]) & ~known)
                 total += float((1.0 / realistic_rank(true[r], cand, valid)).sum())
                 count += len(rows)
         return total, count
+
+    def _is_known(self, h: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Whether each (broadcast) local triple is a known true triple."""
+        return is_member(self.known, pack(h, r, t, self.num_relations, self.num_nodes))
+
+
+def pack(h, r, t, num_relations: int, num_nodes: int) -> np.ndarray:
+    """One int64 per triple (local ids), for sorted-array membership tests."""
+    return (np.asarray(h, dtype=np.int64) * num_relations + r) * num_nodes + t
+
+
+def is_member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if not len(sorted_keys):
+        return np.zeros(np.shape(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+def known_triple_keys(part, known_global: np.ndarray | None) -> np.ndarray:
+    """Sorted packed keys of the partition's edges and of the ``known_global`` triples whose
+    ends are both nodes of the partition (mapped to local ids)."""
+    keys = [pack(part.edges[:, 0], part.edges[:, 1], part.edges[:, 2], part.num_relations,
+                 part.num_nodes)]
+    if known_global is not None and len(known_global):
+        order = np.argsort(part.global_ids)
+        ids = part.global_ids[order]
+        ends = known_global[:, [0, 2]]
+        at = np.minimum(np.searchsorted(ids, ends), len(ids) - 1)
+        inside = (ids[at] == ends).all(axis=1)
+        local = order[at[inside]]
+        keys.append(pack(local[:, 0], known_global[inside, 1], local[:, 1], part.num_relations,
+                         part.num_nodes))
+    return np.unique(np.concatenate(keys))
