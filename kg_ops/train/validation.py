@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kg_ops.evaluate.filters import FilterIndex
 from kg_ops.sampling import sample_computation_graph
 
 
@@ -52,8 +53,7 @@ class SampledValidation:
                 self.candidates[t] = sampler.start[t] + np.sort(
                     rng.choice(n, size=min(candidates, n), replace=False))
         self.sampler = sampler
-        self.num_relations, self.num_nodes = part.num_relations, part.num_nodes
-        self.known = known_triple_keys(part, known_global)
+        self.known = known_triples(part, known_global)
 
     @staticmethod
     def eligible(part, valid_global: np.ndarray) -> np.ndarray:
@@ -100,36 +100,20 @@ class SampledValidation:
                 score = model.decoder.score_tails if tail_side else model.decoder.score_heads
                 cand = score(h[r] if tail_side else t[r], rel[r], z[cpos])
                 c = self.candidates[ty][None, :]
-                known = (self._is_known(self.triples[rows, 0, None], self.triples[rows, 1, None], c)
-                         if tail_side else
-                         self._is_known(c, self.triples[rows, 1, None], self.triples[rows, 2, None]))
+                known = (self.known.contains(self.triples[rows, 0, None],
+                                             self.triples[rows, 1, None], c) if tail_side else
+                         self.known.contains(c, self.triples[rows, 1, None],
+                                             self.triples[rows, 2, None]))
                 valid = torch.from_numpy((c != answer[rows, None]) & ~known)
                 total += float((1.0 / realistic_rank(true[r], cand, valid)).sum())
                 count += len(rows)
         return total, count
 
-    def _is_known(self, h: np.ndarray, r: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Whether each (broadcast) local triple is a known true triple."""
-        return is_member(self.known, pack(h, r, t, self.num_relations, self.num_nodes))
 
-
-def pack(h, r, t, num_relations: int, num_nodes: int) -> np.ndarray:
-    """One int64 per triple (local ids), for sorted-array membership tests."""
-    return (np.asarray(h, dtype=np.int64) * num_relations + r) * num_nodes + t
-
-
-def is_member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    if not len(sorted_keys):
-        return np.zeros(np.shape(keys), dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return sorted_keys[at] == keys
-
-
-def known_triple_keys(part, known_global: np.ndarray | None) -> np.ndarray:
-    """Sorted packed keys of the partition's edges and of the ``known_global`` triples whose
-    ends are both nodes of the partition (mapped to local ids)."""
-    keys = [pack(part.edges[:, 0], part.edges[:, 1], part.edges[:, 2], part.num_relations,
-                 part.num_nodes)]
+def known_triples(part, known_global: np.ndarray | None) -> FilterIndex:
+    """The partition's edges and the ``known_global`` triples whose ends are both nodes of
+    the partition (mapped to local ids), indexed for membership tests."""
+    triples = [part.edges]
     if known_global is not None and len(known_global):
         order = np.argsort(part.global_ids)
         ids = part.global_ids[order]
@@ -137,6 +121,5 @@ def known_triple_keys(part, known_global: np.ndarray | None) -> np.ndarray:
         at = np.minimum(np.searchsorted(ids, ends), len(ids) - 1)
         inside = (ids[at] == ends).all(axis=1)
         local = order[at[inside]]
-        keys.append(pack(local[:, 0], known_global[inside, 1], local[:, 1], part.num_relations,
-                         part.num_nodes))
-    return np.unique(np.concatenate(keys))
+        triples.append(np.stack([local[:, 0], known_global[inside, 1], local[:, 1]], axis=1))
+    return FilterIndex(np.concatenate(triples), part.num_nodes, part.num_relations)
