@@ -115,11 +115,8 @@ def known_triples(part, known_global: np.ndarray | None) -> FilterIndex:
     the partition (mapped to local ids), indexed for membership tests."""
     triples = [part.edges]
     if known_global is not None and len(known_global):
-        order = np.argsort(part.global_ids)
-        ids = part.global_ids[order]
-        ends = known_global[:, [0, 2]]
-        at = np.minimum(np.searchsorted(ids, ends), len(ids) - 1)
-        inside = (ids[at] == ends).all(axis=1)
-        local = order[at[inside]]
-        triples.append(np.stack([local[:, 0], known_global[inside, 1], local[:, 1]], axis=1))
+        ends = part.to_local(known_global[:, [0, 2]])
+        inside = (ends >= 0).all(axis=1)
+        triples.append(np.stack([ends[inside, 0], known_global[inside, 1], ends[inside, 1]],
+                                axis=1))
     return FilterIndex(np.concatenate(triples), part.num_nodes, part.num_relations)
