@@ -12,9 +12,10 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 
 from kg_ops import __version__
-from kg_ops.errors import KGOpsError
+from kg_ops.errors import explain
 
 COMMANDS: dict[str, str] = {
     "import": "kg_ops.graph.importers.cli",
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kgops", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"kg_ops {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (debug logging too)")
     parser.add_argument("--force", action="store_true",
                         help="recompute the stage even if a complete identical run exists")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -68,15 +71,24 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every error ends as one message (what, where, the fix) and exit status
+    2 (bad input or environment) or 1 (a bug); ``--debug`` adds the traceback."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose or args.debug)
     if args.force:
         os.environ["KGOPS_FORCE"] = "1"  # read by kg_ops.manifest.Stage
     try:
         rc = args.func(args)
-    except KGOpsError as exc:
-        print(f"kgops {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"kgops {args.command}: interrupted; no manifest was written for the unfinished "
+              "stage (rerun it)", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- the one place errors become messages
+        message, status = explain(exc)
+        if args.debug:
+            traceback.print_exc()
+        print(f"kgops {args.command}: error: {message}", file=sys.stderr)
+        return status
     return int(rc or 0)
 
 

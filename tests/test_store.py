@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from kg_ops.manifest import MANIFEST_NAME, Stage, StageInputError, read_manifest, require_manifest
-from kg_ops.store import StoreError, get_store, join
+from kg_ops.store import StoreError, check_uri, get_store, join, normalize
 
 
 def test_bytes_json_parquet_roundtrip(artifact_root):
@@ -63,9 +63,71 @@ def test_corrupt_json_and_parquet_are_reported(artifact_root):
         store.read_parquet(join(artifact_root, "bad.parquet"))
 
 
-def test_unknown_scheme_is_rejected():
-    with pytest.raises(StoreError, match="unsupported artifact URI scheme"):
-        get_store("gs://bucket/x")
+@pytest.mark.parametrize(("uri", "hint"), [
+    ("gs://bucket/x", r"gs:// scheme is not supported"),
+    ("s3:/bucket/x", r"did you mean s3://bucket/x\?"),
+    ("S3://bucket/x", r"did you mean s3://bucket/x\?"),
+    ("s3:bucket/x", r"did you mean s3://bucket/x\?"),
+    ("s3a://bucket/x", r"did you mean s3://bucket/x\?"),
+    ("file:/tmp/x", r"did you mean file:///tmp/x\?"),
+    ("file://tmp/x", r"absolute path \(file:///tmp/...\)"),
+    ("https://example.org/g", r"https:// scheme is not supported"),
+    ("s3:///key", r"no bucket name"),
+    ("", r"empty artifact URI"),
+])
+def test_uri_typos_are_refused_with_the_fix(uri, hint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for call in (get_store, normalize):
+        with pytest.raises(StoreError, match=hint):
+            call(uri)
+    with pytest.raises(StoreError, match=hint), Stage("demo", uri):
+        pass
+    assert list(tmp_path.iterdir()) == []       # no folder named "s3:" or "gs:" appeared
+
+
+@pytest.mark.parametrize("uri", ["relative/dir", "/abs/dir", "file:///abs/dir", "s3://b/k",
+                                 "s3://b", "run:1/x", "./C:x"])
+def test_supported_uris_pass(uri):
+    assert check_uri(uri) == uri
+
+
+def test_s3_failures_name_the_uri_and_the_fix(s3_server, s3_bucket, monkeypatch):
+    missing = "s3://no-such-bucket-kgops/x/_manifest.json"
+    with pytest.raises(StoreError, match=r"no-such-bucket-kgops/x/_manifest.json: bucket "
+                                         r"'no-such-bucket-kgops' does not exist"):
+        get_store(missing).exists(missing)
+    with pytest.raises(StoreError, match="bucket 'no-such-bucket-kgops' does not exist"):
+        get_store(missing).write_bytes(missing, b"x")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)   # it caches the credentials it found
+    uri = s3_bucket + "/a.bin"
+    with pytest.raises(StoreError, match=r"a.bin: no S3 credentials found.*AWS_ACCESS_KEY_ID"):
+        get_store(uri).read_bytes(uri)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    from conftest import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    with pytest.raises(StoreError, match=rf"a.bin: cannot reach the S3 endpoint at {closed}"):
+        get_store(uri).read_bytes(uri)
+
+
+def test_local_write_over_a_file_is_explained(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StoreError, match=r"f/out.json: cannot write: a file stands where a "
+                                         "directory is needed"):
+        get_store(str(tmp_path)).write_json(str(tmp_path / "f" / "out.json"), {})
+    with pytest.raises(StoreError, match="is a directory, not a file"):
+        get_store(str(tmp_path)).read_bytes(str(tmp_path))
 
 
 def _run_stage(out, config, fail_after_first_file=False):
