@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "partition": "kg_ops.partition.cli",
     "train": "kg_ops.train.cli",
     "evaluate": "kg_ops.evaluate.cli",
+    "embed": "kg_ops.embed.cli",
 }
 
 

@@ -2,6 +2,8 @@
 
 Columns: ``id`` (int64, the dense graph id), ``key`` (string, the key from the source data),
 ``node_type`` (string), ``embedding`` (fixed-size list of float32). Rows are in id order.
+``kgops embed`` adds ``inductive`` (bool): the entity is not in the model's graph, so its
+embedding was computed from its attributes and neighbours without a learned row of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from kg_ops.graph.schema import GraphSchema
 from kg_ops.store import get_store
 
 
-def embeddings_table(graph_uri: str, schema: GraphSchema, emb: np.ndarray) -> pa.Table:
+def embeddings_table(graph_uri: str, schema: GraphSchema, emb: np.ndarray,
+                     inductive: np.ndarray | None = None) -> pa.Table:
     emb = np.ascontiguousarray(emb, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[0] != schema.num_nodes:
         raise KGOpsError(f"embeddings of shape {emb.shape} do not cover the graph's "
@@ -33,16 +36,20 @@ def embeddings_table(graph_uri: str, schema: GraphSchema, emb: np.ndarray) -> pa
         types.append(pa.DictionaryArray.from_arrays(
             pa.array(np.zeros(t.count, np.int32)), pa.array([t.name])))
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-    return pa.table({
+    columns = {
         "id": pa.array(np.arange(schema.num_nodes, dtype=np.int64)),
         "key": pa.chunked_array(keys, type=pa.string()),
         "node_type": pa.chunked_array(types, type=pa.dictionary(pa.int32(), pa.string())),
         "embedding": vectors,
-    })
+    }
+    if inductive is not None:
+        columns["inductive"] = pa.array(np.asarray(inductive, dtype=bool))
+    return pa.table(columns)
 
 
-def export_embeddings(uri: str, graph_uri: str, schema: GraphSchema, emb: np.ndarray) -> int:
+def export_embeddings(uri: str, graph_uri: str, schema: GraphSchema, emb: np.ndarray,
+                      inductive: np.ndarray | None = None) -> int:
     """Write ``uri`` (Parquet); returns the number of rows."""
-    table = embeddings_table(graph_uri, schema, emb)
+    table = embeddings_table(graph_uri, schema, emb, inductive)
     get_store(uri).write_parquet(uri, table)
     return table.num_rows

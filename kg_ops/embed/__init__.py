@@ -1,0 +1,1 @@
+"""``kgops embed``: embeddings of a (possibly newer) graph version with a trained model."""
