@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "train": "kg_ops.train.cli",
     "evaluate": "kg_ops.evaluate.cli",
     "embed": "kg_ops.embed.cli",
+    "serve": "kg_ops.serve.cli",
 }
 
 

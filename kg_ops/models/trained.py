@@ -146,3 +146,40 @@ def load_trained(model_uri: str) -> TrainedModel:
     model.eval()
     model.requires_grad_(False)
     return TrainedModel(uri, config, history, model)
+
+
+def load_decoder(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Only the decoder of the training artifact at ``model_uri`` (and its model config): what
+    scoring precomputed embeddings needs. The encoder is never built, so a serving replica does
+    not hold a second copy of an entity table it already has as embeddings."""
+    from kg_ops.manifest import require_manifest
+    from kg_ops.models.decoders import DECODERS
+    from kg_ops.train.checkpoints import load_torch
+
+    uri = normalize(model_uri)
+    require_manifest(uri, "train")
+    try:
+        config = get_store(uri).read_json(join(uri, "model_config.json"))
+    except FileNotFoundError as exc:
+        raise TrainedModelError(f"{uri}: incomplete training artifact ({exc}); rerun "
+                                "`kgops --force train`") from exc
+    try:
+        cfg = ModelConfig.from_dict(config)
+    except (TypeError, ValueError) as exc:
+        raise TrainedModelError(f"{uri}/model_config.json: not a valid model config ({exc})") \
+            from exc
+    state = load_torch(join(uri, "model.pt"), what="model checkpoint")
+    if not isinstance(state, dict):
+        raise TrainedModelError(f"{uri}/model.pt: expected a state_dict, found "
+                                f"{type(state).__name__}")
+    decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim)
+    prefix = "decoder."
+    try:
+        decoder.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                 if k.startswith(prefix)})
+    except RuntimeError as exc:
+        raise TrainedModelError(f"{uri}/model.pt: its decoder does not match "
+                                f"model_config.json ({str(exc).splitlines()[0]} ...)") from exc
+    decoder.eval()
+    decoder.requires_grad_(False)
+    return decoder, config
