@@ -36,6 +36,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None,
                    help="checkpoint (.pt URI) or earlier training output to continue from; "
                         "training continues up to --epochs in total")
+    p.add_argument("--init-from", default=None,
+                   help="warm start: an earlier `kgops train` output (of an earlier graph "
+                        "version); weights mapped by entity key, new entities initialised as "
+                        "in `kgops embed`. Falls back to training from scratch past the drift "
+                        "guard (see --max-drift, --retrain-every); the manifest says which")
+    p.add_argument("--max-drift", type=float, default=None,
+                   help="with --init-from: train from scratch when (new + removed) entities "
+                        "or (added + removed) training edges exceed this fraction (default "
+                        "0.2)")
+    p.add_argument("--retrain-every", type=int, default=None,
+                   help="with --init-from: train from scratch when this run would be the "
+                        "N-th in a row warm-started (default 7; 0 = never)")
     p.add_argument("--lr", type=float, default=None, help="default: rgcn 0.01, relgnn 0.001")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="default: rgcn 0, relgnn 1e-4")
@@ -86,7 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     train(args.partitions, args.out, model=args.model, workers=args.workers,
-          epochs=args.epochs, resume=args.resume, lr=args.lr, weight_decay=args.weight_decay,
+          epochs=args.epochs, resume=args.resume, init_from=args.init_from,
+          max_drift=args.max_drift, retrain_every=args.retrain_every, lr=args.lr, weight_decay=args.weight_decay,
           regularization=args.regularization, dropout=args.dropout, batch_size=args.batch_size,
           fanout=args.fanout, loss=args.loss, negatives=args.negatives,
           embedding_dim=args.embedding_dim,
@@ -132,7 +145,9 @@ def feature_dims(features_uri: str | None) -> dict[str, int]:
 
 
 def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None = None,
-          epochs: int = 20, resume: str | None = None, lr: float | None = None,
+          epochs: int = 20, resume: str | None = None, init_from: str | None = None,
+          max_drift: float | None = None, retrain_every: int | None = None,
+          lr: float | None = None,
           weight_decay: float | None = None, regularization: float | None = None,
           dropout: float = 0.2, batch_size: int = 256, fanout: str | None = None,
           loss: str = "bce", negatives: int | None = None, embedding_dim: int = 64,
@@ -206,10 +221,16 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
               "sample_seed": int(sampling["seed"]), "loss": loss,
               "negatives": negatives, "patience": patience, "valid_triples": valid_triples,
               "valid_candidates": valid_candidates, "seed": seed, "resume": resume, **hyper}
-    with Stage("train", out, config=config, inputs={"partitions": partitions}, force=force) as st:
+    inputs = {"partitions": partitions}
+    if init_from:
+        inputs["init_from"] = init_from
+        config["warm_start"] = {"max_drift": max_drift, "retrain_every": retrain_every}
+    with Stage("train", out, config=config, inputs=inputs, force=force) as st:
         if st.reused:
             return st.manifest
         run_id = uuid.uuid4().hex[:12]
+        init_state = _warm_start(st, init_from, graph_uri, mcfg, features_uri, max_drift,
+                                 retrain_every) if init_from and not resume else None
         loop_config = {**hyper, "partitions": partitions, "graph": graph_uri,
                        "features": features_uri, "out": out, "model_config": mcfg.to_dict(),
                        "epochs": epochs, "batch_size": batch_size, "fanouts": fanouts,
@@ -217,7 +238,8 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
                        "negatives": negatives,
                        "patience": patience, "valid_triples": valid_triples,
                        "valid_candidates": valid_candidates, "seed": seed, "threads": threads,
-                       "resume": resume, "run_id": run_id, "keep_checkpoints": keep_checkpoints,
+                       "resume": resume, "init_state": init_state, "run_id": run_id,
+                       "keep_checkpoints": keep_checkpoints,
                        "log_every_s": 10.0}
         with st.phase("fit"):
             _fit(loop_config, workers, threads, max_failures, ray_address,
@@ -229,6 +251,30 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
         st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
                           "partitions": parts})
     return st.manifest
+
+
+def _warm_start(st, init_from: str, graph_uri: str, mcfg, features_uri: str | None,
+                max_drift: float | None, retrain_every: int | None) -> str | None:
+    """Run the drift guard (:mod:`kg_ops.train.warm`); record its decision and the entity
+    mapping; return the URI of the re-indexed initial weights, or None (from scratch)."""
+    from kg_ops.train.checkpoints import save_torch
+    from kg_ops.train.warm import DEFAULT_MAX_DRIFT, DEFAULT_RETRAIN_EVERY, plan_warm_start
+
+    with st.phase("warm_start"):
+        warm = plan_warm_start(
+            init_from, graph_uri, mcfg.to_dict(), features_uri,
+            DEFAULT_MAX_DRIFT if max_drift is None else max_drift,
+            DEFAULT_RETRAIN_EVERY if retrain_every is None else retrain_every)
+        st.outputs["entity_map"] = st.uri("entity_map.parquet")
+        st.store.write_parquet(st.outputs["entity_map"], warm.entity_map)
+        st.extra["warm_start"] = warm.info
+        st.counts.update({f"entities_{k}": v for k, v in warm.info["entities"].items()
+                          if k in ("kept", "new", "removed")})
+        if warm.state is None:
+            return None
+        uri = st.uri("warm_start", "init.pt")
+        save_torch(uri, warm.state)
+        return uri
 
 
 def _fit(loop_config: dict, workers: int, threads: int, max_failures: int,

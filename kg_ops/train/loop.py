@@ -235,6 +235,10 @@ def train_worker(config: dict[str, Any]) -> None:
     history: list[dict] = []
     best, best_epoch, bad_epochs, start = -1.0, 0, 0, 1
     best_model = None
+    if state is None and config.get("init_state"):
+        from kg_ops.train.checkpoints import load_torch
+
+        model.load_state_dict(load_torch(config["init_state"], what="warm-start weights"))
     if state is not None:
         best_model = state["best_model"]
         model.load_state_dict(state["model"])

@@ -1,0 +1,89 @@
+"""``kgops train --init-from``: real Ray Train runs on two versions of a keyed graph.
+
+With ``lr=1e-9`` (SparseAdam refuses 0) training cannot move a weight by more than ~1e-9 per
+step, so the trained model is its initial state to 1e-6: that shows exactly what the warm start
+loaded (rows mapped by key, new rows at the type mean, every other weight copied)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from kg_ops.graph.versions import match_graphs
+from kg_ops.models.trained import load_trained
+from kg_ops.partition.cli import partition
+from kg_ops.store import join
+from kg_ops.train.cli import train
+
+from .conftest import base_items, save_version
+
+pytestmark = pytest.mark.slow
+COMMON = {"model": "rgcn", "batch_size": 64, "patience": 0, "embedding_dim": 8,
+          "hidden_dim": 8, "out_dim": 8, "valid_triples": 0}
+
+
+@pytest.fixture(scope="module")
+def versions(ray_local, tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("warm"))
+    v1 = base_items()
+    v2 = copy.deepcopy(v1)           # today: item-7 removed, two items added, keys reordered
+    drop = v2["keys"].index("item-7")
+    for k in ("keys", "color", "size"):
+        del v2[k][drop]
+    v2["edges"] = [e for e in v2["edges"] if "item-7" not in (e[0], e[2])]
+    v2["keys"] = ["new-1"] + v2["keys"][::-1] + ["new-2"]
+    v2["color"] = ["red"] + v2["color"][::-1] + [None]
+    v2["size"] = [1.0] + v2["size"][::-1] + [None]
+    v2["edges"] += [("new-1", "near", "item-3"), ("new-2", "like", "item-4")]
+    out = {}
+    for name, v in (("v1", v1), ("v2", v2)):
+        g = save_version(join(root, name), v)
+        partition(g, 1, join(root, f"parts-{name}"), fanout="3,2", seed=0)
+        out[name] = g
+    first = train(join(root, "parts-v1"), join(root, "m1"), epochs=2, **COMMON)
+    warm = train(join(root, "parts-v2"), join(root, "m2"), epochs=1, lr=1e-9,
+                 init_from=first["uri"], **COMMON)
+    forced = train(join(root, "parts-v2"), join(root, "m3"), epochs=1, lr=1e-9,
+                   init_from=first["uri"], max_drift=0.01, **COMMON)
+    return {"root": root, **out, "first": first, "warm": warm, "forced": forced}
+
+
+def test_warm_start_maps_weights_by_key(versions):
+    ws = versions["warm"]["warm_start"]
+    assert ws["used"] and ws["chain"] == 1 and ws["reason"] is None
+    assert ws["entities"] == {"old_entities": 60, "new_entities": 61, "kept": 59, "new": 2,
+                              "removed": 1}
+    assert versions["warm"]["counts"]["entities_new"] == 2
+    old, new = load_trained(versions["first"]["uri"]), load_trained(versions["warm"]["uri"])
+    mapping, _ = match_graphs(versions["v1"], versions["v2"])
+    w_old = old.model.inputs.embedding.weight
+    w_new = new.model.inputs.embedding.weight
+    for i, j in enumerate(mapping.new_to_old.tolist()):
+        assert torch.allclose(w_new[i], w_old[j] if j >= 0 else w_old.mean(0), atol=1e-6)
+    for name, p in old.model.state_dict().items():       # every other weight copied as is
+        if name != "inputs.embedding.weight":
+            assert torch.allclose(new.model.state_dict()[name], p, atol=1e-6), name
+
+
+def test_drift_guard_trains_from_scratch(versions):
+    ws = versions["forced"]["warm_start"]
+    assert not ws["used"] and ws["chain"] == 0
+    assert "entities changed by 5.0% > 1%" in ws["reason"]
+    assert "training edges changed" in ws["reason"]
+    old = load_trained(versions["first"]["uri"]).model.state_dict()
+    new = load_trained(versions["forced"]["uri"]).model.state_dict()
+    assert not torch.allclose(new["decoder.rel"], old["decoder.rel"], atol=1e-3)   # fresh
+
+
+def test_periodic_full_retrain(versions):
+    from kg_ops.train.warm import plan_warm_start
+
+    cfg = load_trained(versions["warm"]["uri"]).model.cfg.to_dict()
+    ws = plan_warm_start(versions["warm"]["uri"], versions["v2"], cfg, None, retrain_every=2)
+    assert ws.state is None and not ws.info["used"]
+    assert "1 warm starts in a row: full retrain every 2 runs" in ws.info["reason"]
+    again = plan_warm_start(versions["warm"]["uri"], versions["v2"], cfg, None,
+                            retrain_every=3)
+    assert again.info["used"] and again.info["chain"] == 2
