@@ -71,8 +71,11 @@ class LocalRayHead:
 
     def __init__(self, num_cpus: int = 2, temp_dir: str | None = None,
                  startup_timeout: float = 90.0, object_store_mib: int = 512,
-                 keep_temp_dir: bool | None = None):
+                 keep_temp_dir: bool | None = None, env: dict[str, str] | None = None):
         self.num_cpus = num_cpus
+        # Extra environment of the head's processes (and so of its workers and job drivers):
+        # how a cluster gets its own S3 credentials, as a real cluster's nodes have them.
+        self.extra_env = dict(env or {})
         self._own_temp = temp_dir is None
         # Short path: Ray puts unix sockets under it (107-byte limit).
         self.temp_dir = temp_dir or tempfile.mkdtemp(prefix="kgray-", dir="/tmp")
@@ -123,7 +126,7 @@ class LocalRayHead:
             for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
                 env.pop(var, None)
             env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
-                        "RAY_USAGE_STATS_ENABLED": "0",
+                        "RAY_USAGE_STATS_ENABLED": "0", **self.extra_env,
                         # As if the virtualenv were activated: job entrypoints such as
                         # `kgops ...` resolve to this interpreter's environment.
                         "PATH": os.pathsep.join([str(Path(sys.executable).parent),

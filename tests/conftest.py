@@ -155,9 +155,11 @@ def ray_head():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_server):
     """A real local in-process Ray instance with 2 CPUs (auth off: a private cluster of this
-    process) for stage tests that run Ray code directly."""
+    process) for stage tests that run Ray code directly. Started after the S3 server, so its
+    workers hold the S3 settings in their own environment, as the nodes of a real cluster do
+    (kg_ops never ships credentials to workers)."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from kg_ops.encode.fit import (
     encode_column,
     prepare,
 )
-from kg_ops.errors import KGOpsError
+from kg_ops.errors import root_cause
 from kg_ops.graph.schema import GraphSchema
 from kg_ops.progress import Progress
 from kg_ops.store import join
@@ -46,9 +45,6 @@ from kg_ops.store import join
 log = logging.getLogger(__name__)
 
 PHASES = ("tabular", "text")
-_ENV_PASSED = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-               "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
-               "AWS_PROFILE", "KGOPS_S3_ENDPOINT_URL", "HF_HUB_OFFLINE")
 
 
 @dataclass
@@ -290,22 +286,6 @@ def encode_in_process(graph_uri: str, schema: GraphSchema, encoders: list[Fitted
 
 
 # --- the driver ---------------------------------------------------------------------------------
-def _unwrap(exc: Exception) -> Exception:
-    """A KGOpsError raised on a worker, as itself (clear message, exit 2), else unchanged."""
-    cause = getattr(exc, "cause", None)
-    while cause is not None and not isinstance(cause, KGOpsError):
-        cause = getattr(cause, "cause", None)
-    return cause if isinstance(cause, KGOpsError) else exc
-
-
-def worker_env(uris: list[str]) -> dict[str, str]:
-    """Storage/model env the workers need (passed explicitly: a remote cluster does not inherit
-    the driver's environment). Values are never logged."""
-    if not any(u.startswith("s3://") for u in uris):
-        return {}
-    return {k: os.environ[k] for k in _ENV_PASSED if os.environ.get(k)}
-
-
 @dataclass
 class TransformResult:
     results: list[dict[str, Any]]
@@ -325,9 +305,9 @@ def start_workers(graph_uri: str, out_uri: str, encoders: list[FittedEncoder], w
     workers read themselves."""
     import ray
 
-    env = worker_env([graph_uri, out_uri])
-    actor = ray.remote(ShardEncoder).options(
-        num_cpus=threads, runtime_env={"env_vars": env} if env else None)
+    # No runtime_env: the actors read S3 with the Ray nodes' own credentials (environment,
+    # profile or instance role), never with secrets shipped from the driver (README).
+    actor = ray.remote(ShardEncoder).options(num_cpus=threads)
     shared = ray.put([e.__dict__ for e in encoders])
     table_refs = {name: ray.put(t) for name, t in (tables or {}).items()}
     actors = [actor.remote(graph_uri, out_uri, shared, on_bad, threads, text_batch_size, i,
@@ -343,7 +323,7 @@ def wait_ready(actors: list) -> None:
     try:
         ray.get([a.ready.remote() for a in actors])
     except Exception as exc:  # actor construction failed: surface the worker's own error
-        raise _unwrap(exc) from exc
+        raise root_cause(exc) from exc
 
 
 def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 2,
@@ -368,7 +348,7 @@ def run_items(actors: list, items: list[WorkItem], phase: str, in_flight: int = 
             try:
                 res = ray.get(ref)
             except Exception as exc:
-                raise _unwrap(exc) from exc
+                raise root_cause(exc) from exc
             results.append(res)
             progress.update(res["rows"])
     progress.done()

@@ -113,6 +113,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+_SECRET_NAMES = ("AWS_", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "_KEY")
+
+
+def refuse_secrets(env: dict[str, str]) -> None:
+    """Credentials must never travel in a Ray runtime_env (they would land in the cluster's
+    logs and State API): the Ray nodes bring their own."""
+    leaking = sorted(k for k in env if any(s in k.upper() for s in _SECRET_NAMES))
+    if leaking:
+        raise KGOpsError(f"worker_env holds {', '.join(leaking)}: credentials are never sent to "
+                         "Ray workers; give the Ray nodes their own (environment, profile or "
+                         "instance role; see the README)")
+
+
 def _fanouts(text: str | None, partition_fanouts: list[int], num_layers: int,
              uri: str) -> list[int]:
     from kg_ops.sampling import parse_fanouts
@@ -158,8 +171,9 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
           keep_checkpoints: int = 3, ray_address: str | None = None,
           ray_storage: str | None = None, worker_env: dict[str, str] | None = None,
           force: bool = False) -> dict[str, Any]:
-    """Run the train stage; returns its manifest. ``worker_env``: environment variables for
-    the Ray Train workers (e.g. S3 settings of a cluster whose nodes lack them)."""
+    """Run the train stage; returns its manifest. ``worker_env``: extra environment variables
+    for the Ray Train workers (fault injection in tests, library switches); never credentials:
+    workers use the Ray nodes' own (see the README)."""
     from kg_ops.graph.kg import load_schema
     from kg_ops.manifest import Stage
     from kg_ops.models.link_predictor import MODEL_DEFAULTS, ModelConfig
@@ -167,6 +181,7 @@ def train(partitions: str, out: str, *, model: str = "rgcn", workers: int | None
     from kg_ops.store import get_store, join, normalize
     from kg_ops.train.checkpoints import load_checkpoint
 
+    refuse_secrets(worker_env or {})
     partitions, out = normalize(partitions), normalize(out)
     pm = load_partitions_manifest(partitions)
     parts = int(pm["outputs"]["parts"])

@@ -12,6 +12,7 @@ from kg_ops.encode.cli import encode
 from kg_ops.encode.features import load_feature_blocks, read_index
 from kg_ops.encode.fit import EncodeSettings, load_encoders
 from kg_ops.encode.transform import encode_in_process
+from kg_ops.errors import KGOpsError
 from kg_ops.graph.kg import load_schema
 from kg_ops.manifest import read_manifest
 from kg_ops.store import get_store, join
@@ -99,8 +100,8 @@ def test_filter_by_node_ids(local_run):
 
 
 def test_s3_input_and_output(ray_local, s3_bucket, tmp_path):
-    """Graph on S3, features to S3 (workers get the endpoint and keys via runtime_env), equal to
-    a local run of the same graph. Tabular only: no model to load, quick."""
+    """Graph on S3, features to S3 (workers read S3 with the Ray node's own environment:
+    nothing is forwarded), equal to a local run of the same graph. Tabular only: quick."""
     table = item_table(N, seed=8)
     graph_s3 = save_graph(join(s3_bucket, "graph"), table, text=False)
     graph_local = save_graph(str(tmp_path / "graph"), table, text=False)
@@ -136,6 +137,16 @@ def test_reuse_encoders_for_new_nodes(ray_local, tmp_path):
     reference = encode_in_process(new_graph, load_schema(new_graph), encoders, threads=1)
     for name, b in _blocks(out2).items():
         np.testing.assert_array_equal(b.node_ids, reference[name][0])
+    # --encoders naming the file itself is checked like its folder: an edited file is caught
+    enc = tmp_path / "enc1" / "encoders.json"
+    enc.write_bytes(enc.read_bytes().replace(b"5", b"6", 1))       # same size, other bytes
+    with pytest.raises(KGOpsError, match=r"enc1/encoders.json: content differs from the "
+                                         r"SHA-256 .*Rerun the 'encode' stage"):
+        encode(new_graph, str(tmp_path / "enc3"), workers=1, threads=1,
+               encoders_uri=str(enc))
+    with pytest.raises(KGOpsError, match=r"holds a graph \(kgops import / synth\), not "
+                                         r"features \(kgops encode\)"):
+        encode(new_graph, str(tmp_path / "enc3"), workers=1, threads=1, encoders_uri=first)
 
 
 def test_cli_bad_values_exit_2(ray_local, tmp_path, capsys):
