@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the Python traceback of an error (debug logging too)")
     parser.add_argument("--force", action="store_true",
                         help="recompute the stage even if a complete identical run exists")
+    parser.add_argument("--ray-timeout", type=float, default=None, metavar="SECONDS",
+                        help="deadline for connecting to the Ray cluster (default 60; env "
+                             "KGOPS_RAY_CONNECT_TIMEOUT)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         try:
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose or args.debug)
     if args.force:
         os.environ["KGOPS_FORCE"] = "1"  # read by kg_ops.manifest.Stage
+    if args.ray_timeout is not None:
+        os.environ["KGOPS_RAY_CONNECT_TIMEOUT"] = str(args.ray_timeout)  # kg_ops.raycluster
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

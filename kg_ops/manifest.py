@@ -18,6 +18,11 @@ Usage::
 ``kgops --force <stage>`` (or ``KGOPS_FORCE=1``) recomputes even when a complete identical run
 exists.
 
+The manifest lists every file of the stage with its size (and the SHA-256 of small files) and
+carries a checksum of its own content. Reuse and every consumer (:func:`require_manifest`)
+verify both, so an output deleted or truncated after the stage ran, or a manifest edited by
+hand, is caught with a message naming the file and the stage to rerun.
+
 On leaving the block without an exception the manifest is written and a line
 ``KGOPS_MANIFEST <uri>`` is printed to stdout: that is how an Airflow operator watching the Ray
 job finds the stage's result without data travelling through XCom.
@@ -26,6 +31,7 @@ job finds the stage's result without data travelling through XCom.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import json
@@ -66,8 +72,14 @@ def read_manifest(uri: str, store: ArtifactStore | None = None) -> dict | None:
     return store.read_json(target)
 
 
+_DESCRIBE = {"import": "a graph (kgops import / synth)", "encode": "features (kgops encode)",
+             "partition": "partitions (kgops partition)", "train": "a model (kgops train)",
+             "evaluate": "an evaluation (kgops evaluate)", "validate": "a validation report"}
+
+
 def require_manifest(uri: str, stage: str | None = None) -> dict:
-    """The manifest of a finished input, or a clear error saying the producing stage must run."""
+    """The verified manifest of a finished input, or a clear error saying what to run: missing
+    or incomplete, another stage's artifact, edited by hand, or files missing/changed."""
     manifest = read_manifest(uri)
     if manifest is None:
         what = f"the '{stage}' stage" if stage else "the stage that produces it"
@@ -76,9 +88,74 @@ def require_manifest(uri: str, stage: str | None = None) -> dict:
             f"run). Run {what} into {uri} first."
         )
     if stage and manifest.get("stage") != stage:
-        raise StageInputError(f"{uri} holds a '{manifest.get('stage')}' artifact, expected "
-                              f"'{stage}'")
+        found = manifest.get("stage")
+        raise StageInputError(f"{uri} holds {_DESCRIBE.get(str(found), repr(found))}, not "
+                              f"{_DESCRIBE.get(stage, stage)}: check the path")
+    problem = verify(uri, manifest)
+    if problem:
+        raise StageInputError(f"{problem}. Rerun the '{manifest.get('stage')}' stage into "
+                              f"{uri} (with `kgops --force`)")
     return manifest
+
+
+HASH_MAX_BYTES = 256 << 10   # files up to this size are hashed too (cheap); larger: size only
+_CHECK_FILES: contextvars.ContextVar[bool] = contextvars.ContextVar("kgops_check_files",
+                                                                     default=True)
+
+
+@contextlib.contextmanager
+def files_unchecked() -> Iterator[None]:
+    """Consumers in this block skip the per-file checks (the manifest's own checksum still
+    counts): for ``kgops validate``, which inspects the files' content itself and reports
+    each problem precisely."""
+    token = _CHECK_FILES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_FILES.reset(token)
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """SHA-256 of the manifest's content without its own ``checksum`` field."""
+    body = {k: v for k, v in json.loads(_canonical(manifest)).items() if k != "checksum"}
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
+def list_files(store: ArtifactStore, out: str) -> dict[str, dict[str, Any]]:
+    """{relative path: {"size", ["sha256"]}} of every file of a stage's output."""
+    files = {}
+    for uri, size in store.sizes(out).items():
+        rel = uri[len(out.rstrip("/")) + 1:]
+        if rel and rel != MANIFEST_NAME:
+            files[rel] = {"size": size}
+            if size <= HASH_MAX_BYTES:
+                files[rel]["sha256"] = store.sha256(uri)
+    return files
+
+
+def verify(uri: str, manifest: dict, store: ArtifactStore | None = None) -> str | None:
+    """What is wrong with a complete artifact (None when nothing): its manifest edited after
+    it was written, or a listed file missing or changed. Manifests written before these
+    records existed pass."""
+    uri = normalize(uri)
+    if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
+        return (f"{manifest_uri(uri)} was edited after the stage wrote it (its checksum does not "
+                "match its content), so the artifact cannot be trusted")
+    store = store or get_store(uri)
+    files = (manifest.get("files") or {}) if _CHECK_FILES.get() else {}
+    present = store.sizes(uri) if files else {}
+    for rel, rec in files.items():
+        f_uri = join(uri, rel)
+        size = present.get(f_uri)
+        if size is None:
+            return f"{f_uri} is listed in {manifest_uri(uri)} but missing"
+        if size != rec.get("size"):
+            return (f"{f_uri} has {size} bytes but {manifest_uri(uri)} records "
+                    f"{rec.get('size')}: it changed after the stage wrote it")
+        if "sha256" in rec and store.sha256(f_uri) != rec["sha256"]:
+            return (f"{f_uri}: content differs from the SHA-256 {manifest_uri(uri)} records: it "
+                    "changed after the stage wrote it")
+    return None
 
 
 def library_versions() -> dict[str, str]:
@@ -138,7 +215,10 @@ class Stage:
         self._t0 = time.perf_counter()
         self.inputs = {k: input_fingerprint(v) for k, v in self.input_uris.items()}
         existing = read_manifest(self.out, self.store)
-        if existing and not self.force and self._same_work(existing):
+        problem = verify(self.out, existing, self.store) if existing else None
+        if problem and not self.force:
+            log.warning("%s: not reusing %s: %s; recomputing", self.name, self.out, problem)
+        if existing and not self.force and not problem and self._same_work(existing):
             log.info("%s: complete manifest with identical inputs and config at %s; reusing it "
                      "(pass --force to recompute)", self.name, self.out)
             self.manifest, self.reused = existing, True
@@ -171,7 +251,9 @@ class Stage:
             "ray_job_id": os.environ.get("KGOPS_RAY_SUBMISSION_ID")
             or os.environ.get("RAY_JOB_SUBMISSION_ID"),
             **self.extra,
+            "files": list_files(self.store, self.out),
         }
+        self.manifest["checksum"] = manifest_checksum(self.manifest)
         self.store.write_json(manifest_uri(self.out), self.manifest)
         self._announce()
 

@@ -49,6 +49,10 @@ class StoreError(KGOpsError):
     """An artifact could not be read or written; the message names the URI."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store could not be reached (network, endpoint down): retrying later may succeed."""
+
+
 SUPPORTED = "a local path, file:///absolute/path or s3://bucket/key"
 # Names that are URI schemes, not the first segment of a relative path such as ``run:1/x``.
 _KNOWN_SCHEMES = {"s3", "s3a", "s3n", "gs", "gcs", "file", "http", "https", "hdfs", "abfs",
@@ -301,7 +305,7 @@ def s3_error(uri: str, exc: BaseException, endpoint: str | None = None) -> Excep
         return StoreError(f"{uri}: no S3 credentials found ({exc}); {_CREDENTIALS_FIX}")
     if isinstance(exc, bx.EndpointConnectionError | bx.ConnectTimeoutError | bx.ReadTimeoutError
                   | bx.ConnectionClosedError):
-        return StoreError(f"{uri}: cannot reach the S3 endpoint{where} ({exc}). Check "
+        return StoreUnavailableError(f"{uri}: cannot reach the S3 endpoint{where} ({exc}). Check "
                           "AWS_ENDPOINT_URL (or KGOPS_S3_ENDPOINT_URL) and the network; retry "
                           "when the store is back")
     if isinstance(exc, bx.ClientError):

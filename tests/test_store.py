@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -196,3 +198,46 @@ def test_local_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(uri).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_reuse_verifies_the_listed_outputs(artifact_root, caplog):
+    out = join(artifact_root, "demo")
+    st = _run_stage(out, {"k": 1})
+    assert st.manifest["files"] == {
+        "part-0.bin": {"size": 5, "sha256": hashlib.sha256(b"first").hexdigest()},
+        "part-1.bin": {"size": 6, "sha256": hashlib.sha256(b"second").hexdigest()}}
+    store = get_store(out)
+    store.delete(join(out, "part-1.bin"))          # an output deleted after the stage ran
+    with pytest.raises(StageInputError, match=r"demo/part-1.bin is listed in .*_manifest.json "
+                                              r"but missing.*Rerun the 'demo' stage"):
+        require_manifest(out, "demo")
+    again = _run_stage(out, {"k": 1})
+    assert not again.reused and "part-1.bin is listed" in caplog.text   # recomputed
+    assert store.read_bytes(join(out, "part-1.bin")) == b"second"
+    assert _run_stage(out, {"k": 1}).reused
+    store.write_bytes(join(out, "part-0.bin"), b"firsT")   # same size, other content
+    with pytest.raises(StageInputError, match="part-0.bin: content differs from the SHA-256"):
+        require_manifest(out, "demo")
+    store.write_bytes(join(out, "part-0.bin"), b"first, truncated? no: longer")
+    with pytest.raises(StageInputError, match=r"part-0.bin has 28 bytes but .* records 5"):
+        require_manifest(out, "demo")
+
+
+def test_an_edited_manifest_is_caught(artifact_root):
+    out = join(artifact_root, "demo")
+    _run_stage(out, {"k": 1})
+    store = get_store(out)
+    manifest = store.read_json(join(out, MANIFEST_NAME))
+    manifest["counts"]["parts"] = 1                # e.g. a partition manifest's parts 2 -> 1
+    store.write_json(join(out, MANIFEST_NAME), manifest)
+    with pytest.raises(StageInputError, match=r"_manifest.json was edited after the stage "
+                                              r"wrote it.*Rerun the 'demo' stage into"):
+        require_manifest(out, "demo")
+    assert not _run_stage(out, {"k": 1}).reused    # and reuse recomputes instead
+
+
+def test_another_stages_artifact_is_named(artifact_root):
+    out = join(artifact_root, "demo")
+    _run_stage(out, {"k": 1})
+    with pytest.raises(StageInputError, match=r"holds 'demo', not a graph \(kgops import"):
+        require_manifest(out, "import")

@@ -56,6 +56,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 1024: bounded activations, cache-friendly; 0: no limit)")
 
 
+def encode_output(uri: str) -> str:
+    """The verified ``kgops encode`` output that ``--encoders`` names (its folder, or the
+    ``encoders.json`` inside it): the sha256 recorded there is always checked."""
+    from kg_ops.encode.features import ENCODERS_NAME
+    from kg_ops.manifest import require_manifest
+    from kg_ops.store import normalize
+
+    uri = normalize(uri)
+    if uri.rsplit("/", 1)[-1] == ENCODERS_NAME:
+        uri = uri.rsplit("/", 1)[0]
+    require_manifest(uri, "encode")
+    return uri
+
+
 def encode(graph: str, out: str, *, workers: int | None = None, threads: int | None = None,
            encoders_uri: str | None = None, settings: Any = None, text_chunk: int = 512,
            text_batch_size: int = 64, text_batch_tokens: int | None = None,
@@ -96,7 +110,9 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
     cpus = int(ray.cluster_resources().get("CPU", 1))
     threads = threads or max(1, cpus // (workers or cpus))
     workers = workers or max(1, cpus // threads)
-    inputs = {"graph": graph, **({"encoders": normalize(encoders_uri)} if encoders_uri else {})}
+    if encoders_uri:
+        encoders_uri = encode_output(encoders_uri)
+    inputs = {"graph": graph, **({"encoders": encoders_uri} if encoders_uri else {})}
     config = {"settings": settings.__dict__ if not encoders_uri else "from --encoders",
               "workers": workers, "threads_per_worker": threads, "text_chunk": text_chunk,
               "text_batch_size": text_batch_size, "text_batch_tokens": text_batch_tokens,
@@ -112,9 +128,7 @@ def encode(graph: str, out: str, *, workers: int | None = None, threads: int | N
             if encoders_uri:  # reused unchanged: the very same bytes
                 source = load_encoders_bytes(encoders_uri)
                 index_uri = join(encoders_uri, F.INDEX_NAME)
-                expected = (get_store(index_uri).read_json(index_uri)["encoders_sha256"]
-                            if not encoders_uri.endswith(".json")
-                            and get_store(index_uri).exists(index_uri) else None)
+                expected = get_store(index_uri).read_json(index_uri)["encoders_sha256"]
                 encoders, settings = load_encoders(encoders_uri, expected_sha256=expected)
                 encoders = match_schema(encoders, schema, encoders_uri)
                 get_store(out).write_bytes(enc_uri, source)

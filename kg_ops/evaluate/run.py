@@ -95,7 +95,7 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
 
     if split not in ("test", "valid"):
         raise KGOpsError(f"--split must be 'test' or 'valid', not {split!r}")
-    require_manifest(graph_uri)  # a clearer message than the fingerprint's "not found"
+    require_manifest(graph_uri, "import")  # a clearer message than the fingerprint's "not found"
     config = {"split": split, "max_queries": max_queries, "seed": seed,
               "auc_negatives_per_positive": auc_negatives, "ks": list(KS)}
     with Stage("evaluate", out, config=config,

@@ -81,7 +81,7 @@ class KnowledgeGraph:
 def load_schema(uri: str) -> GraphSchema:
     from kg_ops.manifest import require_manifest
 
-    require_manifest(uri)
+    require_manifest(uri, "import")
     return GraphSchema.from_dict(get_store(uri).read_json(join(uri, "schema.json")))
 
 

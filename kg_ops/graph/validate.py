@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kg_ops.errors import KGOpsError
+from kg_ops.errors import KGOpsError, snippet
 from kg_ops.store import get_store, join
 
 ON_BAD_ROWS = ("fail", "quarantine")
@@ -79,7 +79,8 @@ class BadRows:
     def message(rec: dict[str, Any]) -> str:
         where = rec["file"] if rec["line"] < 0 else f"{rec['file']} {rec['unit']} {rec['line']}"
         glue = "; or" if " or " in rec["fix"] else " or"
-        return f"{where}: {rec['problem']}: {rec['row']!r}. {rec['fix']}{glue} {QUARANTINE_HINT}."
+        return (f"{where}: {rec['problem']}: {snippet(rec['row'])}. {rec['fix']}{glue} "
+                f"{QUARANTINE_HINT}.")
 
     def messages(self, limit: int | None = None) -> list[str]:
         df = self.frame()

@@ -72,14 +72,14 @@ def validate_uri(uri: str, on_bad_rows: str = "fail", report: str | None = None,
     """Validate the graph at ``uri``; returns the report's manifest."""
     from kg_ops.graph.info import summarize
     from kg_ops.graph.validate import GraphInvalidError, validate_graph
-    from kg_ops.manifest import Stage, require_manifest
+    from kg_ops.manifest import Stage, files_unchecked, require_manifest
     from kg_ops.store import join, normalize
 
     uri = normalize(uri)
     report = normalize(report) if report else join(uri, "validation")
     require_graph(uri)
-    with Stage("validate", report, config={"on_bad_rows": on_bad_rows}, inputs={"graph": uri},
-               force=force) as st:
+    with files_unchecked(), Stage("validate", report, config={"on_bad_rows": on_bad_rows},
+                                  inputs={"graph": uri}, force=force) as st:
         if st.reused:
             return st.manifest
         with st.phase("load"):

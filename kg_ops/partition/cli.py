@@ -87,6 +87,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_parts(parts: int, owners: int, edges: int, graph: str) -> None:
+    """Every partition must be able to own edges: at most one per node that has a training
+    edge (and per edge); more would only produce empty partitions and idle workers."""
+    limit = min(owners, edges)
+    if parts > limit:
+        raise KGOpsError(f"--parts {parts} but only {owners} nodes of {graph} have training edges "
+                         f"({edges} edges): at most {limit} partitions can own edges. Use "
+                         f"--parts {limit} or fewer (one worker trains each partition).")
+
+
 def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = "25,10",
               method: str = "metis", seed: int = 0, features: str | None = None,
               force: bool = False) -> dict:
@@ -100,6 +110,8 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
     from kg_ops.sampling import CSRGraph
     from kg_ops.store import get_store, normalize
 
+    if parts < 1:
+        raise KGOpsError(f"--parts must be at least 1, not {parts}")
     fanouts = fanouts_for(fanout, hops)
     graph = normalize(graph)
     schema = load_schema(graph)           # requires the graph's manifest
@@ -123,6 +135,7 @@ def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = 
                      len(edges), 2 * len(edges))
             csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations,
                                       seed=seed)
+            check_parts(parts, int(np.count_nonzero(csr.degree)), len(edges), graph)
         st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
                           "train_edges_in_graph": int(len(raw)),
                           "train_edges": int(len(edges)), **dropped})

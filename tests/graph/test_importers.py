@@ -197,6 +197,18 @@ def _malformed_cases(tmp):
         (["--train", ok, "--valid", ok],
          "give both --valid and --test, or neither (then --train is split 80/10/10, or as "
          "--split says)"),
+        (["--train", write(tmp / "hdronly.tsv", "head\trelation\ttail\n")],
+         f"{tmp}/hdronly.tsv holds only a header line ('head\\trelation\\ttail') and no "
+         "triples. Check the path, or that the file was fully written."),
+        (["--train", write(tmp / "bom.tsv", "\ufeffQ1\tP31\tQ2\nQ2\tP31\tQ3\n\ufeffQ3\tP31\tQ1\n")],
+         f"{tmp}/bom.tsv line 3: byte-order mark (U+FEFF) inside the file (files concatenated "
+         f"with their BOMs?): '\\ufeffQ3\\tP31\\tQ1'. Remove the character or {HINT}"),
+        (["--train", write(tmp / "nul.tsv", "Q1\tP31\tQ2\nQ\x002\tP31\tQ3\n")],
+         f"{tmp}/nul.tsv line 2: NUL byte in the line (binary data or a damaged file): "
+         f"'Q\\x002\\tP31\\tQ3'. Remove the character or {HINT}"),
+        (["--train", write(tmp / "long.tsv", "Q1\tP31\tQ2\n" + "x" * 5000 + "\tP31\tQ3\n")],
+         f"{tmp}/long.tsv line 2: a field is longer than 2048 characters (not a key: a broken "
+         f"line or a glued file?): '{'x' * 119}... (5011 characters). Fix the line or {HINT}"),
         (["--train", ok, "--split", "0.5,0.5"],
          "--split '0.5,0.5': expected three fractions train,valid,test that sum to 1, e.g. "
          "0.8,0.1,0.1"),
@@ -441,3 +453,14 @@ def test_debian_root_reads_xz(tmp_path):
     m = import_debian(str(tmp_path / "g"), root=str(root), seed=1)
     assert m["counts"]["node_types"]["package"] == 3 and m["counts"]["long_descriptions"] == 1
     assert sum(m["counts"]["edges"].values()) == 21
+
+
+def test_self_loops_are_counted_and_huge_lines_give_short_messages(tmp_path, capsys):
+    train = write(tmp_path / "t.tsv", "a\tr\tb\nb\tr\tb\nc\tr\tc\nb\tr\tc\nc\tr\ta\n")
+    out = str(tmp_path / "g")
+    assert main(["import", "triples", "--train", train, "--valid", train, "--test", train,
+                 "--out", out]) == 0
+    assert read_manifest(out)["counts"]["self_loops"] == {"train": 2, "valid": 2, "test": 2}
+    big = write(tmp_path / "big.tsv", "a\tr\tb\n" + "y" * 10_000_000 + "\n")
+    msg = kgops_error(capsys, "import", "triples", "--train", big, "--out", str(tmp_path / "h"))
+    assert len(msg) < 400 and "(10000002 characters)" in msg

@@ -79,4 +79,4 @@ def test_info_on_missing_graph_is_a_clear_error(tmp_path, capsys):
     assert main(["info", uri]) == 2
     assert capsys.readouterr().err.strip().endswith(
         f"{uri} has no _manifest.json: it does not exist or is incomplete (an interrupted run). "
-        f"Run the stage that produces it into {uri} first.")
+        f"Run the 'import' stage into {uri} first.")

@@ -196,7 +196,7 @@ def test_missing_file_and_missing_manifest(tmp_path, capsys):
     (tmp_path / "g" / "_manifest.json").unlink()
     assert validate_error(capsys, uri) == (
         f"{uri} has no _manifest.json: it does not exist or is incomplete (an interrupted run). "
-        f"Run the stage that produces it into {uri} first.")
+        f"Run the 'import' stage into {uri} first.")
     empty = str(tmp_path / "nothing")
     assert validate_error(capsys, empty) == (
         f"{empty}/schema.json is missing: {empty} is not a kg_ops graph. Run `kgops import "

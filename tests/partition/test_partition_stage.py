@@ -284,3 +284,17 @@ def test_features_reference_gives_each_partition_its_rows(graph, tmp_path):
     plain = partition(uri, 2, str(tmp_path / "q"), fanout="3,2")
     assert all(a > b for a, b in zip(est, plain["metrics"]["est_peak_worker_memory_bytes"]
                                      ["per_part"], strict=True))
+
+
+def test_more_parts_than_nodes_with_edges_is_refused(graph, tmp_path, capsys):
+    uri, splits = graph
+    train = np.concatenate([splits["train"]])
+    owners = len(np.unique(train[:, [0, 2]]))     # every node of this graph has an edge
+    assert main(["partition", "--graph", uri, "--parts", "500", "--fanout", "3,2",
+                 "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert f"--parts 500 but only {owners} nodes of {uri} have training edges" in err
+    assert f"Use --parts {owners} or fewer" in err
+    assert not (tmp_path / "p" / "_manifest.json").exists()
+    assert main(["partition", "--graph", uri, "--parts", "0", "--out", str(tmp_path / "q")]) == 2
+    assert "--parts must be at least 1, not 0" in capsys.readouterr().err

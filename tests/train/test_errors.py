@@ -14,7 +14,7 @@ from kg_ops.manifest import Stage
 from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
 from kg_ops.models.trained import load_trained
 from kg_ops.store import join
-from kg_ops.train.checkpoints import CheckpointError, save_torch
+from kg_ops.train.checkpoints import CheckpointError, load_torch, save_torch
 from kg_ops.train.cli import train
 
 from .conftest import COMMUNITIES, PEOPLE
@@ -31,7 +31,8 @@ def test_missing_partition_is_named(planted, tmp_path):
     parts = tmp_path / "parts"
     shutil.copytree(planted["parts"][2], parts)
     shutil.rmtree(parts / "part-00001")
-    with pytest.raises(KGOpsError, match=r"partition 1 is missing: .*part-00001/meta.json"):
+    with pytest.raises(KGOpsError, match=r"part-00001/\S+ is listed in .*_manifest.json but "
+                                         r"missing.*Rerun the 'partition' stage"):
         train(str(parts), str(tmp_path / "out"))
     assert not (tmp_path / "out" / "_manifest.json").exists()
 
@@ -95,8 +96,11 @@ def test_load_trained_damaged_artifacts(planted, tmp_path):
         load_trained(str(tmp_path / "nothing"))
     uri = hand_artifact(str(tmp_path / "m1"), planted["graph"], cfg)
     (tmp_path / "m1" / "model.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(KGOpsError, match=r"m1/model.pt has 8 bytes but .*_manifest.json records "
+                                         r"\d+: it changed after the stage wrote it"):
+        load_trained(uri)                     # the manifest's file record catches it first
     with pytest.raises(CheckpointError, match=r"m1/model.pt: the model checkpoint is corrupt"):
-        load_trained(uri)
+        load_torch(str(tmp_path / "m1" / "model.pt"), "model checkpoint")
     other = LinkPredictor(ModelConfig("rgcn", N_NODES, 2, embedding_dim=8, hidden_dim=16,
                                       out_dim=6)).state_dict()
     uri = hand_artifact(str(tmp_path / "m2"), planted["graph"], cfg, state=other)

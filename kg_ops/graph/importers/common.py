@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kg_ops.errors import KGOpsError
+from kg_ops.errors import KGOpsError, snippet
 from kg_ops.graph.info import summarize
 from kg_ops.graph.kg import KnowledgeGraph
 from kg_ops.graph.validate import BadRows, GraphInvalidError, validate_graph
@@ -22,6 +22,7 @@ from kg_ops.store import get_store, is_s3, join
 
 log = logging.getLogger(__name__)
 
+MAX_KEY_CHARS = 2048   # longer entity/relation keys are bad rows (a glued file, not a name)
 HEADER_WORDS = {"head", "relation", "tail", "subject", "predicate", "object", "h", "r", "t",
                 "s", "p", "o", "source", "target", "src", "dst", "rel"}
 _DECOMPRESS = {".xz": lzma.decompress, ".gz": gzip.decompress, ".bz2": bz2.decompress}
@@ -92,8 +93,13 @@ def parse_tsv(text: str, origin: str, columns: tuple[str, ...], bad: BadRows,
     elif len(content):
         first = content.iloc[0].strip().lower().split("\t")
         if len(first) == len(columns) and all(f.strip() in HEADER_WORDS for f in first):
+            if len(content) == 1:
+                raise InputError(f"{origin} holds only a header line ({snippet(content.iloc[0])}"
+                                 f") and no {what}. Check the path, or that the file was fully "
+                                 "written.")
             log.warning("%s line %d looks like a header (%r) and is read as data; pass "
                         "--header if it is one", origin, content.index[0], content.iloc[0])
+    content = _set_aside_damaged(content, origin, bad)
     n = len(columns)
     found = content.str.count("\t").to_numpy() + 1
     wrong = found != n
@@ -109,6 +115,14 @@ def parse_tsv(text: str, origin: str, columns: tuple[str, ...], bad: BadRows,
                           for i, c in enumerate(columns)})
     frame["line"] = good.index.to_numpy()
     frame["raw"] = good.to_numpy()
+    long = np.column_stack([frame[c].str.len().to_numpy() > MAX_KEY_CHARS for c in columns]) \
+        if len(frame) else np.zeros((0, n), bool)
+    if long.any():
+        rows = long.any(axis=1)
+        bad.add("key_too_long", origin, frame["line"][rows], frame["raw"][rows],
+                f"a field is longer than {MAX_KEY_CHARS} characters (not a key: a broken line "
+                "or a glued file?)", "Fix the line")
+        frame = frame[~rows]
     empty = (frame[list(columns)] == "").to_numpy()
     if empty.any():
         rows = empty.any(axis=1)
@@ -120,6 +134,23 @@ def parse_tsv(text: str, origin: str, columns: tuple[str, ...], bad: BadRows,
         raise InputError(f"{origin} has no {what}" + (" after the header line" if header else "")
                          + ". Check the path, or that the file was fully written.")
     return frame.reset_index(drop=True)
+
+
+_DAMAGE = (("nul_byte", "\x00", "NUL byte in the line (binary data or a damaged file)"),
+           ("byte_order_mark", "\ufeff", "byte-order mark (U+FEFF) inside the file (files "
+            "concatenated with their BOMs?)"))
+
+
+def _set_aside_damaged(content: pd.Series, origin: str, bad: BadRows) -> pd.Series:
+    """Lines with NUL bytes or a byte-order mark after the start of the file go to ``bad``:
+    kept, they would become entities whose keys hold invisible characters."""
+    for check, char, problem in _DAMAGE:
+        hit = content.str.contains(char, regex=False).to_numpy()
+        if hit.any():
+            bad.add(check, origin, content.index[hit], content[hit].to_numpy(), problem,
+                    "Remove the character")
+            content = content[~hit]
+    return content
 
 
 def finish_import(st: Stage, kg: KnowledgeGraph, bad: BadRows, *, rows_read: int,
@@ -157,6 +188,10 @@ def finish_import(st: Stage, kg: KnowledgeGraph, bad: BadRows, *, rows_read: int
     st.counts.update({k: summary[k] for k in ("nodes", "relations", "edges", "node_types",
                                               "relation_types")})
     st.counts["rows_read"] = rows_read
+    loops = {split: int((e[:, 0] == e[:, 2]).sum()) for split, e in kg.edges.items()}
+    st.counts["self_loops"] = loops        # kept (a real relation can relate a node to itself)
+    if sum(loops.values()):
+        log.info("%d self-loop edges (head == tail) kept: %s", sum(loops.values()), loops)
     st.counts["bad_rows"] = quarantine["bad_rows"]
     st.counts["bad_rows_by_check"] = quarantine["by_check"]
     if moved is not None:
