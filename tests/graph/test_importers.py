@@ -76,6 +76,39 @@ def test_codex_exact_counts(datasets, tmp_path, size, train, valid, test, entiti
     assert list(row["type_labels"]) == [types_en[t]["label"] for t in row["types"]]
 
 
+def test_packaged_codex_s_is_the_same_graph_as_the_full_copy(datasets, tmp_path):
+    """The CoDEx-S shipped in the package (default without --root) imports to exactly the graph
+    the full repository copy gives: same nodes in the same order, types, labels, every split,
+    the hard negatives; and its licence notice ships beside it."""
+    from kg_ops.datasets import PACKAGED_CODEX
+
+    full, packaged = str(tmp_path / "full"), str(tmp_path / "packaged")
+    assert main(["import", "codex", "--root", str(datasets / "codex"), "--size", "s",
+                 "--out", full]) == 0
+    assert main(["import", "codex", "--size", "s", "--out", packaged]) == 0
+    a, b = KnowledgeGraph.load(full), KnowledgeGraph.load(packaged)
+    assert a.nodes["entity"].equals(b.nodes["entity"])
+    sa, sb = a.schema.to_dict(), b.schema.to_dict()
+    # The full copy's type-label table also covers types of CoDEx-M/L entities; the packaged
+    # one keeps exactly the types CoDEx-S entities carry.
+    la, lb = sa["source"].pop("type_labels"), sb["source"].pop("type_labels")
+    assert sa == sb
+    used = {t for ts in b.nodes["entity"].column("types").to_pylist() for t in ts}
+    assert set(lb) == used and all(la[t] == lb[t] for t in lb)
+    for split in ("train", "valid", "test"):
+        assert np.array_equal(a.edges[split], b.edges[split]), split
+    for split in ("valid", "test"):
+        neg = f"negatives/{split}.parquet"
+        assert pq.read_table(join(full, neg)).equals(pq.read_table(join(packaged, neg)))
+    assert "MIT License" in (PACKAGED_CODEX / "LICENSE").read_text()
+    assert "Safavi" in (PACKAGED_CODEX / "README.md").read_text()
+
+
+def test_packaged_codex_holds_only_s(tmp_path, capsys):
+    msg = kgops_error(capsys, "import", "codex", "--size", "m", "--out", str(tmp_path / "g"))
+    assert "holds CoDEx-S only" in msg and "--root" in msg
+
+
 def test_codex_missing_root_is_a_clear_error(tmp_path, capsys):
     msg = kgops_error(capsys, "import", "codex", "--root", str(tmp_path), "--size", "s",
                       "--out", str(tmp_path / "g"))

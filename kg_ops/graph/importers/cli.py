@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("codex", help="CoDEx-S/M (Safavi & Koutra 2020)",
                        description="Import CoDEx-S or CoDEx-M with entity types and labels.")
-    p.add_argument("--root", required=True, help="the CoDEx repository copy (has data/)")
+    p.add_argument("--root", default="",
+                   help="a CoDEx repository copy (has data/); default: the CoDEx-S copy shipped "
+                        "in the package (MIT licence, kg_ops/datasets/codex/LICENSE)")
     p.add_argument("--size", choices=("s", "m"), required=True)
     _common(p)
     p.set_defaults(import_func=_run_codex)

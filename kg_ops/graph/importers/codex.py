@@ -37,18 +37,31 @@ def codex_files(root: str, size: str) -> dict[str, str]:
     if size not in SIZES:
         raise InputError(f"--size must be one of {', '.join(SIZES)} (CoDEx-L's train file is "
                          f"not in this copy), not {size!r}")
+    if not root:
+        from kg_ops.datasets import packaged_codex_root
+
+        if size != "s":
+            raise InputError(f"the CoDEx copy shipped in kg_ops holds CoDEx-S only: pass --root "
+                             f"<a CoDEx repository copy> for CoDEx-{size.upper()}")
+        root = packaged_codex_root()
     data = Path(root) / "data"
     if not data.is_dir():
         raise InputError(f"{root} does not look like the CoDEx repository: {data} is missing. "
                          "Pass --root pointing at the folder that holds data/triples.")
     tri = data / "triples" / f"codex-{size}"
-    return {"train": str(tri / "train.txt"), "valid": str(tri / "valid.txt"),
-            "test": str(tri / "test.txt"),
-            "valid_negatives": str(tri / "valid_negatives.txt"),
-            "test_negatives": str(tri / "test_negatives.txt"),
-            "relations": str(data / "relations" / "en" / "relations.json"),
-            "entity2types": str(data / "types" / "entity2types.json"),
-            "types": str(data / "types" / "en" / "types.json")}
+    files = {"train": tri / "train.txt", "valid": tri / "valid.txt", "test": tri / "test.txt",
+             "valid_negatives": tri / "valid_negatives.txt",
+             "test_negatives": tri / "test_negatives.txt",
+             "relations": data / "relations" / "en" / "relations.json",
+             "entity2types": data / "types" / "entity2types.json",
+             "types": data / "types" / "en" / "types.json"}
+    return {k: str(_maybe_xz(v)) for k, v in files.items()}
+
+
+def _maybe_xz(path: Path) -> Path:
+    """The file, or its ``.xz`` twin when only that exists (the packaged copy is compressed)."""
+    xz = path.with_name(path.name + ".xz")
+    return xz if not path.exists() and xz.exists() else path
 
 
 def _json(path: str, what: str) -> dict:
