@@ -1,8 +1,15 @@
-"""The kg_ops Airflow plugin loads in Airflow 3 and serves the embedding-versions page."""
+"""The kg_ops Airflow plugin: loads in Airflow 3, is mounted by the real api-server app, and every
+route answers only behind Airflow's own authentication (the api-server's auth manager)."""
 
 from __future__ import annotations
 
+import pytest
+
 from kg_ops.airflow.published import render_versions_page
+
+ROUTES = ("/kgops/versions", "/kgops/versions.json",
+          "/kgops/reports/kg_embedding_refresh/manual__1/evaluate",
+          "/kgops/reports/kg_embedding_refresh/manual__1/evaluate/manifest")
 
 
 def test_plugin_loads_with_page_and_links(airflow_db):
@@ -19,22 +26,43 @@ def test_plugin_loads_with_page_and_links(airflow_db):
         {"RayJobLink", "EvaluationReportLink"}
 
 
-def test_versions_page_served_from_the_metadata_db(airflow_db):
+@pytest.fixture(scope="module")
+def api_server(airflow_db):
+    """The api-server's own FastAPI app (core API, auth manager, plugins) in-process, and a JWT
+    the auth manager issued for an admin."""
+    from airflow.api_fastapi.app import create_app
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from fastapi.testclient import TestClient
 
-    from kg_ops.airflow.published import create_versions_app
+    app = create_app(apps="core")
+    token = app.state.auth_manager.generate_jwt(SimpleAuthManagerUser(username="admin",
+                                                                      role="admin"))
+    return TestClient(app), token
 
-    client = TestClient(create_versions_app())
-    page = client.get("/versions")
-    assert page.status_code == 200
-    assert "Published KG embedding versions" in page.text
-    assert isinstance(client.get("/versions.json").json(), list)
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_every_route_needs_a_login(api_server, path):
+    client, token = api_server
+    assert client.get(path).status_code == 401
+    assert client.get(path, headers={"Authorization": "Bearer forged"}).status_code in (401, 403)
+    resp = client.get(path, headers={"Authorization": f"Bearer {token}"})
+    if "/reports/" in path:
+        assert resp.status_code == 404 and "no result yet" in resp.text   # authorised, no run
+    else:
+        assert resp.status_code == 200
+
+
+def test_docs_of_the_plugin_app_are_off(api_server):
+    client, token = api_server
+    for path in ("/kgops/docs", "/kgops/openapi.json"):
+        assert client.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 404
 
 
 def test_versions_page_escapes_and_formats():
-    page = render_versions_page([{"timestamp": "2026-11-01T02:00:00", "run_id": "r<1>",
+    page = render_versions_page([{"date": "2026-11-01T02:00:00+00:00", "run_id": "r<1>",
                                   "mrr": 0.123456, "hits@10": 0.5, "model": "rgcn",
-                                  "embeddings_uri": "s3://b/e.parquet"}])
+                                  "embeddings_uri": "s3://b/e.parquet", "current": False}])
     assert "r&lt;1&gt;" in page and "<script" not in page
     assert "0.1235" in page and "s3://b/e.parquet" in page
+    assert "2026-11-01T02:00:00+00:00 (past date)" in page
     assert "No version published" in render_versions_page([])
