@@ -13,6 +13,7 @@ import html
 import io
 import json
 import math
+import textwrap
 from typing import Any
 
 from kg_ops.store import get_store, join
@@ -100,9 +101,11 @@ def curves_png(history: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def per_relation_png(rows: list[dict], key: str = "mrr") -> tuple[bytes | None, str]:
-    """Horizontal bars of per-relation MRR, best first; with many relations the best and worst
-    MAX_BARS/2 are shown and the caption says so."""
+def per_relation_figure(rows: list[dict], key: str = "mrr"):
+    """Horizontal bars of per-relation MRR, best first, each labelled with its value; the axis
+    follows the data (low MRRs stay visible) and relation labels are wrapped, never cut. With
+    many relations the best and worst MAX_BARS/2 are shown and the caption says so.
+    Returns (figure or None, caption)."""
     from matplotlib.figure import Figure
 
     rows = sorted((r for r in rows if r["queries"] and r[key] is not None
@@ -115,18 +118,26 @@ def per_relation_png(rows: list[dict], key: str = "mrr") -> tuple[bytes | None, 
         half = MAX_BARS // 2
         note = (f"best {half} and worst {half} of {len(rows)} relations (full table below)")
         rows = rows[:half] + rows[-half:]
-    labels = [f"{(r['relation'] + ' ' + r.get('label', '')).strip()[:48]} (n={r['queries']})"
-              for r in rows]
-    fig = Figure(figsize=(8, 0.6 + 0.22 * len(rows)))
+    labels = ["\n".join(textwrap.wrap(f"{r.get('label') or r['relation']} ({r['relation']}, "
+                                      f"n={r['queries']})", 42)) for r in rows]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(9, 0.8 + 0.17 * lines + 0.08 * len(rows)))
     ax = fig.add_subplot(1, 1, 1)
-    ax.barh(range(len(rows)), [r[key] for r in rows], color="#4878a8")
+    values = [r[key] for r in rows]
+    bars = ax.barh(range(len(rows)), values, color="#4878a8")
+    ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], padding=2, fontsize=7)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlim(0, 1)
+    ax.set_xlim(0, min(1.0, max(max(values) * 1.15, 0.02)))
     ax.set_xlabel("filtered MRR (realistic ties)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _png(fig), note
+    return fig, note
+
+
+def per_relation_png(rows: list[dict], key: str = "mrr") -> tuple[bytes | None, str]:
+    fig, note = per_relation_figure(rows, key)
+    return (_png(fig) if fig is not None else None), note
 
 
 def _img(png: bytes, alt: str) -> str:

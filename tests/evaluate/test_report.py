@@ -35,3 +35,22 @@ def test_no_relation_with_queries_gives_a_note_not_a_plot(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "no relation has evaluation triples" in page
     assert "per_relation_png" not in written and "curves_png" not in written
+
+
+def test_per_relation_axis_follows_low_values_and_long_labels_are_whole():
+    """Low MRRs (0.01-0.04) fill the axis instead of a fixed 0-1 one, each bar carries its
+    value, and a long relation label is wrapped in full, not cut."""
+    from kg_ops.evaluate.report import per_relation_figure
+
+    long_label = "located in the administrative territorial entity of the country"
+    data = [{"relation": "P131", "label": long_label, "queries": 5, "mrr": 0.04},
+            {"relation": "P17", "label": "country", "queries": 3, "mrr": 0.01}]
+    fig, note = per_relation_figure(data)
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    assert low == 0 and 0.04 < high <= 0.05
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks[0].replace("\n", " ") == f"{long_label} (P131, n=5)"
+    assert ticks[1] == "country (P17, n=3)"
+    assert [t.get_text() for t in ax.texts] == ["0.040", "0.010"]   # value beside each bar
+    assert note == "all 2 relations with evaluation triples"
