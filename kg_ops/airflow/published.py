@@ -1,8 +1,11 @@
 """Published embedding versions, read from Airflow's asset events.
 
-The refresh DAG's publish step emits an event on the ``kg_embeddings`` asset whose ``extra``
-carries the metrics and the embeddings' URI. Those events *are* the version history: the
-evaluation gate compares against the newest one and the UI page lists them all.
+The refresh DAG's publish step emits an event whose ``extra`` carries the metrics, the
+embeddings' URI and the version's date (the run's logical date). Those events *are* the version
+history. A version dated at or after the newest current one goes to ``kg_embeddings`` (what
+downstream DAGs schedule on, and the quality gate's baseline); a backfill of an older date goes
+to ``kg_embeddings_past``, listed in the history but never announced as new. The page orders
+versions by date, and a re-run of a date replaces that date's version.
 """
 
 from __future__ import annotations
@@ -12,29 +15,37 @@ from typing import Any
 
 EMBEDDINGS_ASSET_NAME = "kg_embeddings"
 EMBEDDINGS_ASSET_URI = "kgops://embeddings/kg_embedding_refresh"
+PAST_EMBEDDINGS_ASSET_NAME = "kg_embeddings_past"
+PAST_EMBEDDINGS_ASSET_URI = "kgops://embeddings/kg_embedding_refresh/past"
+PUBLISH_ALIAS_NAME = "kg_embeddings_publish"
 GRAPH_SOURCE_ASSET_NAME = "kg_graph_source"
 
 VERSION_COLUMNS = ("mrr", "hits@1", "hits@10", "auc", "model", "run_key")
 
 
-def published_versions(limit: int = 50, asset_name: str = EMBEDDINGS_ASSET_NAME,
-                       ) -> list[dict[str, Any]]:
-    """Newest first: {timestamp, dag_id, run_id, extra...} for each publish event."""
+def published_versions(limit: int = 50) -> list[dict[str, Any]]:
+    """Newest date first, one per date (the latest publish of that date):
+    {date, timestamp, dag_id, run_id, current, extra...}."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
     with create_session() as session:
         rows = session.execute(
-            select(AssetEvent)
+            select(AssetEvent, AssetModel.name)
             .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-            .where(AssetModel.name == asset_name)
-            .order_by(AssetEvent.timestamp.desc())
-            .limit(limit)
-        ).scalars().all()
-        return [{"timestamp": ev.timestamp.isoformat(timespec="seconds"),
-                 "dag_id": ev.source_dag_id, "run_id": ev.source_run_id,
-                 **(ev.extra or {})} for ev in rows]
+            .where(AssetModel.name.in_([EMBEDDINGS_ASSET_NAME, PAST_EMBEDDINGS_ASSET_NAME]))
+            .order_by(AssetEvent.timestamp)
+        ).all()
+        by_date: dict[str, dict[str, Any]] = {}
+        for ev, name in rows:
+            when = ev.timestamp.isoformat(timespec="seconds")
+            extra = dict(ev.extra or {})
+            date = str(extra.get("logical_date") or when)
+            by_date[date] = {"date": date, "timestamp": when, "dag_id": ev.source_dag_id,
+                             "run_id": ev.source_run_id, **extra,
+                             "current": name == EMBEDDINGS_ASSET_NAME}
+    return sorted(by_date.values(), key=lambda v: v["date"], reverse=True)[:limit]
 
 
 def _fmt(value: Any) -> str:
@@ -46,15 +57,17 @@ def _fmt(value: Any) -> str:
 def render_versions_page(versions: list[dict[str, Any]]) -> str:
     """A plain, self-contained HTML table (no scripts): one row per published version."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in
-                   ("published", "run", *VERSION_COLUMNS, "embeddings", "report"))
+                   ("date", "published", "run", *VERSION_COLUMNS, "embeddings", "report"))
     rows = []
     for v in versions:
-        cells = [_fmt(v.get("timestamp")), _fmt(v.get("run_id"))]
+        date = _fmt(v.get("date"))
+        cells = [date if v.get("current", True) else f"{date} (past date)",
+                 _fmt(v.get("timestamp")), _fmt(v.get("run_id"))]
         cells += [_fmt(v.get(c)) for c in VERSION_COLUMNS]
         cells.append(f"<code>{_fmt(v.get('embeddings_uri'))}</code>")
         cells.append(f"<code>{_fmt(v.get('report_uri'))}</code>")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    body = "".join(rows) or f"<tr><td colspan='{len(VERSION_COLUMNS) + 4}'>No version published" \
+    body = "".join(rows) or f"<tr><td colspan='{len(VERSION_COLUMNS) + 5}'>No version published" \
                             " yet: run the kg_embedding_refresh DAG.</td></tr>"
     return ("<!doctype html><html><head><meta charset='utf-8'><title>KG embedding versions"
             "</title><style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:"
@@ -62,21 +75,3 @@ def render_versions_page(versions: list[dict[str, Any]]) -> str:
             "th{background:#f3f3f3}</style></head><body><h1>Published KG embedding versions"
             f"</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
             "</body></html>")
-
-
-def create_versions_app():
-    """FastAPI app mounted by the kg_ops Airflow plugin at ``/kgops``."""
-    from fastapi import FastAPI
-    from fastapi.responses import HTMLResponse
-
-    app = FastAPI(title="kg_ops", description="Published KG embedding versions")
-
-    @app.get("/versions", response_class=HTMLResponse)
-    def versions_page(limit: int = 50) -> str:
-        return render_versions_page(published_versions(limit))
-
-    @app.get("/versions.json")
-    def versions_json(limit: int = 50) -> list[dict[str, Any]]:
-        return published_versions(limit)
-
-    return app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC
 from typing import Any
 
 from kg_ops.store import join
@@ -49,24 +50,59 @@ def plan_run(context: dict) -> dict[str, str]:
     return plan
 
 
-def _previous_release(inlet_events: Any, asset: Any, run_id: str) -> dict | None:
-    """Newest published version that did not come from this run (a re-run may follow a
-    publish)."""
+def version_date(dag_run: Any) -> str:
+    """The date a run's embeddings are a version *of*: its logical date (a backfill of 11-01
+    is the 11-01 version, whenever it ran), else when it was due to run."""
+    when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after", None)
+    return when.astimezone(UTC).isoformat(timespec="seconds") if when is not None else ""
+
+
+def _event_date(event: Any) -> str:
+    """Version date of a published event (events published before it was recorded: when)."""
+    extra = dict(getattr(event, "extra", None) or {})
+    if extra.get("logical_date"):
+        return str(extra["logical_date"])
+    ts = getattr(event, "timestamp", None)
+    return ts.astimezone(UTC).isoformat(timespec="seconds") if ts is not None else ""
+
+
+def _events(inlet_events: Any, asset: Any) -> list:
     try:
-        events = list(inlet_events[asset])
+        return list(inlet_events[asset])
     except LookupError:
-        return None
-    for event in reversed(events):
+        return []
+
+
+def _previous_release(inlet_events: Any, asset: Any, run_id: str, date: str) -> dict | None:
+    """The baseline of the gate: the newest *current* version dated before this run's date.
+    Past dates published by backfills are not on this asset, so they never become a newer
+    date's baseline; a re-run of a date never compares with itself."""
+    best, best_date = None, ""
+    for event in _events(inlet_events, asset):
         extra = dict(getattr(event, "extra", None) or {})
-        if extra.get("run_id") != run_id and "mrr" in extra:
-            return extra
-    return None
+        when = _event_date(event)
+        if ("mrr" in extra and extra.get("run_id") != run_id and (not date or when < date)
+                and when >= best_date):
+            best, best_date = extra, when
+    return best
+
+
+def publish_version(context: dict, record: dict, current: Any, past: Any, alias: Any) -> dict:
+    """Emit the version's asset event through ``alias``: on ``current`` (what downstream DAGs
+    schedule on) when its date is not older than the newest current version, else on ``past``
+    (history only: a backfilled past date is listed but never announced as new)."""
+    dates = [_event_date(e) for e in _events(context.get("inlet_events", {}), current)]
+    newest = max(dates, default="")
+    is_current = record.get("logical_date", "") >= newest
+    record = {**record, "current": is_current}
+    context["outlet_events"][alias].add(current if is_current else past, extra=record)
+    return record
 
 
 def check_quality_gate(context: dict, asset: Any) -> dict[str, Any]:
     """Fail the run (``AirflowFailException``: no retry) when the new embeddings are not good
     enough; otherwise return the version record that publish attaches to the asset event."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     ti, params = context["ti"], context["params"]
     result = ti.xcom_pull(task_ids="evaluate") or {}
@@ -83,6 +119,7 @@ def check_quality_gate(context: dict, asset: Any) -> dict[str, Any]:
         "model": params.get("model"),
         "run_key": plan.get("run_key"),
         "run_id": context["dag_run"].run_id,
+        "logical_date": version_date(context["dag_run"]),
         "graph_uri": plan.get("graph"),
         "model_uri": plan.get("model"),
         "evaluation_uri": plan.get("evaluation"),
@@ -95,7 +132,7 @@ def check_quality_gate(context: dict, asset: Any) -> dict[str, Any]:
             f"quality gate: filtered test MRR {mrr:.4f} is below min_mrr {floor:.4f}; the "
             f"embeddings were not published. Report: {record['report_uri']}")
     previous = _previous_release(context.get("inlet_events", {}), asset,
-                                 context["dag_run"].run_id)
+                                 context["dag_run"].run_id, record["logical_date"])
     if previous is not None:
         record["previous_mrr"] = float(previous["mrr"])
         drop = float(previous["mrr"]) - mrr
@@ -103,6 +140,7 @@ def check_quality_gate(context: dict, asset: Any) -> dict[str, Any]:
         if drop > max_drop:
             raise AirflowFailException(
                 f"quality gate: MRR {mrr:.4f} is {drop:.4f} below the last published version "
-                f"({previous['mrr']:.4f}, run {previous.get('run_id')}), more than max_mrr_drop "
+                f"({previous['mrr']:.4f}, {previous.get('logical_date') or previous.get('run_id')}"
+                f"), more than max_mrr_drop "
                 f"{max_drop:.4f}; not published. Report: {record['report_uri']}")
     return record
