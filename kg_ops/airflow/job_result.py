@@ -21,7 +21,12 @@ from kg_ops.airflow.job_ids import attempt_id
 log = logging.getLogger(__name__)
 
 _MANIFEST_LINE = re.compile(r"^KGOPS_MANIFEST\s+(\S+)\s*$", re.MULTILINE)
+# Terminal colour/cursor sequences (Ray colours its worker prefixes): unreadable in the UI.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 MAX_ATTEMPTS = 50
+# Prefix of each job log line relayed into the task log. Short: the task log already names the
+# job once ("submitted Ray job <id>"); an id on every line pushes the content off-screen.
+RELAY_PREFIX = "[ray] "
 
 
 class RayJobFailed(AirflowException):
@@ -32,8 +37,13 @@ class RayJobTimeout(AirflowException):
     """The Ray job ran past ``job_timeout``; it has been stopped."""
 
 
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
 def tail_lines(text: str, n: int) -> list[str]:
-    lines = text.rstrip("\n").splitlines()
+    """The last ``n`` lines of a job log, without terminal escape codes."""
+    lines = strip_ansi(text).rstrip("\n").splitlines()
     return lines[-n:] if n > 0 else []
 
 
@@ -77,7 +87,7 @@ def failure(info: dict, logs: str, tail: int = 40) -> RayJobFailed:
     lines = tail_lines(logs, tail)
     body = "\n".join(f"    {ln}" for ln in lines) if lines else "    (no log output)"
     return RayJobFailed(f"Ray job {sid} ended {status} (error type: {etype}): "
-                        f"{(info.get('message') or '').strip()}\nLast {len(lines)} log lines:\n"
+                        f"{strip_ansi(info.get('message') or '').strip()}\nLast {len(lines)} log lines:\n"
                         f"{body}")
 
 

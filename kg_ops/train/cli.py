@@ -311,6 +311,8 @@ def _fit(loop_config: dict, workers: int, threads: int, max_failures: int,
             name=f"kgops-train-{run_id}", storage_path=ray_storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's INFO lines (resources, checkpoints) would flood the relayed log.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None))
     try:
         trainer.fit()

@@ -203,6 +203,10 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
+    from kg_ops.train.quiet import quiet_worker
+
+    quiet_worker()
+
     from kg_ops.graph.kg import load_edges
     from kg_ops.models.attributes import NodeFeatures
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig

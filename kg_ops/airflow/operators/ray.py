@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator
 from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook, RayUnreachableError
 from kg_ops.airflow.job_ids import sanitize_submission_id, submission_id_for
 from kg_ops.airflow.job_result import (
+    RELAY_PREFIX,
     RayJobFailed,
     RayJobTimeout,
     failure,
@@ -218,9 +219,9 @@ class SubmitRayJobOperator(BaseOperator):
                 seen = len(logs)
                 lines, dropped = buffer.drain(final=status in TERMINAL_STATES)
                 if dropped:
-                    self.log.info("[ray %s] ... %d lines not shown", sid, dropped)
+                    self.log.info("%s... %d lines not shown", RELAY_PREFIX, dropped)
                 for line in lines:
-                    self.log.info("[ray %s] %s", sid, line)
+                    self.log.info("%s%s", RELAY_PREFIX, line)
             if status in TERMINAL_STATES:
                 return info
             if deadline is not None and time.time() >= deadline:

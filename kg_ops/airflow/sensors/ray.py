@@ -3,7 +3,8 @@
 ``mode="reschedule"`` frees the worker slot between pokes; ``deferrable=True`` waits in the
 triggerer. FAILED/STOPPED fails the task with Ray's error type and the log tail; SUCCEEDED
 returns the same result as the submit operator (manifest URI and headline metrics, or status).
-The sensor does not own the job: its timeout never stops it.
+The sensor does not own the job: neither its timeout nor a user marking, clearing or killing
+it ever stops the job (the task that submitted it does; see ``RayJobTrigger``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook
-from kg_ops.airflow.job_result import RayJobFailed, failure, job_result, tail_lines
+from kg_ops.airflow.job_result import (
+    RELAY_PREFIX,
+    RayJobFailed,
+    failure,
+    job_result,
+    tail_lines,
+)
 from kg_ops.airflow.links import XCOM_DASHBOARD_URL, RayJobLink
 from kg_ops.airflow.triggers.ray import RayJobTrigger
 
@@ -57,7 +64,7 @@ class RayJobSensor(BaseSensorOperator):
             self.log.info("Ray job %s is %s", sid, status)
             if self.fetch_logs and self.progress_lines > 0:
                 for line in tail_lines(hook.get_job_logs(sid), self.progress_lines):
-                    self.log.info("[ray %s] %s", sid, line)
+                    self.log.info("%s%s", RELAY_PREFIX, line)
             return PokeReturnValue(is_done=False)
         logs = hook.get_job_logs(sid)
         if status != "SUCCEEDED":
@@ -77,7 +84,7 @@ class RayJobSensor(BaseSensorOperator):
                                          poll_interval=self.poke_interval, deadline=None,
                                          fetch_logs=self.fetch_logs,
                                          max_log_lines=self.log_tail_lines,
-                                         stop_on_timeout=False),
+                                         stop_on_timeout=False, owns_job=False),
                    method_name="execute_complete",
                    timeout=timedelta(seconds=self.timeout) if self.timeout else None)
 

@@ -4,8 +4,16 @@ Status polling and log following are two independent asyncio tasks: a dashboard 
 stream logs (or a proxy without websockets) never delays the status check, and every network call
 is aiohttp with a timeout. Log lines go to the task log through a bounded buffer: at most
 ``max_log_lines`` per poll, the rest counted and reported, so a chatty job cannot flood the
-triggerer. ``on_kill`` (a user marked/cleared the deferred task) stops the Ray job; ``cleanup``
-(every exit, including triggerer restarts) never does.
+triggerer.
+
+Who stops the job when a user acts on the deferred task (``on_kill``; see the README's
+"Backfills and manual runs"): only the task that *owns* the job (the operator that submitted it,
+``owns_job=True``), and only when the user marked it failed (or skipped): then the user meant
+"stop". A clear (the UI's default "with downstream" included) leaves the job running: the task's
+next try re-attaches to it, so a cleared training is not thrown away and never runs twice. A
+mark-success leaves it running too (the user accepted the task as done). A sensor waiting for
+someone else's job (``owns_job=False``) never stops it. ``cleanup`` (every exit, including
+triggerer restarts) never stops it either.
 """
 
 from __future__ import annotations
@@ -26,8 +34,11 @@ from kg_ops.airflow.hooks.ray import (
     RayHookError,
     RayUnreachableError,
 )
+from kg_ops.airflow.job_result import RELAY_PREFIX, strip_ansi
 
 CLASSPATH = "kg_ops.airflow.triggers.ray.RayJobTrigger"
+# Task states a user sets to say "stop this work" (mark failed; mark the run failed skips).
+STOP_STATES = frozenset({"failed", "upstream_failed", "skipped", "removed"})
 
 
 class LogBuffer:
@@ -44,7 +55,7 @@ class LogBuffer:
         for line in complete:
             if len(self.lines) == self.lines.maxlen:
                 self.dropped += 1
-            self.lines.append(line.rstrip("\r"))
+            self.lines.append(strip_ansi(line.rstrip("\r")))
 
     def drain(self, final: bool = False) -> tuple[list[str], int]:
         if final and self._partial:
@@ -63,7 +74,7 @@ class RayJobTrigger(BaseTrigger):
                  poll_interval: float = 5.0, deadline: float | None = None,
                  fetch_logs: bool = True, max_log_lines: int = 100,
                  stop_deadline: float = 60.0, stop_on_timeout: bool = True,
-                 max_poll_failures: int = 10):
+                 max_poll_failures: int = 10, owns_job: bool = True):
         super().__init__()
         self.submission_id = submission_id
         self.ray_conn_id = ray_conn_id
@@ -74,6 +85,7 @@ class RayJobTrigger(BaseTrigger):
         self.stop_deadline = float(stop_deadline)
         self.stop_on_timeout = stop_on_timeout
         self.max_poll_failures = int(max_poll_failures)
+        self.owns_job = bool(owns_job)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return CLASSPATH, {
@@ -81,7 +93,7 @@ class RayJobTrigger(BaseTrigger):
             "poll_interval": self.poll_interval, "deadline": self.deadline,
             "fetch_logs": self.fetch_logs, "max_log_lines": self.max_log_lines,
             "stop_deadline": self.stop_deadline, "stop_on_timeout": self.stop_on_timeout,
-            "max_poll_failures": self.max_poll_failures,
+            "max_poll_failures": self.max_poll_failures, "owns_job": self.owns_job,
         }
 
     def _hook(self) -> RayHook:
@@ -157,10 +169,10 @@ class RayJobTrigger(BaseTrigger):
     def _flush(self, buffer: LogBuffer, final: bool = False) -> None:
         lines, dropped = buffer.drain(final)
         if dropped:
-            self.log.info("[ray %s] ... %d lines not shown (full log in the Ray dashboard)",
-                          self.submission_id, dropped)
+            self.log.info("%s... %d lines not shown (full log in the Ray dashboard)",
+                          RELAY_PREFIX, dropped)
         for line in lines:
-            self.log.info("[ray %s] %s", self.submission_id, line)
+            self.log.info("%s%s", RELAY_PREFIX, line)
 
     async def stop_job(self, hook: RayHook | None = None) -> dict | None:
         """Stop the job and wait (bounded by ``stop_deadline``) until Ray reports it terminal."""
@@ -184,9 +196,41 @@ class RayJobTrigger(BaseTrigger):
         return info
 
     async def on_kill(self) -> None:
-        """The user killed the deferred task: stop the Ray job it was waiting for."""
-        self.log.info("task killed while deferred: stopping Ray job %s", self.submission_id)
+        """A user acted on the deferred task: stop the job only if this task owns it and the
+        user marked it failed (module docstring). A state that cannot be read stops it (the
+        owner was killed, and nothing says it will be re-attached)."""
+        if not self.owns_job:
+            self.log.info("waiting for Ray job %s ended by a user action; this task does not "
+                          "own the job: it keeps running", self.submission_id)
+            return
+        known, state = await self._task_state()
+        if known and state not in STOP_STATES:
+            self.log.info("task is now %s (cleared or marked success): Ray job %s keeps running; "
+                          "a new try re-attaches to it", state or "cleared", self.submission_id)
+            return
+        self.log.info("task marked %s: stopping Ray job %s", state or "killed",
+                      self.submission_id)
         await self.stop_job()
+
+    async def _task_state(self) -> tuple[bool, str | None]:
+        """(known, state) of this trigger's task instance as the user left it, asked through
+        the triggerer's supervisor (the Execution API)."""
+        ti = self.task_instance
+        if ti is None:
+            return False, None
+        try:
+            from airflow.sdk.execution_time import task_runner
+            from airflow.sdk.execution_time.comms import GetTaskStates
+
+            resp = await task_runner.SUPERVISOR_COMMS.asend(GetTaskStates(
+                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id],
+                map_index=ti.map_index))
+            key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
+            state = resp.task_states.get(ti.run_id, {}).get(key)
+            return True, (None if state is None else str(getattr(state, "value", state)))
+        except Exception as e:  # no supervisor (trigger run inline), API error
+            self.log.warning("cannot read the state of task %s (%s)", ti.task_id, e)
+            return False, None
 
     async def cleanup(self) -> None:
         """Runs on every exit, including triggerer restarts: never stops the job."""
