@@ -90,11 +90,9 @@ def test_full_dag_backfill_and_rerun(airflow_db, ray_head, small_conf):
     versions = published_versions()
     assert versions and versions[0]["mrr"] == pytest.approx(metrics["mrr"])
     assert versions[0]["embeddings_uri"].endswith("embeddings.parquet")
-    from fastapi.testclient import TestClient
+    from kg_ops.airflow.published import render_versions_page
 
-    from kg_ops.airflow.published import create_versions_app
-
-    page = TestClient(create_versions_app()).get("/versions").text
+    page = render_versions_page(versions)
     assert f"{metrics['mrr']:.4f}" in page and "embeddings.parquet" in page
 
     # A backfill of another date writes its own tree and leaves the first untouched. (Without
@@ -115,6 +113,13 @@ def test_full_dag_backfill_and_rerun(airflow_db, ray_head, small_conf):
         again = read_manifest(str(tree(root, DAY1) / stage))
         assert again["created_at"] == manifests1[stage]["created_at"], stage
         assert again["ray_job_id"] == manifests1[stage]["ray_job_id"], stage
+
+    # Version history: one version per date, ordered by date. Day 1's re-run replaced its
+    # version and, being older than day 2, went to the history asset only (not "current").
+    versions = published_versions()
+    assert [v["date"][:10] for v in versions[:2]] == ["2026-11-02", "2026-11-01"]
+    assert [v["current"] for v in versions[:2]] == [True, False]
+    assert versions[1]["run_id"] == dr1b.run_id
 
 
 def test_quality_gate_blocks_publishing(airflow_db, ray_head, small_conf):

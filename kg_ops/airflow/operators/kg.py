@@ -66,7 +66,8 @@ class ImportGraphOperator(KgStageOperator):
 
     :param source: ``synth`` | ``codex-s`` | ``codex-m`` | ``debian`` | ``triples`` | ``graph``.
         ``graph`` validates an already-imported graph at ``graph_uri`` in place.
-    :param datasets_root: folder with the raw ``codex/`` and ``debian/`` datasets.
+    :param datasets_root: folder with the raw ``codex/`` and ``debian/`` datasets; empty:
+        ``codex-s`` reads the CoDEx-S copy shipped in kg_ops.
     :param triples: for ``triples``: ``{"train": uri, "valid": uri, "test": uri}``.
     :param on_bad_rows: ``fail`` (default) or ``quarantine`` (bad rows set aside, counted).
     """
@@ -97,8 +98,10 @@ class ImportGraphOperator(KgStageOperator):
             return ["synth", "--nodes", str(self.synth_nodes), "--edges", str(self.synth_edges),
                     "--seed", str(self.synth_seed)]
         if source in ("codex-s", "codex-m"):
-            return ["import", "codex", "--root", join(str(self.datasets_root), "codex"),
-                    "--size", source[-1], *bad]
+            # Without datasets_root, CoDEx-S comes from the copy shipped in kg_ops.
+            root = (["--root", join(str(self.datasets_root), "codex")]
+                    if str(self.datasets_root or "") not in ("", "None") else [])
+            return ["import", "codex", *root, "--size", source[-1], *bad]
         if source == "debian":
             return ["import", "debian", "--root", join(str(self.datasets_root), "debian"), *bad]
         if source == "triples":
