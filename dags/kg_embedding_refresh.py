@@ -85,7 +85,7 @@ with DAG(
         "graph_uri": Param(None, type=["null", "string"],
                            description="Only with source=graph: URI of an imported kgops "
                                        "graph."),
-        "datasets_root": Param(DATASETS_ROOT, type="string",
+        "datasets_root": Param(DATASETS_ROOT or None, type=["null", "string"],
                                description="Folder holding the raw codex/ and debian/ datasets "
                                            "(codex-m, debian). Empty: CoDEx-S shipped in "
                                            "kg_ops."),
@@ -130,7 +130,7 @@ with DAG(
         source="{{ params.source }}",
         out_uri=planned("graph"),
         graph_uri="{{ params.graph_uri or '' }}",
-        datasets_root="{{ params.datasets_root }}",
+        datasets_root="{{ params.datasets_root or '' }}",
         synth_nodes="{{ params.synth_nodes }}",
         synth_edges="{{ params.synth_edges }}",
         **common,
