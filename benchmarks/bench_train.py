@@ -81,9 +81,10 @@ def evaluate(model_uri: str, graph: str, out: str) -> dict:
 
 
 def run_train(name: str, parts: str, work: Path, **kw) -> dict:
+    from kg_ops.config import TrainConfig
     from kg_ops.train.cli import train
 
-    m = train(parts, str(work / name), **kw)     # a complete identical run is reused
+    m = train(TrainConfig(partitions=parts, out=str(work / name), **kw))   # reused if identical
     wall = m["timings"]["total_s"]
     met = m["metrics"]
     return {"uri": m["uri"], "wall_s": round(wall, 1), "epochs": met["epochs"],

@@ -34,6 +34,7 @@ from kg_ops.airflow import (
     PartitionGraphOperator,
     TrainEmbeddingsOperator,
 )
+from kg_ops.airflow.params import stage_params
 from kg_ops.airflow.published import (
     EMBEDDINGS_ASSET_NAME,
     EMBEDDINGS_ASSET_URI,
@@ -43,6 +44,7 @@ from kg_ops.airflow.published import (
     PUBLISH_ALIAS_NAME,
 )
 from kg_ops.airflow.runs import check_quality_gate, plan_run, publish_version
+from kg_ops.config import TrainConfig
 
 DAG_ID = "kg_embedding_refresh"
 ARTIFACT_ROOT = os.environ.get("KGOPS_ARTIFACT_ROOT", "/tmp/kgops-artifacts")
@@ -50,6 +52,7 @@ ARTIFACT_ROOT = os.environ.get("KGOPS_ARTIFACT_ROOT", "/tmp/kgops-artifacts")
 # debian need a folder holding the raw codex/ and debian/ datasets.
 DATASETS_ROOT = os.environ.get("KGOPS_DATASETS", "")
 RAY_CONN_ID = os.environ.get("KGOPS_RAY_CONN_ID", "ray_default")
+TRAIN_PARAMS = ("model", "epochs", "loss")   # training options on the trigger form
 
 graph_source = Asset(name=GRAPH_SOURCE_ASSET_NAME,
                      uri=os.environ.get("KGOPS_GRAPH_SOURCE_URI",
@@ -93,18 +96,15 @@ with DAG(
         "synth_edges": Param(24000, type="integer", minimum=100),
         "encode_attributes": Param(True, type="boolean",
                                    description="Encode node attributes (BERT for text)."),
-        "model": Param("rgcn", enum=["rgcn", "relgnn"]),
         "workers": Param(2, type="integer", minimum=1, maximum=64,
                          description="Ray Train workers = graph partitions."),
-        "epochs": Param(8, type="integer", minimum=1, maximum=1000),
-        "loss": Param("softmax", enum=["softmax", "bce"],
-                      description="softmax: each edge ranked against candidates shared by the "
-                                  "batch (better MRR per second); bce: the published system."),
+        # Training options: type, default, allowed values and help from kg_ops.config.
+        **stage_params(TrainConfig, *TRAIN_PARAMS),
         "artifact_root": Param(ARTIFACT_ROOT, type="string",
                                description="Local path or s3:// prefix for all artifacts."),
         "force": Param(False, type="boolean",
                        description="Recompute stages even if identical results exist."),
-        # Measured on the default run (CoDEx-S, RGCN softmax, 8 epochs, 2 workers): filtered test
+        # Measured on `make run` (CoDEx-S, RGCN softmax, 8 epochs, 2 workers): filtered test
         # MRR 0.29; softmax runs in bench_train 0.33-0.40, tuned BCE 0.19. A broken or random
         # model is far below (random ranking ~0.004, the synthetic graph 0.03 by construction).
         "min_mrr": Param(0.15, type="number", minimum=0,
@@ -159,10 +159,8 @@ with DAG(
         task_id="train",
         partitions_uri=planned("partitions"),
         out_uri=planned("model"),
-        model="{{ params.model }}",
         workers="{{ params.workers }}",
-        epochs="{{ params.epochs }}",
-        loss="{{ params.loss }}",
+        **{name: "{{ params." + name + " }}" for name in TRAIN_PARAMS},
         deferrable=True,
         poll_interval=5,
         job_timeout=6 * 3600,

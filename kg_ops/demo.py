@@ -20,12 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+from kg_ops.config.train import MODELS
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "datasets"
 
 PRESETS = {
     # name: DAG params. CoDEx-S ships with kg_ops (datasets_root "" = the packaged copy).
-    "codex-s": {"source": "codex-s", "datasets_root": ""},
+    "codex-s": {"source": "codex-s", "datasets_root": "", "epochs": 8},
     "codex-m": {"source": "codex-m", "epochs": 5},
     "debian": {"source": "debian", "epochs": 3},
     # A synthetic graph's edges are random inside latent communities, so even a perfect model
@@ -44,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="Airflow home, Ray temp dir and artifacts go here (default: %(default)s)")
     p.add_argument("--datasets-root", default=os.environ.get("KGOPS_DATASETS",
                                                              str(DEFAULT_SHARED)))
-    p.add_argument("--model", choices=["rgcn", "relgnn"], default="rgcn")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="GNN encoder (default: kgops train's)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="delete the workdir first")
@@ -88,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     airflow = str(bin_dir / "airflow")
 
     params = {"datasets_root": args.datasets_root, **PRESETS[args.dataset]}
-    params.update({"model": args.model, "workers": args.workers,
+    if args.model:
+        params["model"] = args.model
+    params.update({"workers": args.workers,
                    "artifact_root": str(workdir / "artifacts")})
     if args.epochs:
         params["epochs"] = args.epochs

@@ -28,16 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kg_ops.config.train import MODELS
 from kg_ops.models.attributes import AttributeEmbedding, NodeFeatures
 from kg_ops.models.decoders import DECODERS
-
-MODELS = ("rgcn", "relgnn")
-
-# Defaults of the published system (issue 6); RGCN's regularisation follows PyG's recipe.
-MODEL_DEFAULTS = {
-    "rgcn": {"lr": 0.01, "dropout": 0.2, "weight_decay": 0.0, "regularization": 0.01},
-    "relgnn": {"lr": 0.001, "dropout": 0.2, "weight_decay": 1e-4, "regularization": 0.001},
-}
 
 
 @dataclass

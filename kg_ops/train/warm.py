@@ -23,12 +23,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from kg_ops.config import TrainConfig
 from kg_ops.errors import KGOpsError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_DRIFT = 0.2
-DEFAULT_RETRAIN_EVERY = 7
+# The drift guard's defaults live with the other training options (kg_ops.config).
+DEFAULT_MAX_DRIFT = TrainConfig.option("max_drift").default
+DEFAULT_RETRAIN_EVERY = TrainConfig.option("retrain_every").default
 
 
 @dataclass

@@ -70,3 +70,27 @@ def tail_mrr(trained, triples: np.ndarray, candidates: np.ndarray) -> float:
         equal = (np.abs(scores[i] - true[i]) <= 1e-6).sum() - 1
         ranks.append(1 + greater + equal / 2)
     return float(np.mean(1.0 / np.array(ranks)))
+
+
+def crash_once_after(marker: str, epoch: int):
+    """A test-only wrapper of the real worker loop: the worker dies (a real ``os._exit``) right
+    after reporting ``epoch``'s checkpoint, once (``marker`` records that it happened). A
+    nested function, so Ray ships it by value to the workers."""
+
+    def train_loop(loop_config: dict) -> None:
+        import os
+
+        from kg_ops.train import loop
+
+        report = loop._report
+
+        def report_then_crash(metrics: dict, pointer_uri: str | None) -> None:
+            report(metrics, pointer_uri)
+            if metrics["epoch"] == epoch and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+
+        loop._report = report_then_crash
+        loop.train_worker(loop_config)
+
+    return train_loop

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from kg_ops.config import TrainConfig
 from kg_ops.errors import KGOpsError
 from kg_ops.manifest import Stage
 from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
@@ -22,9 +23,13 @@ from .conftest import COMMUNITIES, PEOPLE
 N_NODES = COMMUNITIES * PEOPLE + COMMUNITIES
 
 
+def config(partitions: str, tmp_path, **options) -> TrainConfig:
+    return TrainConfig(partitions=partitions, out=str(tmp_path / "out"), **options)
+
+
 def test_workers_must_match_partitions(planted, tmp_path):
     with pytest.raises(KGOpsError, match=r"--workers 1 but .* has 2 partitions.*--workers 2"):
-        train(planted["parts"][2], str(tmp_path / "out"), workers=1)
+        train(config(planted["parts"][2], tmp_path, workers=1))
 
 
 def test_missing_partition_is_named(planted, tmp_path):
@@ -33,27 +38,27 @@ def test_missing_partition_is_named(planted, tmp_path):
     shutil.rmtree(parts / "part-00001")
     with pytest.raises(KGOpsError, match=r"part-00001/\S+ is listed in .*_manifest.json but "
                                          r"missing.*Rerun the 'partition' stage"):
-        train(str(parts), str(tmp_path / "out"))
+        train(config(str(parts), tmp_path))
     assert not (tmp_path / "out" / "_manifest.json").exists()
 
 
 def test_unfinished_partition_stage_is_named(tmp_path):
     (tmp_path / "parts").mkdir()
     with pytest.raises(KGOpsError, match=r"has no _manifest.json.*'partition' stage"):
-        train(str(tmp_path / "parts"), str(tmp_path / "out"))
+        train(config(str(tmp_path / "parts"), tmp_path))
 
 
 def test_fanout_beyond_the_partitions_is_refused(planted, tmp_path):
     with pytest.raises(KGOpsError, match=r"exceeds the fanouts \[10, 5\]"):
-        train(planted["parts"][1], str(tmp_path / "out"), fanout="25,10")
+        train(config(planted["parts"][1], tmp_path, fanout="25,10"))
     with pytest.raises(KGOpsError, match="has 1 hops but"):
-        train(planted["parts"][1], str(tmp_path / "out"), fanout="5")
+        train(config(planted["parts"][1], tmp_path, fanout="5"))
 
 
 def test_residual_with_unequal_dims_is_refused(planted, tmp_path):
     with pytest.raises(KGOpsError, match=r"residual needs embedding_dim == out_dim, got 64 "
                                          r"and 32.*kgops train --help"):
-        train(planted["parts"][1], str(tmp_path / "out"), residual=True)
+        train(config(planted["parts"][1], tmp_path, residual=True))
     assert not (tmp_path / "out" / "_manifest.json").exists()
 
 
@@ -61,9 +66,9 @@ def test_corrupt_resume_checkpoint(planted, tmp_path):
     bad = tmp_path / "epoch-00002.pt"
     bad.write_bytes(b"this is not a torch file")
     with pytest.raises(CheckpointError, match=r"epoch-00002.pt: the checkpoint is corrupt"):
-        train(planted["parts"][1], str(tmp_path / "out"), resume=str(bad))
+        train(config(planted["parts"][1], tmp_path, resume=str(bad)))
     with pytest.raises(CheckpointError, match="no checkpoint here"):
-        train(planted["parts"][1], str(tmp_path / "out"), resume=str(tmp_path))
+        train(config(planted["parts"][1], tmp_path, resume=str(tmp_path)))
 
 
 def hand_artifact(uri: str, graph: str, cfg: ModelConfig, state=None) -> str:

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
+from kg_ops.config import TrainConfig
 from kg_ops.graph.kg import load_edges
 from kg_ops.models.trained import load_trained
 from kg_ops.train.checkpoints import checkpoint_uri, load_checkpoint
 from kg_ops.train.cli import train
-from kg_ops.train.loop import CRASH_ENV
 
-from .conftest import COMMUNITIES, PEOPLE, tail_mrr
+from .conftest import COMMUNITIES, PEOPLE, crash_once_after, tail_mrr
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 10
 RANDOM_TAIL_MRR = sum(1 / k for k in range(1, COMMUNITIES + 1)) / COMMUNITIES   # 0.259
 CITIES = np.arange(COMMUNITIES * PEOPLE, COMMUNITIES * PEOPLE + COMMUNITIES)
-COMMON = {"model": "rgcn", "epochs": EPOCHS, "batch_size": 64, "patience": 0,
+COMMON = {"model": "rgcn", "loss": "bce", "epochs": EPOCHS, "batch_size": 64, "patience": 0,
           "max_failures": 1}
 
 
@@ -33,16 +33,16 @@ COMMON = {"model": "rgcn", "epochs": EPOCHS, "batch_size": 64, "patience": 0,
 def runs(planted, ray_local, s3_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     marker = root / "crashed"
-    one = train(planted["parts"][1], str(root / "one"), **COMMON,
-                worker_env={CRASH_ENV: f"{marker}:2"})
+    one = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "one"), **COMMON),
+                train_loop=crash_once_after(str(marker), epoch=2))
     bucket = "kgops-train-test"
     boto3.client("s3").create_bucket(Bucket=bucket)
     # no credentials forwarded: the workers use the Ray node's own environment (ray_local)
-    two = train(planted["parts"][2], f"s3://{bucket}/two", **COMMON)
-    resumed = train(planted["parts"][1], str(root / "resumed"), **COMMON,
-                    resume=checkpoint_uri(str(root / "one"), EPOCHS - 2))
-    softmax = train(planted["parts"][1], str(root / "softmax"), **COMMON, loss="softmax",
-                    negatives=8)
+    two = train(TrainConfig(partitions=planted["parts"][2], out=f"s3://{bucket}/two", **COMMON))
+    resumed = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "resumed"),
+                                **COMMON, resume=checkpoint_uri(str(root / "one"), EPOCHS - 2)))
+    softmax = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "softmax"),
+                                **COMMON, loss="softmax", negatives=8))
     return {"one": one, "two": two, "resumed": resumed, "softmax": softmax, "marker": marker,
             "root": root}
 
@@ -60,6 +60,11 @@ def test_learns_the_planted_graph_far_above_random(runs, planted):
                                    "seed": 0}
     m = runs["one"]["metrics"]
     assert m["workers"] == 1 and m["epochs"] == EPOCHS
+    assert m["valid_mrr_kind"] == "sampled (type-constrained candidates, filtered)"
+    # the manifest records the whole config, defaults resolved (TrainConfig.recorded())
+    config = runs["one"]["config"]
+    assert config["epochs"] == EPOCHS and config["batch_size"] == 64
+    assert (config["lr"], config["negatives"], config["model"]["model"]) == (0.01, 1, "rgcn")
     assert m["best_valid_mrr"] == max(h["valid_mrr_sampled"] for h in hist)
     assert m["epoch_s"] > 0 and m["edges_per_s"] > 0
 

@@ -11,6 +11,7 @@ import copy
 import pytest
 import torch
 
+from kg_ops.config import TrainConfig
 from kg_ops.graph.versions import match_graphs
 from kg_ops.models.trained import load_trained
 from kg_ops.partition.cli import partition
@@ -22,6 +23,11 @@ from .conftest import base_items, save_version
 pytestmark = pytest.mark.slow
 COMMON = {"model": "rgcn", "batch_size": 64, "patience": 0, "embedding_dim": 8,
           "hidden_dim": 8, "out_dim": 8, "valid_triples": 0}
+
+
+def config(root: str, version: str, out: str, **options) -> TrainConfig:
+    return TrainConfig(partitions=join(root, f"parts-{version}"), out=join(root, out),
+                       **COMMON, **options)
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +48,10 @@ def versions(ray_local, tmp_path_factory):
         g = save_version(join(root, name), v)
         partition(g, 1, join(root, f"parts-{name}"), fanout="3,2", seed=0)
         out[name] = g
-    first = train(join(root, "parts-v1"), join(root, "m1"), epochs=2, **COMMON)
-    warm = train(join(root, "parts-v2"), join(root, "m2"), epochs=1, lr=1e-9,
-                 init_from=first["uri"], **COMMON)
-    forced = train(join(root, "parts-v2"), join(root, "m3"), epochs=1, lr=1e-9,
-                   init_from=first["uri"], max_drift=0.01, **COMMON)
+    first = train(config(root, "v1", "m1", epochs=2))
+    warm = train(config(root, "v2", "m2", epochs=1, lr=1e-9, init_from=first["uri"]))
+    forced = train(config(root, "v2", "m3", epochs=1, lr=1e-9, init_from=first["uri"],
+                          max_drift=0.01))
     return {"root": root, **out, "first": first, "warm": warm, "forced": forced}
 
 

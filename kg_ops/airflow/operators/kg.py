@@ -14,7 +14,7 @@ Reuse them in your own DAG::
                                        out_uri=parts, parts=8)
     train = TrainEmbeddingsOperator(task_id="train", partitions_uri=parts,
                                     out_uri="s3://kg/runs/{{ ds_nodash }}/model", workers=8,
-                                    wait_for_completion=False)
+                                    epochs=30, model="relgnn", wait_for_completion=False)
 
 All URIs and options are templated.
 """
@@ -23,11 +23,20 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
 from kg_ops.airflow.operators.ray import SubmitRayJobOperator, as_bool
+from kg_ops.config import ConfigError, StageConfig, TrainConfig
 from kg_ops.store import join
+
+
+def option_fields(config_class: type[StageConfig] | None,
+                  uri_options: dict[str, str]) -> tuple[str, ...]:
+    """The config options an operator takes under their own names (URIs excluded)."""
+    if config_class is None:
+        return ()
+    return tuple(n for n in config_class.names() if n not in uri_options.values())
 
 
 class KgStageOperator(SubmitRayJobOperator):
@@ -42,6 +51,10 @@ class KgStageOperator(SubmitRayJobOperator):
     template_fields: Sequence[str] = (*SubmitRayJobOperator.template_fields, "out_uri",
                                       "extra_args")
     ui_color = "#e4f0e8"
+    #: the stage's options (subclasses that take them as keyword arguments)
+    config_class: ClassVar[type[StageConfig] | None] = None
+    #: operator argument -> config option, for the URIs the operator names ``*_uri``
+    uri_options: ClassVar[dict[str, str]] = {}
 
     def __init__(self, *, out_uri: str, extra_args: Sequence[str] | None = None, **kwargs):
         kwargs.setdefault("entrypoint_num_cpus", 0)  # the driver only coordinates
@@ -52,6 +65,27 @@ class KgStageOperator(SubmitRayJobOperator):
     def stage_command(self) -> list[str]:
         """The ``kgops`` sub-command and its options, without ``--out``."""
         raise TypeError(f"{type(self).__name__} must define stage_command()")
+
+    @classmethod
+    def take_options(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Pop the stage's options out of the operator's keyword arguments."""
+        names = option_fields(cls.config_class, cls.uri_options)
+        return {n: kwargs.pop(n) for n in names if n in kwargs}
+
+    def set_options(self, options: dict[str, Any]) -> None:
+        """One attribute per option (templated), the config's default where not given."""
+        for name in option_fields(self.config_class, self.uri_options):
+            setattr(self, name, options.get(name, self.config_class.option(name).default))
+
+    def stage_config(self) -> StageConfig:
+        """The rendered options as the stage's config: typed and checked before submitting."""
+        values = {n: getattr(self, n) for n in option_fields(self.config_class,
+                                                              self.uri_options)}
+        values.update({opt: str(getattr(self, arg)) for arg, opt in self.uri_options.items()})
+        try:
+            return self.config_class(**values)
+        except ConfigError as exc:
+            raise ValueError(f"{self.task_id}: {exc}") from exc
 
     def build_entrypoint(self, context: Any) -> str:
         args = ["kgops"]
@@ -186,27 +220,26 @@ class PartitionGraphOperator(KgStageOperator):
 class TrainEmbeddingsOperator(KgStageOperator):
     """Ray Train data-parallel training, one worker per partition.
 
-    Usually run with ``wait_for_completion=False`` and followed by a ``RayJobSensor`` so no
-    worker slot is held for hours.
+    Takes every ``kgops train`` option as a keyword argument (``epochs=20``, ``model="relgnn"``,
+    ...), with :class:`kg_ops.config.TrainConfig`'s names, types and defaults; all templated.
+    Values are checked before the job is submitted. Usually run with
+    ``wait_for_completion=False`` and followed by a ``RayJobSensor`` so no worker slot is held
+    for hours.
     """
 
+    config_class = TrainConfig
+    uri_options = {"partitions_uri": "partitions", "out_uri": "out"}
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "partitions_uri",
-                                      "model", "workers", "epochs", "loss", "resume")
+                                      *option_fields(TrainConfig, uri_options))
 
-    def __init__(self, *, partitions_uri: str, model: str = "rgcn", workers: int | str = 2,
-                 epochs: int | str = 10, loss: str = "bce", resume: str = "", **kwargs):
+    def __init__(self, *, partitions_uri: str, **kwargs):
+        options = self.take_options(kwargs)
         super().__init__(**kwargs)
-        self.partitions_uri, self.model, self.workers, self.epochs = partitions_uri, model, \
-            workers, epochs
-        self.loss, self.resume = loss, resume
+        self.partitions_uri = partitions_uri
+        self.set_options(options)
 
     def stage_command(self) -> list[str]:
-        cmd = ["train", "--partitions", str(self.partitions_uri), "--model", str(self.model),
-               "--workers", str(self.workers), "--epochs", str(self.epochs),
-               "--loss", str(self.loss)]
-        if self.resume:
-            cmd += ["--resume", str(self.resume)]
-        return cmd
+        return ["train", *self.stage_config().to_args(exclude=("out",))]
 
 
 class EvaluateEmbeddingsOperator(KgStageOperator):

@@ -1,0 +1,9 @@
+"""One typed config per stage: the single home of every option (see :mod:`.options`).
+
+Standard library only: DAG files import it, and must parse in milliseconds.
+"""
+
+from kg_ops.config.options import ConfigError, Option, StageConfig, as_bool, option
+from kg_ops.config.train import TrainConfig
+
+__all__ = ["ConfigError", "Option", "StageConfig", "TrainConfig", "as_bool", "option"]

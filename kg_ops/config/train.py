@@ -1,0 +1,109 @@
+"""``kgops train`` options: the single home of each training option.
+
+Adding an option: one field here, plus the code that uses it (the worker reads it from the
+:class:`TrainConfig` it receives whole).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from kg_ops.config.options import StageConfig, option
+
+MODELS = ("rgcn", "relgnn")
+DECODERS = ("distmult", "complex")
+LOSSES = ("bce", "softmax")
+
+# Per-model defaults of the published system (issue 6); RGCN's regularisation follows PyG's.
+MODEL_DEFAULTS: dict[str, dict[str, float]] = {
+    "rgcn": {"lr": 0.01, "weight_decay": 0.0, "regularization": 0.01},
+    "relgnn": {"lr": 0.001, "weight_decay": 1e-4, "regularization": 0.001},
+}
+DEFAULT_NEGATIVES = {"bce": 1, "softmax": 512}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(StageConfig):
+    """Train an RGCN or relation-attention GCN link predictor with Ray Train."""
+
+    stage = "train"
+
+    partitions: str = option(help="URI of a `kgops partition` output", recorded=False)
+    out: str = option(help="output URI (local path, file:// or s3://)", recorded=False)
+    model: str = option("rgcn", choices=MODELS, help="GNN encoder")
+    workers: int | None = option(None, minimum=1, help="Ray Train workers; must equal the "
+                                 "number of partitions (default: the number of partitions)")
+    epochs: int = option(20, minimum=1, help="maximum epochs")
+    resume: str | None = option(None, help="checkpoint (.pt URI) or earlier training output "
+                                "to continue from; training continues up to --epochs in total")
+    init_from: str | None = option(
+        None, recorded=False, help="warm start: an earlier `kgops train` output (of an earlier "
+        "graph version); weights mapped by entity key, new entities initialised as in `kgops "
+        "embed`. Falls back to training from scratch past the drift guard (see --max-drift, "
+        "--retrain-every); the manifest says which")
+    max_drift: float = option(0.2, minimum=0, recorded=False, help="with --init-from: train "
+                              "from scratch when (new + removed) entities or (added + removed) "
+                              "training edges exceed this fraction")
+    retrain_every: int = option(7, minimum=0, recorded=False, help="with --init-from: train "
+                                "from scratch when this run would be the N-th in a row "
+                                "warm-started (0 = never)")
+    lr: float | None = option(None, minimum=0, help="learning rate (default: rgcn 0.01, "
+                              "relgnn 0.001)")
+    weight_decay: float | None = option(None, minimum=0, help="default: rgcn 0, relgnn 1e-4")
+    regularization: float | None = option(
+        None, minimum=0, help="L2 weight on embeddings and relation vectors (default: rgcn "
+                              "0.01, relgnn 0.001)")
+    dropout: float = option(0.2, minimum=0, maximum=0.99, help="dropout")
+    batch_size: int = option(256, minimum=1, help="global batch of edges, split across "
+                             "workers")
+    fanout: str | None = option(None, help="neighbours per hop, e.g. 25,10 (default: the "
+                                "partitions' fanouts; each must be <= the partitions' unless "
+                                "they were built with -1)")
+    loss: str = option("softmax", choices=LOSSES,
+                       help="softmax: each positive ranked against candidates shared by the "
+                            "batch, both directions (much better MRR per second, "
+                            "bench_train); bce: binary cross-entropy over positives and "
+                            "corrupted triples (the published system)")
+    negatives: int | None = option(None, minimum=1, help="type-constrained negatives: bce, per "
+                                   "positive edge (default 1); softmax, candidates per node "
+                                   "type shared by the batch (default 512)")
+    embedding_dim: int = option(64, minimum=1, help="input embedding size")
+    hidden_dim: int = option(64, minimum=1, help="hidden layer size")
+    out_dim: int = option(32, minimum=1, help="output embedding size")
+    residual: bool = option(False, help="add each node's input embedding to the encoder "
+                            "output (a skip connection; needs --embedding-dim equal to "
+                            "--out-dim)")
+    num_bases: int | None = option(4, minimum=1, help="RGCN basis decomposition")
+    num_blocks: int | None = option(None, minimum=1, help="RGCN block decomposition instead "
+                                    "of bases (PyG RGCNConv; slower)")
+    heads: int = option(2, minimum=1, help="relation-attention heads (relgnn)")
+    decoder: str = option("distmult", choices=DECODERS, help="edge scoring function")
+    patience: int = option(5, minimum=0, help="early stopping: epochs without a better "
+                           "validation MRR (0 = off)")
+    valid_triples: int = option(1000, minimum=0, help="validation triples ranked per epoch "
+                                "(sampled filtered MRR; 0 = all)")
+    valid_candidates: int = option(200, minimum=1, help="sampled candidates per node type for "
+                                   "the validation MRR")
+    seed: int = option(0, help="random seed")
+    threads: int = option(1, minimum=1, recorded=False, help="torch threads per worker")
+    max_failures: int = option(2, minimum=0, recorded=False, help="worker failures Ray Train "
+                               "recovers from (restart at the last checkpoint)")
+    keep_checkpoints: int = option(3, minimum=1, recorded=False, help="epoch checkpoints kept "
+                                   "(each also holds the best weights)")
+    ray_address: str | None = option(None, recorded=False, help="Ray cluster (default: "
+                                     "RAY_ADDRESS or a local Ray instance)")
+    ray_storage: str | None = option(None, recorded=False, help="Ray Train's run storage "
+                                     "(small pointer files; shared or s3:// on a multi-node "
+                                     "cluster; default: a local temp directory)")
+
+    def resolved(self) -> TrainConfig:
+        """This config with the per-model and per-loss defaults filled in."""
+        model = MODEL_DEFAULTS[self.model]
+        fill: dict[str, Any] = {k: model[k] for k in ("lr", "weight_decay", "regularization")
+                                if getattr(self, k) is None}
+        if self.negatives is None:
+            fill["negatives"] = DEFAULT_NEGATIVES[self.loss]
+        if self.num_blocks is not None:
+            fill["num_bases"] = None
+        return self.replace(**fill) if fill else self

@@ -1,0 +1,97 @@
+"""Collectives between the Ray Train workers over torch.distributed (gloo): sums and maxima of
+a few numbers, mask gathering, gradient averaging and parameter broadcast. Every call is a no-op
+for a single worker, so the same loop runs distributed and alone."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Collectives:
+    """Collectives over torch.distributed (gloo), no-ops for a single worker."""
+
+    def __init__(self, world: int):
+        self.world = world
+
+    def _dist(self):
+        import torch.distributed as dist
+
+        return dist
+
+    def all_reduce(self, values: list[float], op: str = "sum") -> list[float]:
+        import torch
+
+        if self.world == 1:
+            return list(values)
+        dist = self._dist()
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def all_gather_mask(self, mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        if self.world == 1:
+            return mask[None, :]
+        out = [torch.zeros(len(mask), dtype=torch.uint8) for _ in range(self.world)]
+        self._dist().all_gather(out, torch.from_numpy(mask.astype(np.uint8)))
+        return np.stack([o.numpy().astype(bool) for o in out])
+
+    def average_gradients(self, model) -> None:
+        """Average every gradient across workers: dense ones with one flat all-reduce, sparse
+        ones (embedding rows) by gathering each worker's touched rows, so what travels is what
+        the batches touched, not the whole table."""
+        import torch
+
+        from kg_ops.train.optim import sparse_parameters
+
+        sparse = {id(p) for p in sparse_parameters(model)}
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = (torch.sparse_coo_tensor(torch.empty(1, 0, dtype=torch.long),
+                                                  torch.empty(0, *p.shape[1:]), p.shape)
+                          if id(p) in sparse else torch.zeros_like(p))
+        if self.world == 1:
+            return
+        dense = [p for p in params if id(p) not in sparse]
+        flat = torch.cat([p.grad.reshape(-1) for p in dense])
+        self._dist().all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in dense:
+            n = p.numel()
+            p.grad.copy_(flat[offset:offset + n].view_as(p))
+            offset += n
+        for p in params:
+            if id(p) in sparse:
+                p.grad = self._sparse_mean(p.grad)
+
+    def _sparse_mean(self, grad):
+        """Mean over workers of a sparse row gradient: all-gather (rows, values), padded to
+        the largest worker's row count, then sum duplicates."""
+        import torch
+
+        dist = self._dist()
+        g = grad.coalesce()
+        rows, vals = g.indices()[0], g.values()
+        counts = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
+        dist.all_gather(counts, torch.tensor([len(rows)]))
+        width = int(max(int(c) for c in counts))
+        pad_rows = torch.zeros(width, dtype=torch.long)
+        pad_vals = torch.zeros(width, *vals.shape[1:], dtype=vals.dtype)
+        pad_rows[:len(rows)], pad_vals[:len(rows)] = rows, vals
+        all_rows = [torch.empty_like(pad_rows) for _ in range(self.world)]
+        all_vals = [torch.empty_like(pad_vals) for _ in range(self.world)]
+        dist.all_gather(all_rows, pad_rows)
+        dist.all_gather(all_vals, pad_vals)
+        n = [int(c) for c in counts]
+        rows = torch.cat([r[:k] for r, k in zip(all_rows, n, strict=True)])
+        vals = torch.cat([v[:k] for v, k in zip(all_vals, n, strict=True)]) / self.world
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, grad.shape).coalesce()
+
+    def broadcast_parameters(self, model) -> None:
+        if self.world == 1:
+            return
+        for p in model.state_dict().values():
+            self._dist().broadcast(p, src=0)
