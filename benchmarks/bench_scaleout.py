@@ -87,10 +87,11 @@ class StepTimer:
 
     def time_steps(self, edges: np.ndarray, batch: int, steps: int, loss: str,
                    negatives: int, warmup: int = 2) -> dict:
+        from kg_ops.config import TrainConfig
         from kg_ops.train.loop import _batch_loss
 
         rng = np.random.default_rng(0)
-        config = {"loss": loss, "negatives": negatives}
+        config = TrainConfig(partitions="-", out="-", loss=loss, negatives=negatives)
         times, rows = [], []
         for i in range(warmup + steps):
             pos = edges[rng.integers(0, len(edges), batch)]
