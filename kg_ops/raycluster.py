@@ -107,4 +107,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     else:
         log.info("no Ray address given; starting a local Ray instance (%s CPUs)",
                  num_cpus or "all")
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        except Exception as exc:  # Ray raises a bare Exception when its processes start late
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RayConnectError(f"could not start a local Ray instance ({first}). The "
+                                  "machine may be overloaded: retry, or run on an existing "
+                                  "cluster with --ray-address") from exc

@@ -70,6 +70,16 @@ def encode_output(uri: str) -> str:
     return uri
 
 
+def check_inputs(graph: str, encoders_uri: str | None) -> None:
+    """The graph and ``--encoders`` are finished artifacts of the right kind."""
+    from kg_ops.manifest import require_manifest
+    from kg_ops.store import normalize
+
+    require_manifest(normalize(graph), "import")
+    if encoders_uri:
+        encode_output(encoders_uri)
+
+
 def encode(graph: str, out: str, *, workers: int | None = None, threads: int | None = None,
            encoders_uri: str | None = None, settings: Any = None, text_chunk: int = 512,
            text_batch_size: int = 64, text_batch_tokens: int | None = None,
@@ -205,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
                               max_labels=args.max_labels, text_model=args.text_model,
                               pooling=args.pooling, max_length=args.max_length,
                               on_bad=args.on_bad)
+    check_inputs(args.graph, args.encoders)     # before starting Ray: bad paths fail fast
     init_ray(args.ray_address, num_cpus=args.num_cpus)
     encode(args.graph, args.out, workers=args.workers, threads=args.threads_per_worker,
            encoders_uri=args.encoders, settings=settings, text_chunk=args.text_chunk,

@@ -186,10 +186,19 @@ class ShardEncoder:
                         if e.kind in ("categorical", "multilabel")}
         self._tables: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._text = None
+        self._load_error: Exception | None = None
         if any(e.kind == "text" for e in self.encoders.values()):
-            self._text_model()  # load once, up front: the startup phase pays for it
+            try:
+                self._text_model()  # load once, up front: the startup phase pays for it
+            except Exception as exc:  # noqa: BLE001 -- raised by ready(), see there
+                self._load_error = exc
 
     def ready(self) -> int:
+        """The worker id once loaded; else the load error itself. Raised here, not in
+        ``__init__``: Ray keeps only the text of an exception from an actor's constructor
+        (an ActorDiedError with a traceback), but a method's exception travels whole."""
+        if self._load_error is not None:
+            raise self._load_error
         return self.worker_id
 
     def _text_model(self):
