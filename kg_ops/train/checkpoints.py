@@ -12,11 +12,16 @@ needs. Files are written with ``torch.save`` and read only with
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import logging
 from typing import Any
 
 from kg_ops.errors import KGOpsError
 from kg_ops.store import get_store, join, normalize
+
+log = logging.getLogger(__name__)
 
 FORMAT = "kgops-train-checkpoint/1"
 DIR = "checkpoints"
@@ -114,6 +119,37 @@ def latest_pointer(out: str) -> dict[str, Any] | None:
                               "epoch-NNNNN.pt")
     # Only the epoch number is trusted: the pointer can name nothing outside its own folder.
     return {"epoch": epoch, "uri": checkpoint_uri(out, epoch), "run_id": doc.get("run_id")}
+
+
+def fingerprint(config: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """What makes two runs the same run: every recorded option but ``resume``, and the
+    inputs' hashes. Checkpoints carry it, so a rerun continues only its own."""
+    doc = {"config": {k: v for k, v in config.items() if k != "resume"}, "inputs": inputs}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def continue_from(out: str, run_fingerprint: str, resume: str | None, force: bool) -> str | None:
+    """The checkpoint this run starts from: ``--resume`` when given; else, unless forced, the
+    latest checkpoint in ``out`` of a run with the same fingerprint (a rerun after a crash
+    continues instead of starting over). Every other checkpoint in ``out`` is cleared, so
+    retention and ``latest.json`` never mix two runs."""
+    if resume:
+        clear_checkpoints(out, keep=resume)
+        return resume
+    pointer = None if force else latest_pointer(out)
+    if pointer is not None and get_store(out).exists(pointer["uri"]):
+        state = load_checkpoint(pointer["uri"])
+        if state.get("fingerprint") == run_fingerprint:
+            log.info("resuming from %s (the latest checkpoint of an interrupted run with the "
+                     "same options and inputs; `kgops --force train` starts over)",
+                     pointer["uri"])
+            return pointer["uri"]
+        log.info("%s holds checkpoints of a run with other options or inputs; starting over",
+                 out)
+    removed = clear_checkpoints(out)
+    if removed:
+        log.info("removed %d checkpoint(s) of an earlier run in %s", removed, out)
+    return None
 
 
 def restart_state(out: str, run_id: str, reported: str | None) -> dict[str, Any]:
