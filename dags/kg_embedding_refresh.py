@@ -152,9 +152,9 @@ with DAG(
         **common,
     )
     # `train` owns its Ray job and waits for it in the triggerer: the task shows the training's
-    # real state and duration, its log follows the training, marking it failed stops the job,
-    # and clearing it (with downstream or not) re-attaches to the running job instead of
-    # starting another (README: "Backfills and manual runs").
+    # real state and duration, its log follows the training, and marking or clearing it stops
+    # the job (a cleared train runs again; no sensor is left waiting for a stopped job). README:
+    # "Backfills and manual runs".
     train = TrainEmbeddingsOperator(
         task_id="train",
         partitions_uri=planned("partitions"),

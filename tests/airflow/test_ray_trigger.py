@@ -100,6 +100,19 @@ def test_trigger_on_kill_stops_job_but_cleanup_does_not(ray_head, ray_hook):
     assert took < 30
 
 
+def test_sensor_trigger_on_kill_leaves_the_job_to_its_owner(ray_head, ray_hook):
+    """A sensor's trigger (owns_job=False) being killed by a user never stops the job."""
+    sid = f"trig-notmine-{os.getpid()}-{time.time_ns()}"
+    ray_hook.submit_job("sleep 120", submission_id=sid)
+    _wait_running(ray_hook, sid)
+    trig = RayJobTrigger(sid, poll_interval=0.5, owns_job=False)
+    assert trig.serialize()[1]["owns_job"] is False
+    asyncio.run(trig.on_kill())
+    time.sleep(2)
+    assert ray_hook.get_job(sid)["status"] == "RUNNING"
+    ray_hook.stop_job(sid)
+
+
 def test_trigger_reports_unreachable_dashboard_naming_connection(monkeypatch):
     listener = socket.socket()  # accepts connections, never answers
     listener.bind(("127.0.0.1", 0))

@@ -8,12 +8,12 @@ triggerer.
 
 Who stops the job when a user acts on the deferred task (``on_kill``; see the README's
 "Backfills and manual runs"): only the task that *owns* the job (the operator that submitted it,
-``owns_job=True``), and only when the user marked it failed (or skipped): then the user meant
-"stop". A clear (the UI's default "with downstream" included) leaves the job running: the task's
-next try re-attaches to it, so a cleared training is not thrown away and never runs twice. A
-mark-success leaves it running too (the user accepted the task as done). A sensor waiting for
-someone else's job (``owns_job=False``) never stops it. ``cleanup`` (every exit, including
-triggerer restarts) never stops it either.
+``owns_job=True``). Airflow runs ``on_kill`` alike for a clear, a mark-failed and a mark-success,
+and the trigger cannot ask which without deadlocking the triggerer's supervisor channel (seen in
+the system tier), so the owner always stops its job: a cleared owner's next try then submits a
+new job (clear = run again), and a marked one leaves nothing running. A sensor waiting for someone
+else's job (``owns_job=False``) never stops it. ``cleanup`` (every exit, including triggerer
+restarts) never stops it either.
 """
 
 from __future__ import annotations
@@ -37,8 +37,6 @@ from kg_ops.airflow.hooks.ray import (
 from kg_ops.airflow.job_result import RELAY_PREFIX, strip_ansi
 
 CLASSPATH = "kg_ops.airflow.triggers.ray.RayJobTrigger"
-# Task states a user sets to say "stop this work" (mark failed; mark the run failed skips).
-STOP_STATES = frozenset({"failed", "upstream_failed", "skipped", "removed"})
 
 
 class LogBuffer:
@@ -196,41 +194,17 @@ class RayJobTrigger(BaseTrigger):
         return info
 
     async def on_kill(self) -> None:
-        """A user acted on the deferred task: stop the job only if this task owns it and the
-        user marked it failed (module docstring). A state that cannot be read stops it (the
-        owner was killed, and nothing says it will be re-attached)."""
+        """A user acted on the deferred task (clear, mark failed, mark success): the task that
+        owns the job stops it and waits (bounded) until Ray confirms, so a cleared task's next
+        try submits a fresh job instead of attaching to one being stopped. A sensor
+        (``owns_job=False``) leaves the job to its owner."""
         if not self.owns_job:
             self.log.info("waiting for Ray job %s ended by a user action; this task does not "
                           "own the job: it keeps running", self.submission_id)
             return
-        known, state = await self._task_state()
-        if known and state not in STOP_STATES:
-            self.log.info("task is now %s (cleared or marked success): Ray job %s keeps running; "
-                          "a new try re-attaches to it", state or "cleared", self.submission_id)
-            return
-        self.log.info("task marked %s: stopping Ray job %s", state or "killed",
+        self.log.info("task cleared or marked by a user: stopping Ray job %s",
                       self.submission_id)
         await self.stop_job()
-
-    async def _task_state(self) -> tuple[bool, str | None]:
-        """(known, state) of this trigger's task instance as the user left it, asked through
-        the triggerer's supervisor (the Execution API)."""
-        ti = self.task_instance
-        if ti is None:
-            return False, None
-        try:
-            from airflow.sdk.execution_time import task_runner
-            from airflow.sdk.execution_time.comms import GetTaskStates
-
-            resp = await task_runner.SUPERVISOR_COMMS.asend(GetTaskStates(
-                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id],
-                map_index=ti.map_index))
-            key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}_{ti.map_index}"
-            state = resp.task_states.get(ti.run_id, {}).get(key)
-            return True, (None if state is None else str(getattr(state, "value", state)))
-        except Exception as e:  # no supervisor (trigger run inline), API error
-            self.log.warning("cannot read the state of task %s (%s)", ti.task_id, e)
-            return False, None
 
     async def cleanup(self) -> None:
         """Runs on every exit, including triggerer restarts: never stops the job."""
