@@ -44,7 +44,7 @@ from importlib import metadata
 from typing import Any
 
 from kg_ops.errors import KGOpsError
-from kg_ops.store import ArtifactStore, get_store, join, normalize
+from kg_ops.store import ArtifactStore, LocalStore, StoreError, get_store, join, normalize
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ class Stage:
     # --- context protocol -------------------------------------------------------------------
     def __enter__(self) -> Stage:
         self._t0 = time.perf_counter()
+        if isinstance(self.store, LocalStore) and LocalStore.path(self.out).is_file():
+            raise StoreError(f"{self.out} is an existing file: a stage writes a folder there. "
+                             "Choose another output path, or remove the file")
         self.inputs = {k: input_fingerprint(v) for k, v in self.input_uris.items()}
         existing = read_manifest(self.out, self.store)
         problem = verify(self.out, existing, self.store) if existing else None

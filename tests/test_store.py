@@ -130,6 +130,9 @@ def test_local_write_over_a_file_is_explained(tmp_path):
         get_store(str(tmp_path)).write_json(str(tmp_path / "f" / "out.json"), {})
     with pytest.raises(StoreError, match="is a directory, not a file"):
         get_store(str(tmp_path)).read_bytes(str(tmp_path))
+    with pytest.raises(StoreError, match=r"/f is an existing file: a stage writes a folder"), \
+            Stage("demo", str(tmp_path / "f")):
+        pass
 
 
 def _run_stage(out, config, fail_after_first_file=False):
