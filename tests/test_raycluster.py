@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
+from kg_ops.devcluster import free_ports
 from kg_ops.errors import RayConnectError
 from kg_ops.raycluster import wait_reachable
 
@@ -20,7 +20,7 @@ KGOPS = str(Path(sys.executable).parent / "kgops")
 
 
 def test_closed_port_fails_within_the_deadline():
-    address = f"127.0.0.1:{free_port()}"
+    address = f"127.0.0.1:{free_ports(1)[0]}"
     t = time.monotonic()
     with pytest.raises(RayConnectError, match=rf"cannot reach the Ray cluster at {address} "
                                               r"within 3s \(.*refused.*--ray-timeout"):
