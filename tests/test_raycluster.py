@@ -31,6 +31,10 @@ def test_closed_port_fails_within_the_deadline():
 @pytest.mark.parametrize("answers", [False, True], ids=["closed-port", "not-ray"])
 def test_kgops_encode_gives_up_at_the_deadline(tmp_path, answers):
     """Through the CLI, as a user sees it: exit 2, one line, no traceback, bounded time."""
+    # A real graph: encode checks its inputs before it connects, so a missing graph would fail
+    # earlier, for another reason.
+    subprocess.run([KGOPS, "synth", "--nodes", "100", "--edges", "300", "--out",
+                    str(tmp_path / "g")], check=True, capture_output=True, timeout=300)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
