@@ -1,4 +1,5 @@
-"""Refresh knowledge-graph embeddings: import -> encode -> partition -> train -> evaluate -> publish.
+"""Refresh knowledge-graph embeddings: import -> encode -> partition -> train -> evaluate -> publish
+-> deploy.
 
 Runs daily, and also whenever the graph-source asset is updated. Every heavy stage is a ``kgops``
 command submitted as a Ray job; XCom carries only artifact URIs and headline metrics. Artifacts go
@@ -28,6 +29,7 @@ from airflow.sdk import (
 )
 
 from kg_ops.airflow import (
+    DeployLinkPredictionServiceOperator,
     EncodeAttributesOperator,
     EvaluateEmbeddingsOperator,
     ImportGraphOperator,
@@ -42,6 +44,8 @@ from kg_ops.airflow.published import (
     PAST_EMBEDDINGS_ASSET_NAME,
     PAST_EMBEDDINGS_ASSET_URI,
     PUBLISH_ALIAS_NAME,
+    SERVICE_ASSET_NAME,
+    SERVICE_ASSET_URI,
 )
 from kg_ops.airflow.runs import check_quality_gate, plan_run, publish_version
 from kg_ops.config import TrainConfig
@@ -60,6 +64,8 @@ graph_source = Asset(name=GRAPH_SOURCE_ASSET_NAME,
 embeddings = Asset(name=EMBEDDINGS_ASSET_NAME, uri=EMBEDDINGS_ASSET_URI)
 past_embeddings = Asset(name=PAST_EMBEDDINGS_ASSET_NAME, uri=PAST_EMBEDDINGS_ASSET_URI)
 published = AssetAlias(name=PUBLISH_ALIAS_NAME)
+service = Asset(name=SERVICE_ASSET_NAME, uri=SERVICE_ASSET_URI)
+SERVICE_NAME = os.environ.get("KGOPS_SERVICE_NAME", "kg")
 
 def planned(key: str) -> str:
     """Jinja for one URI of the run's plan (rendered at task run time)."""
@@ -114,6 +120,10 @@ with DAG(
         "max_mrr_drop": Param(0.05, type="number", minimum=0,
                               description="Gate: fail if MRR drops more than this below the "
                                           "last published version."),
+        "deploy": Param(True, type="boolean",
+                        description="Deploy the published version as the live version of the "
+                                    "link-prediction service (Ray Serve); off: the live "
+                                    "version stays."),
     },
     doc_md=__doc__,
 ) as dag:
@@ -186,6 +196,19 @@ with DAG(
         return publish_version(get_current_context(), gate, embeddings, past_embeddings,
                                published)
 
+    deploy = DeployLinkPredictionServiceOperator(
+        task_id="deploy",
+        version_uri=planned("evaluation"),
+        out_uri=planned("base") + "/deploy",
+        name=SERVICE_NAME,
+        # Off by the DAG param, and for a backfilled past date (published as history only).
+        enabled="{{ params.deploy and (ti.xcom_pull(task_ids='publish') or {}).get('current', "
+                "True) }}",
+        outlets=[service],
+        **common,
+    )
+
     gate = quality_gate()
     plan() >> import_graph >> encode >> partition >> train >> evaluate >> gate
-    publish(gate)
+    # Only a version that passed the gate and was published as the newest date is served.
+    publish(gate) >> deploy

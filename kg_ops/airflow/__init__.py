@@ -7,6 +7,7 @@ this package and must parse fast.
 from kg_ops.airflow.hooks.ray import RayHook
 from kg_ops.airflow.links import RayJobLink
 from kg_ops.airflow.operators.kg import (
+    DeployLinkPredictionServiceOperator,
     EncodeAttributesOperator,
     EvaluateEmbeddingsOperator,
     ImportGraphOperator,
@@ -19,6 +20,7 @@ from kg_ops.airflow.sensors.ray import RayJobSensor
 from kg_ops.airflow.triggers.ray import RayJobTrigger
 
 __all__ = [
+    "DeployLinkPredictionServiceOperator",
     "EncodeAttributesOperator",
     "EvaluateEmbeddingsOperator",
     "ImportGraphOperator",

@@ -203,8 +203,12 @@ def deploy(version_uri: str, *, name: str = DEFAULT_NAME,
                 time.sleep(drain_s)
                 serve.delete(live["app"])
                 log.info("retired version %s (%s)", live["version"]["id"], live["app"])
+        previous = new_state["previous"] or {}
         st.outputs.update({"url": url, "health": f"{url}/health", "app": app,
-                           "gateway_app": name})
+                           "gateway_app": name, "service": name, "version": version.id,
+                           "version_uri": version.uri,
+                           "previous_version": previous.get("version", {}).get("id"),
+                           "previous_version_uri": previous.get("version", {}).get("uri")})
         st.extra.update({"live": new_state["live"], "previous": new_state["previous"],
                          "history": new_state["history"], "endpoint": endpoint})
         st.metrics.update(version.metrics)

@@ -79,7 +79,8 @@ def tree(root: Path, day: datetime) -> Path:
 def small_conf(tmp_path_factory):
     root = tmp_path_factory.mktemp("artifacts")
     return {"source": "synth", "synth_nodes": 400, "synth_edges": 2400, "workers": 2,
-            "epochs": 2, "artifact_root": str(root), "min_mrr": 0.0, "max_mrr_drop": 1.0}
+            "epochs": 2, "artifact_root": str(root), "min_mrr": 0.0, "max_mrr_drop": 1.0,
+            "deploy": False}  # the deploy task has its own test (test_deploy_task.py)
 
 
 def test_full_dag_backfill_and_rerun(airflow_db, ray_head, small_conf):

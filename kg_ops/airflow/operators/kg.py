@@ -257,3 +257,63 @@ class EvaluateEmbeddingsOperator(KgStageOperator):
     def stage_command(self) -> list[str]:
         return ["evaluate", "--model", str(self.model_uri), "--graph", str(self.graph_uri),
                 "--split", str(self.split)]
+
+
+class DeployLinkPredictionServiceOperator(KgStageOperator):
+    """Make a model version (a ``kgops evaluate`` output) the live version of a link-prediction
+    service on the Ray cluster (``kgops serve`` as a Ray job): the new version replaces the
+    old one only once it answers health; the old one is recorded for ``kgops serve
+    --rollback``.
+
+    :param version_uri: the evaluate stage's output directory.
+    :param name: service name (one gateway per name; default ``kg``).
+    :param route_prefix: HTTP route prefix of the service (default ``/kg``).
+    :param enabled: ``False`` skips the task (nothing is deployed, the live version stays).
+    :param http_host / http_port: where Serve's HTTP proxy binds if Serve is not yet running
+        on the cluster (a running Serve keeps the cluster's config).
+    :param replicas / num_cpus: model replicas and CPUs per replica.
+
+    The task returns the deployment manifest's URI and outputs (URL, live and previous
+    version); every asset in ``outlets`` gets an event whose ``extra`` names the live version
+    (the plugin's versions page shows it).
+    """
+
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "version_uri", "name",
+                                      "route_prefix", "enabled", "http_host", "http_port",
+                                      "replicas", "num_cpus")
+
+    def __init__(self, *, version_uri: str, name: str = "kg", route_prefix: str = "/kg",
+                 enabled: bool | str = True, http_host: str = "", http_port: int | str = "",
+                 replicas: int | str = 1, num_cpus: float | str = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.version_uri, self.name, self.route_prefix = version_uri, name, route_prefix
+        self.enabled, self.http_host, self.http_port = enabled, http_host, http_port
+        self.replicas, self.num_cpus = replicas, num_cpus
+
+    def stage_command(self) -> list[str]:
+        cmd = ["serve", "--model", str(self.version_uri), "--name", str(self.name),
+               "--route-prefix", str(self.route_prefix), "--replicas", str(self.replicas),
+               "--num-cpus", str(self.num_cpus)]
+        if self.http_host:
+            cmd += ["--http-host", str(self.http_host)]
+        if str(self.http_port):
+            cmd += ["--http-port", str(self.http_port)]
+        return cmd
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if not as_bool(self.enabled):
+            from airflow.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"not deploying (enabled={self.enabled!r}): the live "
+                                       "version of the service is unchanged")
+        return super().execute(context)
+
+    def finish(self, context: Any, sid: str, info: dict) -> dict[str, Any]:
+        result = super().finish(context, sid, info)
+        outputs = result.get("outputs") or {}
+        record = {k: outputs.get(k) for k in ("service", "url", "version", "version_uri",
+                                              "previous_version", "previous_version_uri")}
+        record["run_id"] = context["dag_run"].run_id
+        for asset in self.outlets or []:
+            context["outlet_events"][asset].extra = record
+        return result
