@@ -263,26 +263,22 @@ def test_swap_without_failed_requests_then_rollback(service, versions, graph):
     assert service_state(NAME)["live"]["version"]["id"] == v1
 
 
-def test_a_version_that_fails_to_load_leaves_the_live_one(service, versions, graph, tmp_path):
-    """A broken model.pt (the fault is produced for real: truncated file) never goes live."""
-    import shutil
-
+def test_a_version_that_fails_to_load_leaves_the_live_one(service, graph, tmp_path):
+    """A version whose model.pt is damaged after it was written (the fault is real: a truncated
+    file) fails in the new replica and never goes live."""
     from kg_ops.serve.deploy import DeployError, deploy, service_state
+    from kg_ops.serve.synthetic import write_random_version
 
     before = service_state(NAME)["live"]["version"]["id"]
-    broken = tmp_path / "broken"
-    shutil.copytree(versions[1].rsplit("/", 1)[0], broken)
-    model_pt = broken / "model" / "model.pt"
+    broken = write_random_version(graph, str(tmp_path / "broken"), dim=16, seed=7)
+    model_pt = tmp_path / "broken" / "model" / "model.pt"
     model_pt.write_bytes(model_pt.read_bytes()[:100])
-    # Point the copied evaluation at the copied (broken) model.
-    import json
-
-    man = json.loads((broken / "evaluation" / "_manifest.json").read_text())
-    man["inputs"]["model"]["uri"] = str(broken / "model")
-    man["outputs"]["embeddings"] = str(broken / "evaluation" / "embeddings.parquet")
-    (broken / "evaluation" / "_manifest.json").write_text(json.dumps(man))
     with pytest.raises(DeployError, match="live version is unchanged"):
-        deploy(str(broken / "evaluation"), name=NAME, route_prefix=PREFIX,
-               http_port=service["port"], num_cpus=0.5, timeout_s=120)
+        deploy(broken, name=NAME, route_prefix=PREFIX, http_port=service["port"],
+               num_cpus=0.5, timeout_s=120)
     assert service_state(NAME)["live"]["version"]["id"] == before
     assert requests.get(f"{service['url']}/health", timeout=10).json()["version"] == before
+    from ray import serve
+
+    assert not any(app.startswith(f"{NAME}--") and before not in app
+                   for app in serve.status().applications)

@@ -1,0 +1,213 @@
+"""Link-prediction service latency and throughput vs the same top-k computed in-process.
+
+For each model version (a CoDEx-M model trained here; random embeddings in the export format
+over the 2.8M-node synthetic graph), top-10 tail/head queries built from the graph's test
+triples (filtered, type-constrained: the service's defaults) are answered
+
+* in-process: :class:`kg_ops.serve.index.LinkIndex` called directly in batches of 1, 8 and
+  32 queries (no HTTP, no Ray): the floor;
+* over HTTP by ``kgops serve`` on a local Ray (one model replica, 1 CPU, the defaults), by a
+  closed-loop client keeping 1, 8 and 32 requests in flight.
+
+Both run on the same 2-core machine in one run; the HTTP client shares the cores with the
+proxy and the replicas. Reported: p50/p99 latency and queries/s per level, and the ratio of
+the service's throughput to the floor's at the same batch size.
+
+    flock /tmp/kgops-cpu.lock .venv/bin/python -m benchmarks.bench_serve \\
+        --codex-m /tmp/kgops-bench-serve/codex-m/evaluation \\
+        --synth-graph /tmp/kgops-bench-serve/synth-2.8m/graph
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import peak_rss_mib, write_results  # noqa: E402
+
+LEVELS = (1, 8, 32)
+K = 10
+
+
+def make_queries(index, n: int, seed: int = 0) -> list[dict]:
+    """``n`` request bodies: both directions of seeded random test triples, by key."""
+    from kg_ops.graph.kg import load_edges
+
+    test = load_edges(index.version.graph_uri, "test")
+    pick = np.random.default_rng(seed).choice(len(test), size=min(n, len(test)), replace=False)
+    names = [r.name for r in index.schema.relations]
+    out = []
+    for i, (h, r, t) in enumerate(test[pick]):
+        side = {"head": index.keys[h]} if i % 2 == 0 else {"tail": index.keys[t]}
+        out.append({**side, "relation": names[r], "k": K})
+    return out
+
+
+def pct(lat: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(lat) * 1000.0, q)), 2)
+
+
+def floor(index, bodies: list[dict], duration: float) -> dict:
+    """In-process top-k in batches of each level's size."""
+    queries = [index.query(**b) for b in bodies]
+    out = {}
+    for b in LEVELS:
+        index.topk(queries[:b])  # warm
+        lat, done, i = [], 0, 0
+        t_end = time.perf_counter() + duration
+        t0 = time.perf_counter()
+        while time.perf_counter() < t_end:
+            batch = [queries[(i + j) % len(queries)] for j in range(b)]
+            i += b
+            t = time.perf_counter()
+            index.topk(batch)
+            lat.append(time.perf_counter() - t)
+            done += b
+        wall = time.perf_counter() - t0
+        out[f"batch_{b}"] = {"batches": len(lat), "batch_p50_ms": pct(lat, 50),
+                             "batch_p99_ms": pct(lat, 99), "queries_per_s": round(done / wall, 1)}
+        print(f"  in-process batch {b:>2}: p50 {out[f'batch_{b}']['batch_p50_ms']} ms, "
+              f"{out[f'batch_{b}']['queries_per_s']} q/s", flush=True)
+    return out
+
+
+async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
+                warmup: float) -> dict:
+    import aiohttp
+
+    lat: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    measure_from, end = start + warmup, start + warmup + duration
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        async def worker(w: int) -> None:
+            j = w
+            while (t := time.perf_counter()) < end:
+                body = bodies[j % len(bodies)]
+                j += concurrency
+                async with session.post(url, json=body) as resp:
+                    await resp.read()
+                    status = resp.status
+                if t >= measure_from:
+                    if status == 200:
+                        lat.append(time.perf_counter() - t)
+                    else:
+                        errors.append(str(status))
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    wall = time.perf_counter() - measure_from
+    return {"requests": len(lat), "errors": len(errors), "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99), "queries_per_s": round(len(lat) / wall, 1)}
+
+
+def service(uri: str, bodies: list[dict], duration: float, warmup: float) -> dict:
+    """Deploy ``uri`` on a fresh local Ray + Serve and load it at each level."""
+    import ray
+    from ray import serve
+
+    from kg_ops.devcluster import free_ports
+    from kg_ops.serve.deploy import deploy
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t = time.perf_counter()
+        manifest = deploy(uri, name="bench", route_prefix="/kg", http_port=free_ports(1)[0],
+                          out=os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                           f"kgops-bench-serve-deploy-{os.getpid()}"))
+        deploy_s = time.perf_counter() - t
+        url = manifest["outputs"]["url"] + "/predict"
+        out = {"deploy_s": round(deploy_s, 1)}
+        for c in LEVELS:
+            out[f"concurrency_{c}"] = asyncio.run(_load(url, bodies, c, duration, warmup))
+            r = out[f"concurrency_{c}"]
+            print(f"  service concurrency {c:>2}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                  f"{r['queries_per_s']} q/s, {r['errors']} errors", flush=True)
+        return out
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def bench(label: str, uri: str, args) -> dict:
+    import torch
+
+    from kg_ops.serve.index import LinkIndex
+
+    print(f"{label}: {uri}", flush=True)
+    torch.set_num_threads(1)  # as the replica (1 CPU, 1 thread)
+    t = time.perf_counter()
+    index = LinkIndex.open(uri)
+    load_s = time.perf_counter() - t
+    bodies = make_queries(index, args.queries)
+    ranges = [index.candidate_range(index.relations[b["relation"]], "head" in b)
+              for b in bodies]
+    info = {"uri": uri, "version": index.version.id, "graph": index.schema.name,
+            "entities": index.schema.num_nodes, "relations": index.schema.num_relations,
+            "embedding_dim": int(index.emb.shape[1]), "known_triples": index.filters.num_triples,
+            "candidates_per_query_mean": round(float(np.mean([hi - lo for lo, hi in ranges])),
+                                               1),
+            "queries": len(bodies), "k": K, "index_load_s": round(load_s, 1)}
+    fl = floor(index, bodies, args.duration)
+    del index
+    gc.collect()
+    sv = service(uri, bodies, args.duration, args.warmup)
+    ratio = {f"concurrency_{c}": round(sv[f"concurrency_{c}"]["queries_per_s"]
+                                       / fl[f"batch_{c}"]["queries_per_s"], 3) for c in LEVELS}
+    goals = {"p99_ms_at_8": sv["concurrency_8"]["p99_ms"],
+             "p99_under_50ms_at_8": sv["concurrency_8"]["p99_ms"] < 50.0,
+             "throughput_ratio_at_32": ratio["concurrency_32"],
+             "throughput_at_32_at_least_half_of_floor": ratio["concurrency_32"] >= 0.5}
+    print(f"  goals: {goals}", flush=True)
+    return {**info, "in_process": fl, "service": sv, "service_over_floor_qps": ratio,
+            "goals": goals}
+
+
+def synth_version(graph: str, work: str) -> str:
+    from kg_ops.manifest import read_manifest
+    from kg_ops.serve.synthetic import write_random_version
+
+    out = os.path.join(work, "synth-random-version")
+    if read_manifest(os.path.join(out, "evaluation")) is None:
+        t = time.perf_counter()
+        write_random_version(graph, out, dim=64, decoder="distmult")
+        print(f"wrote random version in {time.perf_counter() - t:.0f} s", flush=True)
+    return os.path.join(out, "evaluation")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--codex-m", help="evaluate output of a CoDEx-M model")
+    p.add_argument("--synth-graph", help="the 2.8M-node synthetic graph (kgops synth)")
+    p.add_argument("--work", default="/tmp/kgops-bench-serve")
+    p.add_argument("--queries", type=int, default=2000)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
+    p.add_argument("--warmup", type=float, default=2.0)
+    args = p.parse_args(argv)
+    results = {"setup": {"levels": list(LEVELS), "k": K, "filter_known": True,
+                         "replica": "1 replica, 1 CPU, torch 1 thread (kgops serve defaults)",
+                         "floor": "LinkIndex.topk in this process, 1 torch thread, batches of "
+                                  "the level's size", "duration_s": args.duration,
+                         "client": "aiohttp closed loop on the same 2-core machine"}}
+    if args.codex_m:
+        results["codex-m"] = bench("codex-m", args.codex_m, args)
+    if args.synth_graph:
+        uri = synth_version(args.synth_graph, args.work)
+        results["synth-2.8m"] = bench("synth-2.8m (random embeddings)", uri, args)
+        results["synth-2.8m"]["embeddings"] = "random (write_random_version), not trained"
+    results["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    write_results("bench_serve", results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
