@@ -61,9 +61,12 @@ def _run_dir(root: Path, day: datetime) -> Path:
 def test_deploy_serves_the_published_version_and_a_gate_failure_keeps_it(
         airflow_db, ray_head, serve_on_cluster, root):
     from airflow.utils.state import DagRunState
-    from fastapi.testclient import TestClient
 
-    from kg_ops.airflow.published import create_versions_app, live_deployment
+    from kg_ops.airflow.published import (
+        live_deployment,
+        published_versions,
+        render_versions_page,
+    )
     from kg_ops.manifest import read_manifest
     from kg_ops.serve.version import open_version
 
@@ -97,9 +100,9 @@ def test_deploy_serves_the_published_version_and_a_gate_failure_keeps_it(
 
     # The versions page marks this version live.
     assert live_deployment()["version"] == version.id
-    rows = TestClient(create_versions_app()).get("/versions.json").json()
+    rows = published_versions()
     assert [r["live"] for r in rows if r["run_id"] == dr.run_id] == [True]
-    assert "<strong>live</strong>" in TestClient(create_versions_app()).get("/versions").text
+    assert "<strong>live</strong>" in render_versions_page(rows)
 
     # Another day's run fails the gate: nothing is published or deployed, the live version
     # is still day 1's (over HTTP and on the versions page).
@@ -112,6 +115,7 @@ def test_deploy_serves_the_published_version_and_a_gate_failure_keeps_it(
     assert open_version(str(_run_dir(root, DAY2) / "evaluation")).id != version.id
     assert requests.get(f"{url}/version", timeout=10).json()["id"] == version.id
     assert live_deployment()["version"] == version.id
+    assert [r["live"] for r in published_versions() if r["run_id"] == dr.run_id] == [True]
 
 
 def test_deploy_param_off_skips_the_task(airflow_db, ray_head, serve_on_cluster, root):
