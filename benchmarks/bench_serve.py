@@ -16,6 +16,8 @@ the service's throughput to the floor's at the same batch size.
     flock /tmp/kgops-cpu.lock .venv/bin/python -m benchmarks.bench_serve \\
         --codex-m /tmp/kgops-bench-serve/codex-m/evaluation \\
         --synth-graph /tmp/kgops-bench-serve/synth-2.8m/graph
+
+(``--merge`` runs one dataset at a time and keeps the other's section.)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import os
 import sys
 import time
@@ -32,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import peak_rss_mib, write_results  # noqa: E402
+from benchmarks.common import RESULTS, peak_rss_mib, write_results  # noqa: E402
 
 LEVELS = (1, 8, 32)
 K = 10
@@ -192,12 +195,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other dataset's results from benchmarks/results/bench_serve.json")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the synth random version (data preparation, no measurement)")
     args = p.parse_args(argv)
     results = {"setup": {"levels": list(LEVELS), "k": K, "filter_known": True,
                          "replica": "1 replica, 1 CPU, torch 1 thread (kgops serve defaults)",
                          "floor": "LinkIndex.topk in this process, 1 torch thread, batches of "
                                   "the level's size", "duration_s": args.duration,
                          "client": "aiohttp closed loop on the same 2-core machine"}}
+    if args.prepare_only:
+        print(synth_version(args.synth_graph, args.work))
+        return 0
     if args.codex_m:
         results["codex-m"] = bench("codex-m", args.codex_m, args)
     if args.synth_graph:
@@ -205,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         results["synth-2.8m"] = bench("synth-2.8m (random embeddings)", uri, args)
         results["synth-2.8m"]["embeddings"] = "random (write_random_version), not trained"
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    previous = RESULTS / "bench_serve.json"
+    if args.merge and previous.exists():  # keep the other dataset's section of an earlier run
+        old = json.loads(previous.read_text())["results"]
+        results = {**{k: v for k, v in old.items() if k in ("codex-m", "synth-2.8m")},
+                   **results}
     write_results("bench_serve", results)
     return 0
 
