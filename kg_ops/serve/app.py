@@ -174,6 +174,7 @@ class LinkPredictionGateway:
         self.name = name
         self.live: dict[str, Any] | None = None
         self._handle = None
+        self._registry = None
         self._checked = float("-inf")
 
     async def serving(self) -> dict[str, Any] | None:
@@ -183,7 +184,9 @@ class LinkPredictionGateway:
 
     async def _refresh(self) -> None:
         self._checked = time.monotonic()
-        reg = registry(self.name)
+        if self._registry is None:  # looked up once it exists (a GCS call; it never moves)
+            self._registry = registry(self.name)
+        reg = self._registry
         live = (await reg.get.remote())["live"] if reg is not None else None
         if live and (self.live is None or live["app"] != self.live["app"]):
             self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, live["app"])
