@@ -137,6 +137,12 @@ def airflow_db() -> Path:
 
 
 @pytest.fixture(scope="session")
+def migrated_db_template(airflow_db) -> Path:
+    """A freshly migrated, empty metadata DB file to copy (for other Airflow homes)."""
+    return _airflow_db_cache()
+
+
+@pytest.fixture(scope="session")
 def ray_head():
     """A private local Ray head (127.0.0.1, token auth, own temp dir and ports) for the
     session, wired in as the Airflow connection ``ray_default``; only this cluster is stopped
@@ -152,6 +158,15 @@ def ray_head():
             os.environ.pop("AIRFLOW_CONN_RAY_DEFAULT", None)
         else:
             os.environ["AIRFLOW_CONN_RAY_DEFAULT"] = old
+
+
+@pytest.fixture(scope="session")
+def ray_hook(ray_head):
+    """A hook bound to the session's cluster without going through Airflow connections."""
+    from kg_ops.airflow.hooks.ray import RayHook, RaySettings
+
+    return RayHook(settings=RaySettings(conn_id="test", url=ray_head.dashboard_url,
+                                        token=ray_head.token))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Fixtures for the Airflow-side tests. The Airflow home, metadata DB and the local Ray head
-(``airflow_db``, ``ray_head``) are shared by the whole suite: see tests/conftest.py."""
+(``airflow_db``, ``ray_head``, ``ray_hook``) are shared by the whole suite: see
+tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -9,15 +10,6 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])  # set up by tests/conftest.py
-
-
-@pytest.fixture(scope="session")
-def ray_hook(ray_head):
-    """A hook bound to the session's cluster without going through Airflow connections."""
-    from kg_ops.airflow.hooks.ray import RayHook, RaySettings
-
-    return RayHook(settings=RaySettings(conn_id="test", url=ray_head.dashboard_url,
-                                        token=ray_head.token))
 
 
 @pytest.fixture(scope="session")
