@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "synth": "kg_ops.graph.synth",
     "validate": "kg_ops.graph.validate_cmd",
     "info": "kg_ops.graph.info",
+    "split-entities": "kg_ops.graph.split_entities",
     "encode": "kg_ops.encode.cli",
     "partition": "kg_ops.partition.cli",
     "train": "kg_ops.train.cli",

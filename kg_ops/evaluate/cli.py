@@ -14,6 +14,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="URI of a `kgops train` output directory")
     p.add_argument("--graph", required=True, help="URI of the graph the model was trained on")
     p.add_argument("--out", required=True, help="output URI (local path, file:// or s3://)")
+    p.add_argument("--inductive", action="store_true",
+                   help="--graph is another version of the model's graph (e.g. the full_graph "
+                        "of `kgops split-entities`): entities are matched by key and new ones "
+                        "embedded from their attributes and neighbours, as `kgops embed` does")
+    p.add_argument("--features", default=None,
+                   help="with --inductive: --graph's features encoded with the model's "
+                        "encoders (default: the model's encoders applied here)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--batch-size", type=int, default=None,
                    help="ranking queries per batch (default: from --memory-mib)")
@@ -40,6 +47,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     require_manifest(args.model, "train")
     trained = load_trained(args.model)
+    if args.inductive:
+        from kg_ops.models.inductive import for_graph
+
+        trained, _ = for_graph(trained, args.graph, args.features)
     evaluate_model(trained, model_uri=args.model, graph_uri=args.graph, out=args.out,
                    split=args.split, batch_size=args.batch_size, memory_mib=args.memory_mib,
                    max_queries=args.max_queries, seed=args.seed,

@@ -171,6 +171,11 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
         }
         if hard is not None:
             protocol["auc_hard_negatives"] = hard["policy"]
+        inductive = (getattr(trained, "config", None) or {}).get("inductive")
+        if inductive:
+            protocol["inductive"] = inductive | {
+                "embeddings": "entities matched by key to the model's graph; new ones embedded "
+                              "from their attributes and neighbours (kgops embed)"}
 
         with st.phase("write"):
             import pyarrow as pa

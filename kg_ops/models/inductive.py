@@ -168,7 +168,10 @@ class InductiveModel:
         self.model = model_for_graph(trained, mapping, old, new)
         self.features_uri = features_uri
         self.uri, self.history = trained.uri, trained.history
-        self.config = {**trained.config, "num_nodes": new.num_nodes}
+        self.config = {**trained.config, "num_nodes": new.num_nodes, "graph": graph_uri,
+                       "inductive": {"trained_on": trained.config["graph"],
+                                     "entities": mapping.counts(),
+                                     "new_entity_initial_row": NEW_ROW_INIT}}
         self._embeddings: torch.Tensor | None = None
 
     def neighbourhoods(self) -> dict[str, Any]:
