@@ -90,8 +90,7 @@ async def run_triggers(conn_id: str, sid: str, n: int, seconds: float,
         tasks = [asyncio.create_task(blocking_poller())]
     else:
         tasks = [asyncio.create_task(consume(RayJobTrigger(
-            sid, ray_conn_id=conn_id, poll_interval=0.2, max_poll_failures=10**6,
-            fetch_logs=fetch_logs)))
+            sid, ray_conn_id=conn_id, poll_interval=0.2, fetch_logs=fetch_logs)))
             for _ in range(n)]
     await asyncio.sleep(seconds)
     stop.set()
@@ -133,7 +132,8 @@ def slow_server(delay_s: float) -> tuple[ThreadingHTTPServer, str]:
 
 def set_conn(conn_id: str, url: str, token: str = "t", timeout: float = 2.0) -> None:
     os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(
-        {"conn_type": "ray", "host": url, "password": token, "extra": {"timeout": timeout}})
+        {"conn_type": "ray", "host": url, "password": token,
+         "extra": {"timeout": timeout, "retry_deadline": 3600}})
 
 
 def main(argv: list[str] | None = None) -> int:

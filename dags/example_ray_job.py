@@ -76,7 +76,7 @@ with DAG(
     wait_background = RayJobSensor(
         task_id="wait_background",
         ray_conn_id=RAY_CONN_ID,
-        submission_id="{{ ti.xcom_pull(task_ids='background', key='submission_id') }}",
+        submission_id=background.output["submission_id"],
         deferrable=True,
         poke_interval=1,
         timeout=600,

@@ -67,11 +67,6 @@ published = AssetAlias(name=PUBLISH_ALIAS_NAME)
 service = Asset(name=SERVICE_ASSET_NAME, uri=SERVICE_ASSET_URI)
 SERVICE_NAME = os.environ.get("KGOPS_SERVICE_NAME", "kg")
 
-def planned(key: str) -> str:
-    """Jinja for one URI of the run's plan (rendered at task run time)."""
-    return "{{ ti.xcom_pull(task_ids='plan')['" + key + "'] }}"
-
-
 with DAG(
     dag_id=DAG_ID,
     description="Nightly refresh of knowledge-graph embeddings on a Ray cluster",
@@ -86,6 +81,8 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
     tags=["kg_ops", "embeddings"],
+    # "{{ params.epochs }}" renders as the int 20, "{{ params.force }}" as a bool
+    render_template_as_native_obj=True,
     params={
         "source": Param("codex-s", enum=["codex-s", "codex-m", "debian", "synth", "graph"],
                         description="Graph to embed: CoDEx-S (shipped with kg_ops), a raw "
@@ -128,17 +125,19 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
 
-    @task
+    @task(multiple_outputs=True)
     def plan() -> dict:
         """Resolve params into this run's artifact URIs (see kg_ops.airflow.runs)."""
         return plan_run(get_current_context())
+
+    planned = plan()   # planned["graph"] etc.: XComArgs, resolved when each task runs
 
     common = {"ray_conn_id": RAY_CONN_ID, "force": "{{ params.force }}"}
 
     import_graph = ImportGraphOperator(
         task_id="import_graph",
         source="{{ params.source }}",
-        out_uri=planned("graph"),
+        out_uri=planned["graph"],
         graph_uri="{{ params.graph_uri or '' }}",
         datasets_root="{{ params.datasets_root or '' }}",
         synth_nodes="{{ params.synth_nodes }}",
@@ -147,17 +146,17 @@ with DAG(
     )
     encode = EncodeAttributesOperator(
         task_id="encode_attributes",
-        graph_uri=planned("graph"),
-        out_uri=planned("features"),
+        graph_uri=planned["graph"],
+        out_uri=planned["features"],
         enabled="{{ params.encode_attributes }}",
         workers="{{ params.workers }}",
         **common,
     )
     partition = PartitionGraphOperator(
         task_id="partition_graph",
-        graph_uri=planned("graph"),
-        features_uri=planned("features"),
-        out_uri=planned("partitions"),
+        graph_uri=planned["graph"],
+        features_uri=planned["features"],
+        out_uri=planned["partitions"],
         parts="{{ params.workers }}",
         **common,
     )
@@ -167,8 +166,8 @@ with DAG(
     # "Backfills and manual runs".
     train = TrainEmbeddingsOperator(
         task_id="train",
-        partitions_uri=planned("partitions"),
-        out_uri=planned("model"),
+        partitions_uri=planned["partitions"],
+        out_uri=planned["model"],
         workers="{{ params.workers }}",
         **{name: "{{ params." + name + " }}" for name in TRAIN_PARAMS},
         deferrable=True,
@@ -178,16 +177,16 @@ with DAG(
     )
     evaluate = EvaluateEmbeddingsOperator(
         task_id="evaluate",
-        model_uri=planned("model"),
-        graph_uri=planned("graph"),
-        out_uri=planned("evaluation"),
+        model_uri=planned["model"],
+        graph_uri=planned["graph"],
+        out_uri=planned["evaluation"],
         **common,
     )
 
     @task(inlets=[embeddings])
-    def quality_gate() -> dict:
+    def quality_gate(result: dict, run_plan: dict) -> dict:
         """Fail the run if MRR is below the floor or fell too far below the last release."""
-        return check_quality_gate(get_current_context(), embeddings)
+        return check_quality_gate(get_current_context(), embeddings, result, run_plan)
 
     @task(inlets=[embeddings, past_embeddings], outlets=[published])
     def publish(gate: dict) -> dict:
@@ -198,8 +197,8 @@ with DAG(
 
     deploy = DeployLinkPredictionServiceOperator(
         task_id="deploy",
-        version_uri=planned("evaluation"),
-        out_uri=planned("base") + "/deploy",
+        version_uri=planned["evaluation"],
+        out_uri=planned["deploy"],
         name=SERVICE_NAME,
         # Off by the DAG param, and for a backfilled past date (published as history only).
         enabled="{{ params.deploy and (ti.xcom_pull(task_ids='publish') or {}).get('current', "
@@ -208,7 +207,7 @@ with DAG(
         **common,
     )
 
-    gate = quality_gate()
-    plan() >> import_graph >> encode >> partition >> train >> evaluate >> gate
+    gate = quality_gate(evaluate.output, planned)
+    import_graph >> encode >> partition >> train >> evaluate
     # Only a version that passed the gate and was published as the newest date is served.
     publish(gate) >> deploy

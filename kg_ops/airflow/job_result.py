@@ -8,17 +8,13 @@ type, message and the last lines of its log.
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowException
 
-from kg_ops.airflow.hooks.ray import ACTIVE_STATES, TERMINAL_STATES, RayHook, RayUnreachableError
+from kg_ops.airflow.hooks.ray import ACTIVE_STATES, RayHook
 from kg_ops.airflow.job_ids import attempt_id
-
-log = logging.getLogger(__name__)
 
 _MANIFEST_LINE = re.compile(r"^KGOPS_MANIFEST\s+(\S+)\s*$", re.MULTILINE)
 # Terminal colour/cursor sequences (Ray colours its worker prefixes): unreadable in the UI.
@@ -110,26 +106,3 @@ def resolve_submission(hook: RayHook, base_id: str, force: bool) -> tuple[str, s
             return "reuse", sid, info
     raise AirflowException(f"{MAX_ATTEMPTS} Ray jobs already exist for {base_id}; not "
                            f"submitting another. Investigate them in the Ray dashboard.")
-
-
-def stop_and_wait(hook: RayHook, submission_id: str, deadline_s: float,
-                  poll_s: float = 0.5) -> dict | None:
-    """``stop_job`` until the job is terminal, bounded by ``deadline_s``. A PENDING job has no
-    supervisor to stop yet, so the request is repeated rather than sent once."""
-    end = time.monotonic() + deadline_s
-    info = None
-    last_stop = float("-inf")
-    while time.monotonic() < end:
-        try:
-            if time.monotonic() - last_stop >= 1.0:
-                hook.stop_job(submission_id)
-                last_stop = time.monotonic()
-            info = hook.get_job(submission_id)
-        except RayUnreachableError as e:
-            log.warning("stopping Ray job %s: %s", submission_id, e)
-        if info is not None and info.get("status") in TERMINAL_STATES:
-            return info
-        time.sleep(poll_s)
-    log.error("Ray job %s did not reach a terminal state within %.0fs of stop_job (last "
-              "status %s)", submission_id, deadline_s, (info or {}).get("status"))
-    return info

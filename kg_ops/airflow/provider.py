@@ -1,14 +1,19 @@
 """Provider info for Airflow's ``apache_airflow_provider`` entry point.
 
 Declares the ``ray`` connection type and its form (conn-fields, ui-field-behaviour) so the UI
-shows the right fields without importing the hook. Kept free of imports: Airflow loads it in
-every process that lists providers.
+shows the right fields without importing the hook. Kept light (the retry policy's module
+imports nothing heavy): Airflow loads it in every process that lists providers.
 """
 
 from __future__ import annotations
 
+from kg_ops.airflow.retry import RetryPolicy
+
 RAY_CONN_TYPE = "ray"
 HOOK_CLASS = "kg_ops.airflow.hooks.ray.RayHook"
+
+
+_RETRY = RetryPolicy()   # its defaults, shown in the connection form
 
 
 def get_provider_info() -> dict:
@@ -57,6 +62,20 @@ def get_provider_info() -> dict:
                     "timeout": {
                         "label": "HTTP timeout (seconds)",
                         "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                    "retry_deadline": {
+                        "label": "Retry deadline (seconds)",
+                        "description": "How long one call retries transient faults (no answer, "
+                                       "HTTP 500 'No available agent', 502/503/504); 0 = never.",
+                        "schema": {"type": ["number", "null"], "default": _RETRY.deadline_s},
+                    },
+                    "retry_initial_wait": {
+                        "label": "First retry wait (seconds)",
+                        "schema": {"type": ["number", "null"], "default": _RETRY.initial_wait_s},
+                    },
+                    "retry_max_wait": {
+                        "label": "Longest retry wait (seconds)",
+                        "schema": {"type": ["number", "null"], "default": _RETRY.max_wait_s},
                     },
                 },
                 "ui-field-behaviour": {

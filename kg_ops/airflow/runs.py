@@ -47,6 +47,7 @@ def plan_run(context: dict) -> dict[str, str]:
         plan["graph"] = str(params["graph_uri"])
     plan["run_key"] = key
     plan["base"] = base
+    plan["deploy"] = join(base, "deploy")     # the serving deployment's record (not a stage)
     return plan
 
 
@@ -99,14 +100,15 @@ def publish_version(context: dict, record: dict, current: Any, past: Any, alias:
     return record
 
 
-def check_quality_gate(context: dict, asset: Any) -> dict[str, Any]:
+def check_quality_gate(context: dict, asset: Any, result: dict | None,
+                       plan: dict | None) -> dict[str, Any]:
     """Fail the run (``AirflowFailException``: no retry) when the new embeddings are not good
-    enough; otherwise return the version record that publish attaches to the asset event."""
+    enough; otherwise return the version record that publish attaches to the asset event.
+    ``result``: the evaluate task's result; ``plan``: :func:`plan_run`'s."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    ti, params = context["ti"], context["params"]
-    result = ti.xcom_pull(task_ids="evaluate") or {}
-    plan = ti.xcom_pull(task_ids="plan") or {}
+    params = context["params"]
+    result, plan = result or {}, plan or {}
     metrics = result.get("metrics") or {}
     if "mrr" not in metrics:
         raise AirflowFailException(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
+import time
 
 import pytest
 
@@ -19,6 +21,7 @@ from kg_ops.airflow.hooks.ray import (
     RayUnreachableError,
 )
 from kg_ops.airflow.job_ids import MAX_LEN, attempt_id, sanitize_submission_id, submission_id_for
+from kg_ops.airflow.retry import RetryPolicy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,9 +126,12 @@ def test_unreachable_address_is_a_clear_error():
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    hook = _hook(f"http://127.0.0.1:{port}", "t", "ray_nowhere")
+    hook = RayHook(settings=RaySettings("ray_nowhere", f"http://127.0.0.1:{port}", "t",
+                                        retry=RetryPolicy(deadline_s=1, initial_wait_s=0.1)))
+    t = time.monotonic()
     with pytest.raises(RayUnreachableError) as err:
         hook.get_job("x")
+    assert 1 <= time.monotonic() - t < 10     # retried until the policy's deadline
     assert "Ray connection 'ray_nowhere' (http://127.0.0.1:" in str(err.value)
     assert "cannot reach the Ray dashboard" in str(err.value)
     with pytest.raises(RayUnreachableError, match="'ray_nowhere'"):
@@ -144,9 +150,9 @@ def test_test_connection_and_job_lifecycle(ray_hook, ray_head, caplog):
     with pytest.raises(RayHookError, match="HTTP 500"):
         ray_hook.submit_job("echo again", submission_id=sid)
     assert ray_hook.get_job(sid)["metadata"] == {"team": "kg"}
-    from kg_ops.airflow.job_result import stop_and_wait
+    from kg_ops.airflow.follow import astop_and_wait, run_sync
 
-    info = stop_and_wait(ray_hook, sid, deadline_s=30)
+    info = run_sync(astop_and_wait(ray_hook, sid, 30, logging.getLogger("test")))
     assert info["status"] == "STOPPED"
     assert ray_head.token not in caplog.text
 

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from kg_ops.airflow.triggers.ray import CLASSPATH, LogBuffer, RayJobTrigger
+from kg_ops.airflow.follow import LogBuffer
+from kg_ops.airflow.triggers.ray import CLASSPATH, RayJobTrigger
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,6 +25,12 @@ def test_log_buffer_keeps_newest_lines_and_counts_the_rest():
     assert buf.drain() == (["partial end"], 0)
     buf.add("no newline")
     assert buf.drain(final=True) == (["no newline"], 0)
+
+
+def test_log_buffer_keeps_the_end_of_the_log_and_the_manifest_line():
+    buf = LogBuffer(max_lines=2, keep=3)
+    buf.add("a\nKGOPS_MANIFEST s3://b/m\n" + "".join(f"x{i}\n" for i in range(5)))
+    assert buf.text() == "KGOPS_MANIFEST s3://b/m\nx2\nx3\nx4\n"
 
 
 def test_serialize_round_trip():
@@ -120,10 +127,10 @@ def test_trigger_reports_unreachable_dashboard_naming_connection(monkeypatch):
     port = listener.getsockname()[1]
     monkeypatch.setenv("AIRFLOW_CONN_RAY_BLACKHOLE", json.dumps(
         {"conn_type": "ray", "host": f"http://127.0.0.1:{port}", "password": "t",
-         "extra": {"timeout": 0.5}}))
+         "extra": {"timeout": 0.5, "retry_deadline": 2}}))
     try:
         trig = RayJobTrigger("any", ray_conn_id="ray_blackhole", poll_interval=0.1,
-                             fetch_logs=True, max_poll_failures=3)
+                             fetch_logs=True)
         event = asyncio.run(_first_event(trig, timeout=30))
     finally:
         listener.close()

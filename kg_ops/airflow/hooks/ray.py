@@ -8,12 +8,15 @@ Sync methods use ``requests`` (operators, sensors); ``a``-prefixed methods use `
 Connection ``ray``: ``host`` = dashboard URL (``http://head:8265``; ``https://`` for TLS),
 ``password`` = the cluster's auth token (sent as ``Authorization: Bearer``), extras:
 ``verify_ssl`` (default true), ``ca_bundle`` (PEM path), ``headers`` (JSON object),
-``metadata`` (default job metadata, JSON object), ``timeout`` (seconds).
+``metadata`` (default job metadata, JSON object), ``timeout`` (seconds per request), and the
+retry policy of every call (:mod:`kg_ops.airflow.retry`): ``retry_deadline`` (seconds a call
+keeps retrying transient faults; 0 = never), ``retry_initial_wait``, ``retry_max_wait``.
 The token never appears in logs, errors, XCom or job metadata.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
 from collections.abc import AsyncIterator
@@ -23,9 +26,13 @@ from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseHook
 
+from kg_ops.airflow.retry import RetryPolicy
+from kg_ops.config import as_bool
+
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING"})
-_EXTRA_KEYS = {"verify_ssl", "ca_bundle", "headers", "metadata", "timeout"}
+_EXTRA_KEYS = {"verify_ssl", "ca_bundle", "headers", "metadata", "timeout",
+               *RetryPolicy.EXTRAS}
 
 
 class RayHookError(RuntimeError):
@@ -61,22 +68,13 @@ class RaySettings:
     verify: bool | str = True
     metadata: dict[str, str] = field(default_factory=dict)
     timeout: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def request_headers(self) -> dict[str, str]:
         out = dict(self.headers)
         if self.token:
             out["Authorization"] = f"Bearer {self.token}"
         return out
-
-
-def _as_bool(value: Any, what: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"{what} must be true or false, got {value!r}")
 
 
 def _str_map(value: Any, what: str) -> dict[str, str]:
@@ -134,7 +132,7 @@ def settings_from_connection(conn) -> RaySettings:
     if unknown:
         raise bad(f"unknown extra field(s) {unknown}; allowed: {sorted(_EXTRA_KEYS)}")
     try:
-        verify: bool | str = _as_bool(extra.get("verify_ssl", True), "extra 'verify_ssl'")
+        verify: bool | str = as_bool(extra.get("verify_ssl", True), "extra 'verify_ssl'")
         if verify and extra.get("ca_bundle"):
             verify = str(extra["ca_bundle"])
         headers = _str_map(extra.get("headers"), "extra 'headers'")
@@ -142,13 +140,14 @@ def settings_from_connection(conn) -> RaySettings:
         timeout = float(extra.get("timeout") or 30.0)
         if timeout <= 0:
             raise ValueError("extra 'timeout' must be a positive number of seconds")
+        retry = RetryPolicy.from_extras(extra)
     except (TypeError, ValueError) as e:
         raise bad(str(e)) from None
     if any(k.lower() == "authorization" for k in headers):
         raise bad("extra 'headers' must not carry Authorization: put the token in the "
                   "connection's password")
     return RaySettings(conn_id=cid, url=url, token=conn.password or "", headers=headers,
-                       verify=verify, metadata=metadata, timeout=timeout)
+                       verify=verify, metadata=metadata, timeout=timeout, retry=retry)
 
 
 class RayHook(BaseHook):
@@ -205,11 +204,24 @@ class RayHook(BaseHook):
             f"connection's host and port and that the cluster is running")
 
     # --- sync (requests) -----------------------------------------------------------------------
-    def _request(self, method: str, path: str, what: str, *, json_body: Any = None,
-                 ok_404: bool = False, timeout: float | None = None) -> Any:
+    def _policy(self, s: RaySettings, deadline_s: float | None) -> RetryPolicy:
+        if deadline_s is None or deadline_s >= s.retry.deadline_s:
+            return s.retry
+        return dataclasses.replace(s.retry, deadline_s=max(0.0, deadline_s))
+
+    def _request(self, method: str, path: str, what: str, *, deadline_s: float | None = None,
+                 **kwargs: Any) -> Any:
+        """One call to the dashboard, retried on transient faults (the connection's policy;
+        ``deadline_s`` can only shorten it)."""
+        s = self.settings
+        return self._policy(s, deadline_s).call(
+            lambda: self._request_once(s, method, path, what, **kwargs), self.log)
+
+    def _request_once(self, s: RaySettings, method: str, path: str, what: str, *,
+                      json_body: Any = None, ok_404: bool = False,
+                      timeout: float | None = None) -> Any:
         import requests
 
-        s = self.settings
         try:
             resp = requests.request(method, s.url + path, json=json_body, verify=s.verify,
                                     headers=s.request_headers(),
@@ -226,13 +238,14 @@ class RayHook(BaseHook):
             self._raise_for(s, resp.status_code, resp.text, what)
         return resp.json() if resp.content else None
 
-    def get_job(self, submission_id: str) -> dict | None:
+    def get_job(self, submission_id: str, deadline_s: float | None = None) -> dict | None:
         """Job details (status, message, error_type, metadata, ...) or None if unknown."""
         return self._request("GET", f"/api/jobs/{quote(submission_id, safe='')}",
-                             f"looking up job {submission_id}", ok_404=True)
+                             f"looking up job {submission_id}", ok_404=True,
+                             deadline_s=deadline_s)
 
-    def list_jobs(self) -> list[dict]:
-        return self._request("GET", "/api/jobs/", "listing jobs") or []
+    def list_jobs(self, deadline_s: float | None = None) -> list[dict]:
+        return self._request("GET", "/api/jobs/", "listing jobs", deadline_s=deadline_s) or []
 
     def submit_job(self, entrypoint: str, *, submission_id: str,
                    runtime_env: dict | None = None, metadata: dict[str, str] | None = None,
@@ -243,8 +256,17 @@ class RayHook(BaseHook):
         body = self._submit_body(entrypoint, submission_id, runtime_env, metadata,
                                  entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_memory,
                                  entrypoint_resources)
-        out = self._request("POST", "/api/jobs/", f"submitting job {submission_id}",
-                            json_body=body)
+        try:
+            out = self._request("POST", "/api/jobs/", f"submitting job {submission_id}",
+                                json_body=body)
+        except RayApiError as e:
+            # A retried submission whose first attempt reached Ray (the answer was lost): Ray
+            # refuses the id it already has. Callers only submit ids they looked up as free.
+            if "already exists" in str(e) and self.get_job(submission_id) is not None:
+                self.log.info("Ray job %s was created by an earlier attempt of this "
+                              "submission", submission_id)
+                return submission_id
+            raise
         return out["submission_id"]
 
     def _submit_body(self, entrypoint, submission_id, runtime_env, metadata, num_cpus,
@@ -264,10 +286,10 @@ class RayHook(BaseHook):
                 body[key] = value
         return body
 
-    def stop_job(self, submission_id: str) -> bool:
+    def stop_job(self, submission_id: str, deadline_s: float | None = None) -> bool:
         """Ask Ray to stop the job; True if it was running. Does not wait."""
         out = self._request("POST", f"/api/jobs/{quote(submission_id, safe='')}/stop",
-                            f"stopping job {submission_id}")
+                            f"stopping job {submission_id}", deadline_s=deadline_s)
         return bool(out and out.get("stopped"))
 
     def get_job_logs(self, submission_id: str) -> str:
@@ -276,10 +298,12 @@ class RayHook(BaseHook):
         return (out or {}).get("logs", "")
 
     def test_connection(self) -> tuple[bool, str]:
-        """Authenticated call to the Jobs API (the UI's Test button)."""
+        """Authenticated call to the Jobs API (the UI's Test button: answers at once, no
+        retries)."""
         try:
-            version = self._request("GET", "/api/version", "reading the Ray version")
-            self.list_jobs()
+            version = self._request("GET", "/api/version", "reading the Ray version",
+                                    deadline_s=0)
+            self.list_jobs(deadline_s=0)
         except RayHookError as e:
             return False, str(e)
         return True, (f"Connected to Ray {version.get('ray_version', '?')} at "
@@ -293,11 +317,21 @@ class RayHook(BaseHook):
             return ssl.create_default_context(cafile=s.verify)
         return True
 
-    async def _arequest(self, method: str, path: str, what: str, *, json_body: Any = None,
-                        ok_404: bool = False, timeout: float | None = None) -> Any:
+    async def _arequest(self, method: str, path: str, what: str, *,
+                        deadline_s: float | None = None, **kwargs: Any) -> Any:
+        """Async :meth:`_request`: the same policy, sleeping without blocking the loop."""
+        s = await self.asettings()
+
+        async def once() -> Any:
+            return await self._arequest_once(s, method, path, what, **kwargs)
+
+        return await self._policy(s, deadline_s).acall(once, self.log)
+
+    async def _arequest_once(self, s: RaySettings, method: str, path: str, what: str, *,
+                             json_body: Any = None, ok_404: bool = False,
+                             timeout: float | None = None) -> Any:
         import aiohttp
 
-        s = await self.asettings()
         client_timeout = aiohttp.ClientTimeout(total=timeout or s.timeout)
         try:
             async with aiohttp.ClientSession(timeout=client_timeout) as session, \
@@ -317,13 +351,15 @@ class RayHook(BaseHook):
             self._raise_for(s, status, text, what)
         return json.loads(text) if text else None
 
-    async def aget_job(self, submission_id: str) -> dict | None:
+    async def aget_job(self, submission_id: str, deadline_s: float | None = None
+                       ) -> dict | None:
         return await self._arequest("GET", f"/api/jobs/{quote(submission_id, safe='')}",
-                                    f"looking up job {submission_id}", ok_404=True)
+                                    f"looking up job {submission_id}", ok_404=True,
+                                    deadline_s=deadline_s)
 
-    async def astop_job(self, submission_id: str) -> bool:
+    async def astop_job(self, submission_id: str, deadline_s: float | None = None) -> bool:
         out = await self._arequest("POST", f"/api/jobs/{quote(submission_id, safe='')}/stop",
-                                   f"stopping job {submission_id}")
+                                   f"stopping job {submission_id}", deadline_s=deadline_s)
         return bool(out and out.get("stopped"))
 
     async def aget_job_logs(self, submission_id: str) -> str:

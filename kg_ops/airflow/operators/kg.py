@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
-from kg_ops.airflow.operators.ray import SubmitRayJobOperator, as_bool
-from kg_ops.config import ConfigError, StageConfig, TrainConfig
+from kg_ops.airflow.operators.ray import SubmitRayJobOperator
+from kg_ops.config import ConfigError, StageConfig, TrainConfig, as_bool
 from kg_ops.store import join
 
 
@@ -56,8 +56,13 @@ class KgStageOperator(SubmitRayJobOperator):
     #: operator argument -> config option, for the URIs the operator names ``*_uri``
     uri_options: ClassVar[dict[str, str]] = {}
 
+    #: CPUs reserved for the job's driver (``entrypoint_num_cpus`` overrides): 0 where the
+    #: driver only coordinates Ray workers (encode, train), 1 where it computes itself
+    #: (import, partition, evaluate), so Ray does not pile several of those onto one CPU.
+    driver_cpus: ClassVar[float] = 1
+
     def __init__(self, *, out_uri: str, extra_args: Sequence[str] | None = None, **kwargs):
-        kwargs.setdefault("entrypoint_num_cpus", 0)  # the driver only coordinates
+        kwargs.setdefault("entrypoint_num_cpus", self.driver_cpus)
         super().__init__(**kwargs)
         self.out_uri = out_uri
         self.extra_args = list(extra_args or [])
@@ -165,6 +170,7 @@ class EncodeAttributesOperator(KgStageOperator):
 
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "graph_uri", "workers",
                                       "text_model", "enabled")
+    driver_cpus = 0   # the transform runs on Ray workers
 
     def __init__(self, *, graph_uri: str, workers: int | str = 2, text_model: str = "",
                  enabled: bool | str = True, **kwargs):
@@ -229,6 +235,7 @@ class TrainEmbeddingsOperator(KgStageOperator):
 
     config_class = TrainConfig
     uri_options = {"partitions_uri": "partitions", "out_uri": "out"}
+    driver_cpus = 0   # Ray Train workers compute; the driver coordinates
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "partitions_uri",
                                       *option_fields(TrainConfig, uri_options))
 

@@ -5,8 +5,9 @@ operator looks that id up: a pending/running job is re-attached, a succeeded one
 ``force``), a failed/stopped one resubmitted under ``-rN``. So a retry after a worker died never
 starts a duplicate Ray job. The id and the job's dashboard URL are in XCom before any waiting.
 
-Waiting is in the worker (``deferrable=False``, polling with ``requests``) or in the triggerer
-(``deferrable=True``, ``RayJobTrigger``). ``job_timeout`` stops the job, then fails the task;
+Waiting is in the worker (``deferrable=False``) or in the triggerer (``deferrable=True``,
+``RayJobTrigger``), by the same loop (:class:`kg_ops.airflow.follow.JobFollower`: status polls,
+the log followed incrementally). ``job_timeout`` stops the job, then fails the task;
 ``on_kill`` stops the job and waits (bounded) until Ray reports it stopped. A failed job raises
 with Ray's error type and the log tail. Subclasses build their command in ``build_entrypoint``.
 """
@@ -20,32 +21,20 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook, RayUnreachableError
+from kg_ops.airflow.follow import JobFollower, astop_and_wait, run_sync
+from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook
 from kg_ops.airflow.job_ids import sanitize_submission_id, submission_id_for
 from kg_ops.airflow.job_result import (
-    RELAY_PREFIX,
     RayJobFailed,
     RayJobTimeout,
     failure,
     job_result,
     resolve_submission,
-    stop_and_wait,
     tail_lines,
 )
 from kg_ops.airflow.links import XCOM_DASHBOARD_URL, XCOM_SUBMISSION_ID, RayJobLink
-from kg_ops.airflow.triggers.ray import LogBuffer, RayJobTrigger
-
-
-def as_bool(value: Any) -> bool:
-    """Template-rendered flags arrive as strings ("True", "false")."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v in ("true", "1", "yes", "on"):
-            return True
-        if v in ("false", "0", "no", "off", "", "none"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
-    return bool(value)
+from kg_ops.airflow.triggers.ray import RayJobTrigger
+from kg_ops.config import as_bool
 
 
 def as_seconds(value: Any) -> float | None:
@@ -187,73 +176,43 @@ class SubmitRayJobOperator(BaseOperator):
                 fetch_logs=self.fetch_logs, max_log_lines=self.log_tail_lines,
                 stop_deadline=self.stop_deadline),
                 method_name="execute_complete")
-        info = self._wait(hook, sid, deadline)
-        return self.finish(context, sid, info)
+        outcome = run_sync(JobFollower(
+            hook, sid, log=self.log, poll_interval=self.poll_interval, deadline=deadline,
+            fetch_logs=self.fetch_logs, max_log_lines=self.log_tail_lines,
+            keep_lines=self.log_tail_lines, stop_deadline=self.stop_deadline).run())
+        return self.execute_complete(context, outcome.event(sid))
 
-    def _wait(self, hook: RayHook, sid: str, deadline: float | None) -> dict:
-        """Poll until terminal; follow the log (bounded) every few polls; stop on deadline."""
-        buffer = LogBuffer(self.log_tail_lines)
-        seen = 0
-        last_logs = 0.0
-        failures = 0
-        while True:
-            try:
-                info = hook.get_job(sid)
-                failures = 0
-            except RayUnreachableError as e:
-                failures += 1
-                self.log.warning("polling Ray job %s (%d/10): %s", sid, failures, e)
-                if failures >= 10:
-                    raise
-                time.sleep(self.poll_interval)
-                continue
-            if info is None:
-                raise RayJobFailed(f"Ray job {sid} disappeared from the cluster")
-            status = info["status"]
-            if self.fetch_logs and (status in TERMINAL_STATES
-                                    or time.monotonic() - last_logs >= max(10.0,
-                                                                          self.poll_interval)):
-                logs = hook.get_job_logs(sid)
-                last_logs = time.monotonic()
-                buffer.add(logs[seen:])
-                seen = len(logs)
-                lines, dropped = buffer.drain(final=status in TERMINAL_STATES)
-                if dropped:
-                    self.log.info("%s... %d lines not shown", RELAY_PREFIX, dropped)
-                for line in lines:
-                    self.log.info("%s%s", RELAY_PREFIX, line)
-            if status in TERMINAL_STATES:
-                return info
-            if deadline is not None and time.time() >= deadline:
-                self._timeout(hook, sid)
-            time.sleep(self.poll_interval)
+    def _stop(self, sid: str) -> dict | None:
+        return run_sync(astop_and_wait(self.hook, sid, self.stop_deadline, self.log))
 
-    def _timeout(self, hook: RayHook, sid: str) -> None:
-        self.log.error("Ray job %s exceeded job_timeout=%ss: stopping it", sid, self.job_timeout)
-        info = stop_and_wait(hook, sid, self.stop_deadline) or {}
-        logs = hook.get_job_logs(sid)
+    def _timeout(self, sid: str, info: dict | None) -> None:
+        self.log.error("Ray job %s exceeded job_timeout=%ss", sid, self.job_timeout)
+        if (info or {}).get("status") not in TERMINAL_STATES:
+            info = self._stop(sid)
+        logs = self.hook.get_job_logs(sid)
         tail = "\n".join(f"    {ln}" for ln in tail_lines(logs, self.log_tail_lines))
         raise RayJobTimeout(f"Ray job {sid} exceeded job_timeout={self.job_timeout}s and was "
-                            f"stopped (now {info.get('status')}). Last log lines:\n{tail}")
+                            f"stopped (now {(info or {}).get('status')}). Last log lines:\n"
+                            f"{tail}")
 
     def execute_complete(self, context, event: dict[str, Any]) -> dict[str, Any]:
-        """Resume after ``RayJobTrigger`` fired."""
+        """The wait ended (in-process or in ``RayJobTrigger``)."""
         sid = event["submission_id"]
         self._job_id = sid
         if event["status"] == "timeout":
-            if event.get("job_status") not in TERMINAL_STATES:
-                stop_and_wait(self.hook, sid, self.stop_deadline)
-            self._timeout(self.hook, sid)
+            self._timeout(sid, {"status": event.get("job_status")})
         if event["status"] == "error":
             raise RayJobFailed(f"waiting for Ray job {sid} failed: {event.get('message')}")
         info = self.hook.get_job(sid) or {"submission_id": sid, "status": event["job_status"],
                                           "message": event.get("message"),
                                           "error_type": event.get("error_type")}
-        return self.finish(context, sid, info)
+        return self.finish(context, sid, info, log_tail=event.get("log_tail"))
 
-    def finish(self, context, sid: str, info: dict) -> dict[str, Any]:
-        """Turn a terminal job into the task's result, or raise with the log tail."""
-        logs = self.hook.get_job_logs(sid)
+    def finish(self, context, sid: str, info: dict, log_tail: str | None = None
+               ) -> dict[str, Any]:
+        """Turn a terminal job into the task's result, or raise with the log tail.
+        ``log_tail``: the end of the log as followed; without it the log is downloaded."""
+        logs = log_tail if log_tail is not None else self.hook.get_job_logs(sid)
         if info.get("status") != "SUCCEEDED":
             raise failure(info, logs, self.log_tail_lines)
         result = job_result(info, logs, dashboard_url=self.hook.job_url(sid))
@@ -266,5 +225,5 @@ class SubmitRayJobOperator(BaseOperator):
         if not self._job_id:
             return
         self.log.info("task killed: stopping Ray job %s", self._job_id)
-        info = stop_and_wait(self.hook, self._job_id, self.stop_deadline)
+        info = self._stop(self._job_id)
         self.log.info("Ray job %s is %s", self._job_id, (info or {}).get("status"))

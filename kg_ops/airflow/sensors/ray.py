@@ -1,7 +1,9 @@
 """RayJobSensor: wait for a Ray job submitted elsewhere (e.g. ``wait_for_completion=False``).
 
-``mode="reschedule"`` frees the worker slot between pokes; ``deferrable=True`` waits in the
-triggerer. FAILED/STOPPED fails the task with Ray's error type and the log tail; SUCCEEDED
+``mode="reschedule"`` frees the worker slot between pokes (each poke reads the job's status
+only; the log is downloaded once, at the end); ``deferrable=True`` waits in the triggerer and
+follows the job's log into the task log as it is written. FAILED/STOPPED fails the task with
+Ray's error type and the log tail; SUCCEEDED
 returns the same result as the submit operator (manifest URI and headline metrics, or status).
 The sensor does not own the job: neither its timeout nor a user marking, clearing or killing
 it ever stops the job (the task that submitted it does; see ``RayJobTrigger``).
@@ -16,13 +18,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from kg_ops.airflow.hooks.ray import TERMINAL_STATES, RayHook
-from kg_ops.airflow.job_result import (
-    RELAY_PREFIX,
-    RayJobFailed,
-    failure,
-    job_result,
-    tail_lines,
-)
+from kg_ops.airflow.job_result import RayJobFailed, failure, job_result
 from kg_ops.airflow.links import XCOM_DASHBOARD_URL, RayJobLink
 from kg_ops.airflow.triggers.ray import RayJobTrigger
 
@@ -35,16 +31,14 @@ class RayJobSensor(BaseSensorOperator):
 
     def __init__(self, *, submission_id: str, ray_conn_id: str = "ray_default",
                  deferrable: bool = False, log_tail_lines: int = 40, fetch_logs: bool = True,
-                 progress_lines: int = 5, **kwargs):
+                 **kwargs):
         super().__init__(**kwargs)
         self.submission_id = submission_id
         self.ray_conn_id = ray_conn_id
         self.deferrable = deferrable
         self.log_tail_lines = int(log_tail_lines)
-        # Users watch a long training job from this task: follow its log (deferred: streamed by
-        # the trigger; poke/reschedule: the last few lines at every poke).
+        # Users watch a long training job from this task: deferred, the trigger streams its log.
         self.fetch_logs = fetch_logs
-        self.progress_lines = int(progress_lines)
 
     def _sid(self) -> str:
         sid = str(self.submission_id or "").strip()
@@ -53,7 +47,7 @@ class RayJobSensor(BaseSensorOperator):
                                f"task push one?)")
         return sid
 
-    def _check(self, hook: RayHook, context) -> PokeReturnValue:
+    def _check(self, hook: RayHook, context, log_tail: str | None = None) -> PokeReturnValue:
         sid = self._sid()
         info = hook.get_job(sid)
         if info is None:
@@ -61,12 +55,9 @@ class RayJobSensor(BaseSensorOperator):
                                f"'{self.ray_conn_id}' ({hook.settings.url})")
         status = info["status"]
         if status not in TERMINAL_STATES:
-            self.log.info("Ray job %s is %s", sid, status)
-            if self.fetch_logs and self.progress_lines > 0:
-                for line in tail_lines(hook.get_job_logs(sid), self.progress_lines):
-                    self.log.info("%s%s", RELAY_PREFIX, line)
+            self.log.info("Ray job %s is %s (%s)", sid, status, hook.job_url(sid))
             return PokeReturnValue(is_done=False)
-        logs = hook.get_job_logs(sid)
+        logs = log_tail if log_tail is not None else hook.get_job_logs(sid)
         if status != "SUCCEEDED":
             raise failure(info, logs, self.log_tail_lines)
         return PokeReturnValue(is_done=True,
@@ -95,7 +86,7 @@ class RayJobSensor(BaseSensorOperator):
         if event["status"] == "error":
             raise RayJobFailed(f"waiting for Ray job {event['submission_id']} failed: "
                                f"{event.get('message')}")
-        result = self._check(RayHook(self.ray_conn_id), context)
+        result = self._check(RayHook(self.ray_conn_id), context, event.get("log_tail"))
         if not result.is_done:
             raise RayJobFailed(f"Ray job {event['submission_id']} not finished after the "
                                f"trigger fired ({event})")

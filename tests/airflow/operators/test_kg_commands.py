@@ -49,3 +49,24 @@ def test_train_operator_refuses_bad_values_before_submitting():
 def test_every_train_option_is_a_template_field():
     fields = set(TrainEmbeddingsOperator.template_fields)
     assert set(TrainConfig.names()) - {"partitions", "out"} <= fields
+
+
+def test_driver_cpus_follow_where_each_stage_computes():
+    from kg_ops.airflow.operators.kg import (
+        EncodeAttributesOperator,
+        EvaluateEmbeddingsOperator,
+        ImportGraphOperator,
+        PartitionGraphOperator,
+    )
+
+    common = {"out_uri": "/o"}
+    cpus = {type(op).__name__: op.entrypoint_num_cpus for op in (
+        ImportGraphOperator(task_id="i", **common),
+        EncodeAttributesOperator(task_id="e", graph_uri="/g", **common),
+        PartitionGraphOperator(task_id="p", graph_uri="/g", **common),
+        train_op(),
+        EvaluateEmbeddingsOperator(task_id="v", model_uri="/m", graph_uri="/g", **common))}
+    assert cpus == {"ImportGraphOperator": 1, "EncodeAttributesOperator": 0,
+                    "PartitionGraphOperator": 1, "TrainEmbeddingsOperator": 0,
+                    "EvaluateEmbeddingsOperator": 1}
+    assert train_op(entrypoint_num_cpus=2).entrypoint_num_cpus == 2     # configurable
