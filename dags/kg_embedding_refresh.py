@@ -81,8 +81,6 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": timedelta(minutes=2)},
     tags=["kg_ops", "embeddings"],
-    # "{{ params.epochs }}" renders as the int 20, "{{ params.force }}" as a bool
-    render_template_as_native_obj=True,
     params={
         "source": Param("codex-s", enum=["codex-s", "codex-m", "debian", "synth", "graph"],
                         description="Graph to embed: CoDEx-S (shipped with kg_ops), a raw "
