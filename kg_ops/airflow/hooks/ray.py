@@ -256,17 +256,23 @@ class RayHook(BaseHook):
         body = self._submit_body(entrypoint, submission_id, runtime_env, metadata,
                                  entrypoint_num_cpus, entrypoint_num_gpus, entrypoint_memory,
                                  entrypoint_resources)
-        try:
-            out = self._request("POST", "/api/jobs/", f"submitting job {submission_id}",
-                                json_body=body)
-        except RayApiError as e:
-            # A retried submission whose first attempt reached Ray (the answer was lost): Ray
-            # refuses the id it already has. Callers only submit ids they looked up as free.
-            if "already exists" in str(e) and self.get_job(submission_id) is not None:
-                self.log.info("Ray job %s was created by an earlier attempt of this "
-                              "submission", submission_id)
-                return submission_id
-            raise
+        s, attempts = self.settings, []
+
+        def once() -> Any:
+            attempts.append(1)
+            try:
+                return self._request_once(s, "POST", "/api/jobs/",
+                                          f"submitting job {submission_id}", json_body=body)
+            except RayApiError as e:
+                # A retry whose earlier attempt reached Ray (its answer was lost): Ray refuses
+                # the id it already has. Only then is "already exists" this call's success.
+                if len(attempts) > 1 and "already exists" in str(e):
+                    self.log.info("Ray job %s was created by an earlier attempt of this "
+                                  "submission", submission_id)
+                    return {"submission_id": submission_id}
+                raise
+
+        out = s.retry.call(once, self.log)
         return out["submission_id"]
 
     def _submit_body(self, entrypoint, submission_id, runtime_env, metadata, num_cpus,

@@ -36,6 +36,7 @@ class FlakyDashboard:
         self.fail = dict(fail)          # (method, path) -> (status, body, times)
         self.requests: list[tuple[str, str]] = []
         self.jobs: dict[str, dict] = {}
+        self.lose_answers = 0
         dash = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,8 +74,13 @@ class FlakyDashboard:
             return status, answer
         if method == "POST" and path == "/api/jobs/":
             sid = body["submission_id"]
+            if sid in self.jobs:      # as Ray answers a reused id
+                return 500, f"Job with submission_id {sid} already exists."
             self.jobs[sid] = {"submission_id": sid, "status": "SUCCEEDED", "message": "done",
                               "error_type": None}
+            if self.lose_answers > 0:     # accepted, but the answer never arrives intact
+                self.lose_answers -= 1
+                return 502, "Bad Gateway"
             return 200, {"submission_id": sid, "job_id": sid}
         m = re.fullmatch(r"/api/jobs/([^/]+)(/logs)?", path)
         if method == "GET" and m and m.group(1) in self.jobs:
@@ -147,6 +153,20 @@ def test_gateway_errors_are_retried_by_the_trigger(dashboard, airflow_db, monkey
     assert dash.count("GET", "/api/jobs/j1") == 3
     log = capfd.readouterr().out
     assert sum("HTTP 503" in line and "; retry " in line for line in log.splitlines()) == 2
+
+
+def test_a_submission_whose_answer_was_lost_is_not_an_error(dashboard):
+    """Ray created the job but the answer was lost (502): the retry meets Ray's 500 "already
+    exists", which then means success; a plain duplicate submission still fails."""
+    dash = dashboard({})
+    dash.lose_answers = 1
+    hook = RayHook(settings=RaySettings("ray_lossy", dash.url, TOKEN,
+                                        retry=RetryPolicy(deadline_s=30, initial_wait_s=0.05)))
+    assert hook.submit_job("echo", submission_id="lost-1") == "lost-1"
+    assert dash.count("POST", "/api/jobs/") == 2
+    with pytest.raises(RayApiError, match="already exists"):
+        hook.submit_job("echo", submission_id="lost-1")
+    assert dash.count("POST", "/api/jobs/") == 3
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404])
