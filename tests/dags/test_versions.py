@@ -56,13 +56,16 @@ def test_publish_routes_past_dates_to_history_only():
         assert record["current"] is (expected == CURRENT)
 
 
-def gate_context(mrr: float, min_mrr: float):
-    results = {"evaluate": {"metrics": {"mrr": mrr}, "outputs": {"report": "/r/report.html"}},
-               "plan": {"run_key": "20261101T020000Z"}}
-    ti = SimpleNamespace(xcom_pull=lambda task_ids: results[task_ids])
+def gate_context(min_mrr: float):
     run = SimpleNamespace(run_id="manual__1", logical_date=datetime(2026, 11, 1, 2, tzinfo=UTC))
-    return {"ti": ti, "params": {"min_mrr": min_mrr, "max_mrr_drop": 0.05, "model": "rgcn"},
+    return {"params": {"min_mrr": min_mrr, "max_mrr_drop": 0.05, "model": "rgcn"},
             "dag_run": run, "inlet_events": {}}
+
+
+def evaluated(mrr: float) -> dict:
+    """The evaluate task's result and the run's plan, as the gate receives them."""
+    return {"result": {"metrics": {"mrr": mrr}, "outputs": {"report": "/r/report.html"}},
+            "plan": {"run_key": "20261101T020000Z"}}
 
 
 def test_gate_failure_raises_without_a_deprecation_warning():
@@ -72,6 +75,6 @@ def test_gate_failure_raises_without_a_deprecation_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(AirflowFailException, match="MRR 0.0310 is below min_mrr 0.2000"):
-            check_quality_gate(gate_context(0.031, 0.2), CURRENT)
-        record = check_quality_gate(gate_context(0.31, 0.2), CURRENT)
+            check_quality_gate(gate_context(0.2), CURRENT, **evaluated(0.031))
+        record = check_quality_gate(gate_context(0.2), CURRENT, **evaluated(0.31))
     assert record["logical_date"] == day(1) and record["mrr"] == 0.31
