@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kg_ops.config import TrainConfig
-from kg_ops.errors import KGOpsError
+from kg_ops.errors import KGOpsError, root_cause
 
 HELP = ("Train an RGCN or relation-attention GCN link predictor with Ray Train, one worker per "
         "partition (1 worker on 1 partition = the non-distributed baseline).")
@@ -47,6 +47,7 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
     """
     from kg_ops.manifest import Stage
     from kg_ops.store import normalize
+    from kg_ops.train.checkpoints import continue_from, fingerprint
 
     refuse_secrets(worker_env or {})
     config = config.replace(partitions=normalize(config.partitions),
@@ -65,11 +66,16 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
         if st.reused:
             return st.manifest
         run_id = uuid.uuid4().hex[:12]
+        run_fp = fingerprint(recorded, st.inputs)
+        start = continue_from(config.out, run_fp, config.resume, st.force)
+        if start != config.resume:
+            st.extra["resumed_from"] = start       # a rerun after a crash continued its run
+        config = config.replace(resume=start)
         init_state = (_warm_start(st, config, inputs, mcfg)
                       if config.init_from and not config.resume else None)
         with st.phase("fit"):
-            _fit(config, inputs.worker_run(mcfg, run_id, init_state), inputs.parts, worker_env,
-                 train_loop)
+            _fit(config, inputs.worker_run(mcfg, run_id, init_state, run_fp), inputs.parts,
+                 worker_env, train_loop)
         with st.phase("write"):
             final = _finish(st, config, mcfg, inputs, recorded, run_id)
         st.metrics.update(final)
@@ -114,12 +120,13 @@ class _TrainInputs:
                                  "Rerun `kgops --force partition`.")
         return cls(config, pm, store.read_json(join(part_dir(uri, 0), "meta.json")))
 
-    def worker_run(self, mcfg, run_id: str, init_state: str | None = None):
+    def worker_run(self, mcfg, run_id: str, init_state: str | None = None,
+                   run_fingerprint: str = ""):
         from kg_ops.train.loop import TrainRun
 
         return TrainRun(graph=self.graph, features=self.features, model_config=mcfg.to_dict(),
                         fanouts=self.fanouts, sample_seed=self.sample_seed, run_id=run_id,
-                        init_state=init_state)
+                        init_state=init_state, fingerprint=run_fingerprint)
 
 
 def _model_config(config: TrainConfig, inputs: _TrainInputs):
@@ -196,6 +203,7 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
 
     from kg_ops.raycluster import init_ray
     from kg_ops.train.loop import train_worker
+    from kg_ops.train.worker_errors import raise_reported
 
     init_ray(config.ray_address, num_cpus=max(2, workers * config.threads))
     storage = config.ray_storage or os.path.join(tempfile.gettempdir(), "kgops-ray-train")
@@ -212,14 +220,13 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None))
     try:
-        trainer.fit()
+        result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
-        cause = exc
-        while cause is not None and not isinstance(cause, KGOpsError):
-            cause = cause.__cause__ or getattr(cause, "cause", None)
+        cause = root_cause(exc)
         if isinstance(cause, KGOpsError):
             raise KGOpsError(f"training worker failed: {cause}") from exc
         raise
+    raise_reported(result)       # a deterministic error the workers settled without retries
 
 
 def _fanouts(text: str | None, partition_fanouts: list[int], num_layers: int,

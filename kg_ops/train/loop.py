@@ -33,6 +33,7 @@ import numpy as np
 
 from kg_ops.config import TrainConfig
 from kg_ops.train.collectives import Collectives
+from kg_ops.train.worker_errors import describe, first_error, is_deterministic, report_error
 
 log = logging.getLogger("kg_ops.train")
 
@@ -48,6 +49,7 @@ class TrainRun:
     sample_seed: int
     run_id: str
     init_state: str | None = None     # warm-start weights (``--init-from``), if any
+    fingerprint: str = ""             # options + inputs; a rerun continues only its own run
     log_every_s: float = 10.0
 
 
@@ -78,21 +80,25 @@ class _Progress:
         return patience > 0 and self.bad_epochs >= patience
 
 
-def _resume_state(resume: str | None) -> dict | None:
-    """Ray's latest checkpoint of this run (after a worker failure) or ``--resume``."""
+def _resume_state(config: TrainConfig, run: TrainRun) -> dict | None:
+    """After a worker failure, the newest checkpoint of this run (Ray Train's last registered
+    pointer can lag one epoch behind ``latest.json``); else the checkpoint the run starts from
+    (``--resume``, or a rerun's own latest)."""
     import ray.train
 
-    from kg_ops.train.checkpoints import load_checkpoint
+    from kg_ops.train.checkpoints import load_checkpoint, restart_state
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d, open(os.path.join(d, "pointer.json")) as fh:
             uri = json.load(fh)["uri"]
-        log.info("restarting from Ray Train's last checkpoint %s", uri)
-        return load_checkpoint(uri)
-    if resume:
-        log.info("resuming from %s", resume)
-        return load_checkpoint(resume)
+        state = restart_state(config.out, run.run_id, uri)
+        log.info("restarting from %s (Ray Train's last registered checkpoint: %s)",
+                 state["uri"], uri)
+        return state
+    if config.resume:
+        log.info("resuming from %s", config.resume)
+        return load_checkpoint(config.resume)
     return None
 
 
@@ -150,8 +156,20 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
-    worker = _Worker(loop_config["config"], loop_config["run"], ctx.get_world_rank(),
-                     Collectives(ctx.get_world_size()))
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    worker = _Worker(loop_config["config"], loop_config["run"], rank, Collectives(world))
+    error = None
+    try:
+        worker.load()
+    except Exception as exc:  # noqa: BLE001 -- sorted below: retry only what a retry can fix
+        if not is_deterministic(exc):
+            raise
+        error = describe(exc, rank)
+    error = first_error(world, error)
+    if error:           # no restart can fix it: every worker stops; the driver says it once
+        report_error(error, rank)
+        return
+    worker.connect()
     for epoch in range(worker.progress.start, worker.config.epochs + 1):
         if worker.run_epoch(epoch):
             break
@@ -163,12 +181,17 @@ class _Worker:
     def __init__(self, config: TrainConfig, run: TrainRun, rank: int, comm: Collectives):
         import torch
 
+        self.config, self.run, self.rank, self.comm = config, run, rank, comm
+        torch.set_num_threads(config.threads)
+
+    def load(self) -> None:
+        """Everything this worker reads (partition, features, checkpoint, validation edges) and
+        builds, without any collective: a failure here is settled by :func:`train_worker`."""
+        from kg_ops.graph.kg import load_edges
         from kg_ops.partition.io import load_partition
         from kg_ops.train.negatives import TypedNegativeSampler
 
-        self.config, self.run, self.rank, self.comm = config, run, rank, comm
-        torch.set_num_threads(config.threads)
-        self.part = load_partition(config.partitions, rank)
+        self.part = load_partition(self.config.partitions, self.rank)
         self.features = self._features()
         self._build_model()
         self.csr = self.part.graph()
@@ -176,8 +199,14 @@ class _Worker:
                                             self.part.relation_head_type,
                                             self.part.relation_tail_type)
         self.edges = self.part.core_edges
-        self.total_edges = int(comm.all_reduce([float(len(self.edges))])[0])
-        self.steps = max(1, math.ceil(self.total_edges / config.batch_size))
+        self.valid = load_edges(self.run.graph, "valid")
+        self.known = np.concatenate([self.valid, load_edges(self.run.graph, "test")])
+
+    def connect(self) -> None:
+        """The collectives of the start: equal parameters, global step count, who validates."""
+        self.comm.broadcast_parameters(self.model)
+        self.total_edges = int(self.comm.all_reduce([float(len(self.edges))])[0])
+        self.steps = max(1, math.ceil(self.total_edges / self.config.batch_size))
         self.validation = self._validation()
 
     def _features(self):
@@ -201,7 +230,7 @@ class _Worker:
         self.model.inputs.check(self.features)
         self.opt = TrainingOptimizer(self.model, lr=self.config.lr,
                                      weight_decay=self.config.weight_decay)
-        state = _resume_state(self.config.resume)
+        state = _resume_state(self.config, self.run)
         self.progress = _Progress()
         if state is None and self.run.init_state:
             from kg_ops.train.checkpoints import load_torch
@@ -212,17 +241,14 @@ class _Worker:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"], source=state.get("uri", "checkpoint"))
             self.progress = _Progress.from_checkpoint(state)
-        self.comm.broadcast_parameters(self.model)
 
     def _validation(self):
         """Filtered sampled validation; each triple is ranked by one worker whose partition
         holds it."""
-        from kg_ops.graph.kg import load_edges
         from kg_ops.train.validation import SampledValidation
 
         cfg, part = self.config, self.part
-        valid = load_edges(self.run.graph, "valid")
-        known = np.concatenate([valid, load_edges(self.run.graph, "test")])   # for filtering
+        valid, known = self.valid, self.known      # known: valid + test, for filtering
         if cfg.valid_triples and len(valid) > cfg.valid_triples:
             pick = np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_triples,
                                                           replace=False)
@@ -299,6 +325,7 @@ class _Worker:
                 "optimizer": self.opt.state_dict(), "history": p.history,
                 "best_valid_mrr": p.best, "best_epoch": p.best_epoch,
                 "bad_epochs": p.bad_epochs, "stopped_early": stop, "run_id": self.run.run_id,
+                "fingerprint": self.run.fingerprint,
                 "model_config": self.mcfg.to_dict(),
                 "best_model": p.best_model if p.best_model is not None
                 else self.model.state_dict()},
