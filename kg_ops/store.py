@@ -92,7 +92,7 @@ def check_uri(uri: str) -> str:
     elif low == "file":
         hint = f"did you mean file:///{path}?"
     else:
-        hint = f"the {scheme}:// scheme is not supported; use {SUPPORTED}"
+        hint = f"the {scheme}:// scheme is not supported"
     raise StoreError(f"{uri}: not a supported artifact URI ({hint}). kg_ops reads and writes "
                      f"{SUPPORTED}.")
 
