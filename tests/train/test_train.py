@@ -42,7 +42,7 @@ def runs(planted, ray_local, s3_server, tmp_path_factory):
     resumed = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "resumed"),
                                 **COMMON, resume=checkpoint_uri(str(root / "one"), EPOCHS - 2)))
     softmax = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "softmax"),
-                                **COMMON, loss="softmax", negatives=8))
+                                **{**COMMON, "loss": "softmax"}, negatives=8))
     return {"one": one, "two": two, "resumed": resumed, "softmax": softmax, "marker": marker,
             "root": root}
 
