@@ -15,6 +15,7 @@ import resource
 
 import numpy as np
 
+from kg_ops.config import PartitionConfig
 from kg_ops.errors import KGOpsError
 
 HELP = "partition the training graph into self-sufficient K-hop partitions"
@@ -22,18 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--graph", required=True, help="graph artifact URI (kgops import/synth)")
-    p.add_argument("--parts", type=int, required=True, help="number of partitions P")
-    p.add_argument("--hops", type=int, default=2, help="GNN layers K to expand for (default 2)")
-    p.add_argument("--fanout", default="25,10",
-                   help="neighbours kept per node per hop, comma separated, -1 = all "
-                        "(one value = same for every hop; default 25,10; write a leading -1 "
-                        "as --fanout=-1,-1)")
-    p.add_argument("--method", choices=("metis", "random"), default="metis")
-    p.add_argument("--seed", type=int, default=0, help="seed of METIS, owner order, sampling")
-    p.add_argument("--out", required=True, help="output URI (local path or s3://)")
-    p.add_argument("--features", default=None,
-                   help="encode stage URI; recorded so workers load their feature rows")
+    PartitionConfig.add_arguments(p)
 
 
 def fanouts_for(text: str, hops: int) -> list[int]:
@@ -82,8 +72,7 @@ def training_edges(train: np.ndarray, held_out: np.ndarray, num_nodes: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    partition(args.graph, args.parts, args.out, hops=args.hops, fanout=args.fanout,
-              method=args.method, seed=args.seed, features=args.features)
+    partition(PartitionConfig.from_args(args), force=args.force)
     return 0
 
 
@@ -97,121 +86,142 @@ def check_parts(parts: int, owners: int, edges: int, graph: str) -> None:
                          f"--parts {limit} or fewer (one worker trains each partition).")
 
 
-def partition(graph: str, parts: int, out: str, *, hops: int = 2, fanout: str = "25,10",
-              method: str = "metis", seed: int = 0, features: str | None = None,
-              force: bool = False) -> dict:
+def partition(config: PartitionConfig, *, force: bool = False) -> dict:
     """Run the stage; returns the manifest."""
-    from kg_ops.graph.kg import load_edges, load_schema
+    from kg_ops.graph.kg import load_schema
     from kg_ops.manifest import Stage, require_manifest
+    from kg_ops.store import normalize
+
+    fanouts = fanouts_for(config.fanout, config.hops)
+    graph = normalize(config.graph)
+    schema = load_schema(graph)           # requires the graph's manifest
+    inputs, features = {"graph": graph}, None
+    if config.features:
+        features = inputs["features"] = normalize(config.features)
+        require_manifest(features, "encode")
+    recorded = {"parts": config.parts, "hops": config.hops, "fanouts": fanouts,
+                "method": config.method, "seed": config.seed}
+    with Stage("partition", config.out, config=recorded, inputs=inputs, force=force) as st:
+        if st.reused:
+            return st.manifest
+        edges, csr = _training_graph(st, graph, schema, config)
+        log.info("partition: %d training edges, %d nodes, %d relations -> %d parts (%s, "
+                 "fanouts %s, seed %d)", len(edges), schema.num_nodes, schema.num_relations,
+                 config.parts, config.method, fanouts, config.seed)
+        stats = _write_partitions(st, config, schema, edges, csr, fanouts, features)
+        st.metrics.update(_metrics(stats, len(edges), int(np.count_nonzero(csr.degree)),
+                                   config.parts))
+        st.outputs.update({"parts": config.parts, "format": "kgops-partition/1",
+                           "features_uri": features, "partitions": stats})
+        log.info("partition: edge replication %.3f, node replication %.3f, balance %.3f, "
+                 "speedup bound %.2f", st.metrics["edge_replication_factor"],
+                 st.metrics["node_replication_factor"], st.metrics["balance"],
+                 st.metrics["speedup_bound"])
+    return st.manifest
+
+
+def _training_graph(st, graph: str, schema, config: PartitionConfig):
+    """The unique training edges that are not valid/test edges, and their CSR."""
+    from kg_ops.graph.kg import load_edges
+    from kg_ops.sampling import CSRGraph
+
+    with st.phase("load"):
+        raw = load_edges(graph, "train")
+        held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
+        edges, dropped = training_edges(raw, held, schema.num_nodes, schema.num_relations)
+        if not len(edges):
+            raise KGOpsError(f"{graph}: no training edges to partition")
+        log.info("partition: %d training edges loaded; building the CSR (%d messages)",
+                 len(edges), 2 * len(edges))
+        csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations,
+                                  seed=config.seed)
+        check_parts(config.parts, int(np.count_nonzero(csr.degree)), len(edges), graph)
+    st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
+                      "train_edges_in_graph": int(len(raw)), "train_edges": int(len(edges)),
+                      **dropped})
+    return edges, csr
+
+
+def _write_partitions(st, config: PartitionConfig, schema, edges: np.ndarray, csr,
+                      fanouts: list[int], features: str | None) -> list[dict]:
+    """Assign every edge an owner, expand each part to its K-hop neighbourhood, write it;
+    one stats row per partition (the assignment's own figures go to ``st.metrics``)."""
     from kg_ops.partition.expand import ExpandContext, expand_partition
     from kg_ops.partition.io import part_dir, write_partition
     from kg_ops.partition.metis import partition_edges
     from kg_ops.progress import Progress
-    from kg_ops.sampling import CSRGraph
-    from kg_ops.store import get_store, normalize
 
-    if parts < 1:
-        raise KGOpsError(f"--parts must be at least 1, not {parts}")
-    fanouts = fanouts_for(fanout, hops)
-    graph = normalize(graph)
-    schema = load_schema(graph)           # requires the graph's manifest
-    inputs = {"graph": graph}
-    if features:
-        features = normalize(features)
-        require_manifest(features, "encode")
-        inputs["features"] = features
-    config = {"parts": parts, "hops": hops, "fanouts": fanouts, "method": method, "seed": seed}
-    with Stage("partition", out, config=config, inputs=inputs, force=force) as st:
-        if st.reused:
-            return st.manifest
-        with st.phase("load"):
-            raw = load_edges(graph, "train")
-            held = np.concatenate([load_edges(graph, s) for s in ("valid", "test")])
-            edges, dropped = training_edges(raw, held, schema.num_nodes,
-                                             schema.num_relations)
-            if not len(edges):
-                raise KGOpsError(f"{graph}: no training edges to partition")
-            log.info("partition: %d training edges loaded; building the CSR (%d messages)",
-                     len(edges), 2 * len(edges))
-            csr = CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations,
-                                      seed=seed)
-            check_parts(parts, int(np.count_nonzero(csr.degree)), len(edges), graph)
-        st.counts.update({"nodes": schema.num_nodes, "relations": schema.num_relations,
-                          "train_edges_in_graph": int(len(raw)),
-                          "train_edges": int(len(edges)), **dropped})
-        log.info("partition: %d training edges, %d nodes, %d relations -> %d parts (%s, "
-                 "fanouts %s, seed %d)", len(edges), schema.num_nodes, schema.num_relations,
-                 parts, method, fanouts, seed)
-        with st.phase("assign"):
-            owner, info = partition_edges(edges, schema.num_nodes, parts, method, seed,
-                                          fanouts=fanouts, csr=csr)
-        by_owner = np.argsort(owner, kind="stable")
-        starts = np.searchsorted(owner[by_owner], np.arange(parts + 1))
+    parts = config.parts
+    with st.phase("assign"):
+        owner, info = partition_edges(edges, schema.num_nodes, parts, config.method,
+                                      config.seed, fanouts=fanouts, csr=csr)
+    st.metrics.update(info)
+    by_owner = np.argsort(owner, kind="stable")
+    starts = np.searchsorted(owner[by_owner], np.arange(parts + 1))
+    _remove_extra_parts(st, parts)
+    head_t, tail_t = schema.relation_head_tail_types()
+    ctx = ExpandContext(edges=edges, csr=csr, type_offsets=schema.offsets(),
+                        num_relations=schema.num_relations, fanouts=fanouts, seed=config.seed,
+                        feature_bytes_per_type=feature_row_bytes(features, schema))
+    stats = []
+    progress = Progress("partition/expand", total=parts, unit="partitions", every_s=0.0)
+    for p in range(parts):
+        with st.phase("expand"):
+            part, s = expand_partition(ctx, p, by_owner[starts[p]:starts[p + 1]])
+        part.node_type_names = [t.name for t in schema.node_types]
+        part.relation_head_type, part.relation_tail_type = head_t, tail_t
+        part.features_uri = features
+        with st.phase("write"):
+            written = write_partition(st.out, part)
+        s.update(bytes=int(sum(written.values())), uri=part_dir(st.out, p))
+        stats.append(s)
+        progress.update(1, core_edges=s["core_edges"], halo_edges=s["halo_edges"],
+                        nodes=s["core_nodes"] + s["halo_nodes"])
+        del part
+    progress.done()
+    return stats
 
-        store = get_store(st.out)
-        for uri in store.list(st.out):     # files of partitions a previous run had beyond P
-            name = uri[len(st.out):].lstrip("/").split("/")[0]
-            if name.startswith("part-") and name[5:].isdigit() and int(name[5:]) >= parts:
-                store.delete(uri)
 
-        head_t, tail_t = schema.relation_head_tail_types()
-        ctx = ExpandContext(edges=edges, csr=csr, type_offsets=schema.offsets(),
-                            num_relations=schema.num_relations, fanouts=fanouts, seed=seed,
-                            feature_bytes_per_type=feature_row_bytes(features, schema))
-        stats, sizes = [], []
-        progress = Progress("partition/expand", total=parts, unit="partitions", every_s=0.0)
-        for p in range(parts):
-            with st.phase("expand"):
-                part, s = expand_partition(ctx, p, by_owner[starts[p]:starts[p + 1]])
-            part.node_type_names = [t.name for t in schema.node_types]
-            part.relation_head_type, part.relation_tail_type = head_t, tail_t
-            part.features_uri = features
-            with st.phase("write"):
-                written = write_partition(st.out, part)
-            s["bytes"] = int(sum(written.values()))
-            s["uri"] = part_dir(st.out, p)
-            stats.append(s)
-            sizes.append(s["bytes"])
-            progress.update(1, core_edges=s["core_edges"], halo_edges=s["halo_edges"],
-                            nodes=s["core_nodes"] + s["halo_nodes"])
-            del part
-        progress.done()
+def _remove_extra_parts(st, parts: int) -> None:
+    """Delete the files of partitions a previous run had beyond ``parts``."""
+    from kg_ops.store import get_store
 
-        core = np.array([s["core_edges"] for s in stats], dtype=np.float64)
-        stored = np.array([s["core_edges"] + s["halo_edges"] for s in stats], dtype=np.float64)
-        local_nodes = np.array([s["core_nodes"] + s["halo_nodes"] for s in stats], np.float64)
-        covered = int(np.count_nonzero(csr.degree))
-        edge_rep = float(stored.sum() / len(edges))
-        st.metrics.update({
-            "parts": parts,
-            "edge_replication_factor": round(edge_rep, 4),
-            "node_replication_factor": round(float(local_nodes.sum() / covered), 4),
-            "core_node_replication_factor": round(
-                float(sum(s["core_nodes"] for s in stats) / covered), 4),
-            "balance": round(float(core.max() / core.mean()), 4),
-            "speedup_bound": round(parts / edge_rep, 4),
-            # Stored edges per training edge: owned, halo used by the core nodes' first-hop
-            # samples, halo used only by later hops. Sums to the edge replication factor.
-            "edge_replication_breakdown": {
-                "core": 1.0,
-                "halo_hop1": round(sum(s["halo_edges_hop1"] for s in stats) / len(edges), 4),
-                "halo_later_hops": round(sum(s["halo_edges"] - s["halo_edges_hop1"]
-                                             for s in stats) / len(edges), 4)},
-            "halo_edges": _summary([s["halo_edges"] for s in stats]),
-            "halo_nodes": _summary([s["halo_nodes"] for s in stats]),
-            "bytes_per_partition": _summary(sizes),
-            "est_peak_worker_memory_bytes": _summary(
-                [s["est_worker_memory_bytes"] for s in stats]),
-            "partitioner_peak_rss_mib": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            **info,
-        })
-        st.outputs.update({"parts": parts, "format": "kgops-partition/1",
-                           "features_uri": features, "partitions": stats})
-        log.info("partition: edge replication %.3f, node replication %.3f, balance %.3f, "
-                 "speedup bound %.2f", edge_rep, st.metrics["node_replication_factor"],
-                 st.metrics["balance"], st.metrics["speedup_bound"])
-    return st.manifest
+    store = get_store(st.out)
+    for uri in store.list(st.out):
+        name = uri[len(st.out):].lstrip("/").split("/")[0]
+        if name.startswith("part-") and name[5:].isdigit() and int(name[5:]) >= parts:
+            store.delete(uri)
+
+
+def _metrics(stats: list[dict], n_edges: int, covered: int, parts: int) -> dict:
+    """Replication, balance and size figures of the written partitions."""
+    core = np.array([s["core_edges"] for s in stats], dtype=np.float64)
+    stored = np.array([s["core_edges"] + s["halo_edges"] for s in stats], dtype=np.float64)
+    local_nodes = np.array([s["core_nodes"] + s["halo_nodes"] for s in stats], np.float64)
+    edge_rep = float(stored.sum() / n_edges)
+    return {
+        "parts": parts,
+        "edge_replication_factor": round(edge_rep, 4),
+        "node_replication_factor": round(float(local_nodes.sum() / covered), 4),
+        "core_node_replication_factor": round(
+            float(sum(s["core_nodes"] for s in stats) / covered), 4),
+        "balance": round(float(core.max() / core.mean()), 4),
+        "speedup_bound": round(parts / edge_rep, 4),
+        # Stored edges per training edge: owned, halo used by the core nodes' first-hop
+        # samples, halo used only by later hops. Sums to the edge replication factor.
+        "edge_replication_breakdown": {
+            "core": 1.0,
+            "halo_hop1": round(sum(s["halo_edges_hop1"] for s in stats) / n_edges, 4),
+            "halo_later_hops": round(sum(s["halo_edges"] - s["halo_edges_hop1"]
+                                         for s in stats) / n_edges, 4)},
+        "halo_edges": _summary([s["halo_edges"] for s in stats]),
+        "halo_nodes": _summary([s["halo_nodes"] for s in stats]),
+        "bytes_per_partition": _summary([s["bytes"] for s in stats]),
+        "est_peak_worker_memory_bytes": _summary([s["est_worker_memory_bytes"]
+                                                  for s in stats]),
+        "partitioner_peak_rss_mib": round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def feature_row_bytes(features: str | None, schema) -> np.ndarray | None:

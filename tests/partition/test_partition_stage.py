@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from kg_ops.cli import main
+from kg_ops.config import PartitionConfig
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.kg import KnowledgeGraph, load_edges
 from kg_ops.graph.schema import GraphSchema, NodeType, Relation
@@ -68,7 +69,8 @@ def triples(edges: np.ndarray, ids: np.ndarray) -> set[tuple[int, int, int]]:
 @pytest.mark.parametrize("method", ["metis", "random"])
 def test_every_training_edge_owned_once_and_no_held_out_edge(graph, tmp_path, method):
     uri, splits = graph
-    m = partition(uri, 3, str(tmp_path / "p"), fanout="4,3", method=method, seed=1)
+    m = partition(PartitionConfig(graph=uri, parts=3, out=str(tmp_path / "p"), fanout="4,3",
+                                  method=method, seed=1))
     parts = parts_of(str(tmp_path / "p"))
     owned = [p.global_core_edges() for p in parts]
     all_owned = np.concatenate(owned)
@@ -90,7 +92,7 @@ def test_partitions_are_self_sufficient(graph, tmp_path, method, fanout):
     inside the partition equals the one drawn from the full training graph."""
     uri, _ = graph
     out = str(tmp_path / "p")
-    partition(uri, 3, out, fanout=fanout, method=method, seed=5)
+    partition(PartitionConfig(graph=uri, parts=3, out=out, fanout=fanout, method=method, seed=5))
     m = load_partitions_manifest(out)
     full_edges = np.unique(load_edges(uri, "train"), axis=0)
     held = np.concatenate([load_edges(uri, "valid"), load_edges(uri, "test")])
@@ -121,7 +123,7 @@ def test_partitions_are_self_sufficient(graph, tmp_path, method, fanout):
 def test_partition_contents_are_consistent(graph, tmp_path):
     uri, _ = graph
     out = str(tmp_path / "p")
-    m = partition(uri, 4, out, fanout="5,2", seed=3)
+    m = partition(PartitionConfig(graph=uri, parts=4, out=out, fanout="5,2", seed=3))
     parts = parts_of(out)
     offsets = np.array([0, N_PERSON, N_PERSON + N_ITEM])
     stored = 0
@@ -171,7 +173,8 @@ def test_deterministic_for_a_fixed_seed(graph, tmp_path, method):
     uri, _ = graph
     runs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        partition(uri, 3, str(tmp_path / name), fanout="3,2", method=method, seed=seed)
+        partition(PartitionConfig(graph=uri, parts=3, out=str(tmp_path / name), fanout="3,2",
+                                  method=method, seed=seed))
         runs[name] = parts_of(str(tmp_path / name))
     for pa, pb in zip(runs["a"], runs["b"], strict=True):
         assert np.array_equal(pa.global_ids, pb.global_ids)
@@ -184,7 +187,7 @@ def test_deterministic_for_a_fixed_seed(graph, tmp_path, method):
 def test_s3_output(graph, s3_bucket):
     uri, splits = graph
     out = s3_bucket + "/runs/partition"
-    m = partition(uri, 2, out, fanout="3,3", seed=0)
+    m = partition(PartitionConfig(graph=uri, parts=2, out=out, fanout="3,3", seed=0))
     assert m["uri"] == out
     parts = parts_of(out)
     owned = np.concatenate([p.global_core_edges() for p in parts])
@@ -206,7 +209,8 @@ def test_cli_and_clear_errors(graph, tmp_path, capsys):
                  "--fanout", "3,2", "--out", str(tmp_path / "q")]) == 2
     assert "--fanout '3,2' gives 2 values for --hops 3" in capsys.readouterr().err
     with pytest.raises(KGOpsError, match="no _manifest.json"):
-        partition(str(tmp_path / "no-graph"), 2, str(tmp_path / "r"))
+        partition(PartitionConfig(graph=str(tmp_path / "no-graph"), parts=2,
+                                  out=str(tmp_path / "r")))
     with pytest.raises(PartitionError, match="--features"):
         load_partition(out, 0).load_features()
 
@@ -218,7 +222,7 @@ def test_codex_s_import_then_partition(datasets, tmp_path):
     assert main(["import", "codex", "--root", str(datasets / "codex"), "--size", "s",
                  "--out", graph]) == 0
     out = str(tmp_path / "p")
-    m = partition(graph, 4, out, fanout="25,10", seed=0)
+    m = partition(PartitionConfig(graph=graph, parts=4, out=out, fanout="25,10", seed=0))
     train = np.unique(load_edges(graph, "train"), axis=0)
     assert m["counts"]["train_edges"] == len(train) == 32888
     parts = parts_of(out)
@@ -266,7 +270,7 @@ def test_features_reference_gives_each_partition_its_rows(graph, tmp_path):
     features = str(tmp_path / "features")
     blocks = write_features(features, uri)
     out = str(tmp_path / "p")
-    m = partition(uri, 2, out, fanout="3,2", features=features)
+    m = partition(PartitionConfig(graph=uri, parts=2, out=out, fanout="3,2", features=features))
     assert m["inputs"]["features"]["uri"] == features
     for part in parts_of(out):
         assert part.features_uri == features
@@ -281,7 +285,7 @@ def test_features_reference_gives_each_partition_its_rows(graph, tmp_path):
             assert np.array_equal(part.global_ids[local], got[attr].node_ids)
         assert part.to_local(np.array([10**9])).tolist() == [-1]
     est = m["metrics"]["est_peak_worker_memory_bytes"]["per_part"]
-    plain = partition(uri, 2, str(tmp_path / "q"), fanout="3,2")
+    plain = partition(PartitionConfig(graph=uri, parts=2, out=str(tmp_path / "q"), fanout="3,2"))
     assert all(a > b for a, b in zip(est, plain["metrics"]["est_peak_worker_memory_bytes"]
                                      ["per_part"], strict=True))
 
@@ -297,4 +301,4 @@ def test_more_parts_than_nodes_with_edges_is_refused(graph, tmp_path, capsys):
     assert f"Use --parts {owners} or fewer" in err
     assert not (tmp_path / "p" / "_manifest.json").exists()
     assert main(["partition", "--graph", uri, "--parts", "0", "--out", str(tmp_path / "q")]) == 2
-    assert "--parts must be at least 1, not 0" in capsys.readouterr().err
+    assert "--parts must be >= 1, got 0" in capsys.readouterr().err

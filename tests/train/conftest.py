@@ -47,13 +47,14 @@ def planted_graph(uri: str, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory):
     """The planted graph and its 1- and 2-partition splits."""
+    from kg_ops.config import PartitionConfig
     from kg_ops.partition.cli import partition
 
     root = str(tmp_path_factory.mktemp("planted"))
     graph = planted_graph(join(root, "graph"))
     parts = {p: join(root, f"parts{p}") for p in (1, 2)}
     for p, uri in parts.items():
-        partition(graph, p, uri, fanout="10,5", seed=0)
+        partition(PartitionConfig(graph=graph, parts=p, out=uri, fanout="10,5", seed=0))
     return {"graph": graph, "parts": parts, "root": root}
 
 

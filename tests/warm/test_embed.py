@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from kg_ops.config import PartitionConfig
 from kg_ops.embed.cli import embed
 from kg_ops.encode.cli import encode
 from kg_ops.encode.fit import EncodeSettings
@@ -59,7 +60,8 @@ def setup(ray_local, tmp_path_factory):
     encode(graph, features, workers=1, threads=1, settings=EncodeSettings(bins=4),
            tabular_min_cells=1)
     parts = join(root, "parts")
-    partition(graph, 2, parts, fanout="3,2", seed=0, features=features)
+    partition(PartitionConfig(graph=graph, parts=2, out=parts, fanout="3,2", seed=0,
+                              features=features))
     model = write_model(join(root, "model"), graph, parts, features, len(v1["keys"]))
     return {"root": root, "v1": v1, "graph": graph, "features": features, "model": model}
 

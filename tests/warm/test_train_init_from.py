@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from kg_ops.config import TrainConfig
+from kg_ops.config import PartitionConfig, TrainConfig
 from kg_ops.graph.versions import match_graphs
 from kg_ops.models.trained import load_trained
 from kg_ops.partition.cli import partition
@@ -46,7 +46,8 @@ def versions(ray_local, tmp_path_factory):
     out = {}
     for name, v in (("v1", v1), ("v2", v2)):
         g = save_version(join(root, name), v)
-        partition(g, 1, join(root, f"parts-{name}"), fanout="3,2", seed=0)
+        partition(PartitionConfig(graph=g, parts=1, out=join(root, f"parts-{name}"),
+                                  fanout="3,2", seed=0))
         out[name] = g
     first = train(config(root, "v1", "m1", epochs=2))
     warm = train(config(root, "v2", "m2", epochs=1, lr=1e-9, init_from=first["uri"]))
