@@ -87,6 +87,17 @@ class TrainConfig(StageConfig):
                                    "the validation MRR")
     seed: int = option(0, help="random seed")
     threads: int = option(1, minimum=1, recorded=False, help="torch threads per worker")
+    prefetch: int = option(1, minimum=0, recorded=False, help="batches built ahead in a "
+                           "background thread while the current one trains (0 = off; the "
+                           "batches are the same either way)")
+    exchange: str = option("auto", choices=("auto", "gather", "dense"), recorded=False,
+                           help="how the embedding table's sparse gradient is averaged across "
+                                "workers: gather the touched rows, all-reduce the dense table, "
+                                "or auto (the one moving fewer bytes; same result)")
+    candidates: str = option("sharded", choices=("sharded", "local"),
+                             help="softmax on several workers: sharded = each worker draws "
+                                  "1/P of the candidates and all rank against all of them "
+                                  "(work divides by P); local = each draws all of them")
     max_failures: int = option(2, minimum=0, recorded=False, help="worker failures Ray Train "
                                "recovers from (restart at the last checkpoint)")
     keep_checkpoints: int = option(3, minimum=1, recorded=False, help="epoch checkpoints kept "

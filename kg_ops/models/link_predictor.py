@@ -96,15 +96,21 @@ class LinkPredictor(nn.Module):
         self.decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim)
 
     # --- encoding ---------------------------------------------------------------------------
-    def encode_sampled(self, cg, features: NodeFeatures | None = None) -> torch.Tensor:
+    def encode_sampled(self, cg, features: NodeFeatures | None = None,
+                       layers: list | None = None) -> torch.Tensor:
         """Embeddings of ``cg.nodes[:cg.sizes[0]]`` (the seeds) from a sampled computation
-        graph whose node ids index ``features``' id space."""
+        graph whose node ids index ``features``' id space. ``layers``: the graph's
+        ``(edge_index, edge_type, n_src, n_dst)`` per GNN layer when already built (a
+        prefetched :class:`kg_ops.train.batches.Batch`)."""
         n = cg.sizes[-1]
         x = self.inputs(torch.from_numpy(cg.nodes[:n]), torch.from_numpy(cg.global_nodes[:n]),
                         features)
+        if layers is None:
+            layers = [(hop.edge_index, hop.edge_type, n_src, n_dst)
+                      for hop, n_src, n_dst in cg.gnn_layers()]
         h = x
-        for i, (hop, n_src, n_dst) in enumerate(cg.gnn_layers()):
-            h = self.encoder.layer(i, h[:n_src], h[:n_dst], hop.edge_index, hop.edge_type)
+        for i, (edge_index, edge_type, n_src, n_dst) in enumerate(layers):
+            h = self.encoder.layer(i, h[:n_src], h[:n_dst], edge_index, edge_type)
         return h + x[:len(h)] if self.cfg.residual else h
 
     @torch.no_grad()
@@ -158,8 +164,13 @@ class LinkPredictor(nn.Module):
         ``z``-positions; ``tail_ok`` / ``head_ok``: ``[B, M]``, candidate ``j`` is a valid
         corruption of positive ``i``'s tail / head (the type the relation expects, and not the
         true entity itself)."""
+        return self.candidate_loss(z, pos, z[cand], tail_ok, head_ok)
+
+    def candidate_loss(self, z: torch.Tensor, pos: torch.Tensor, c: torch.Tensor,
+                       tail_ok: torch.Tensor, head_ok: torch.Tensor) -> torch.Tensor:
+        """:meth:`softmax_loss` with the candidates' embeddings ``c [M, d]`` given (they may
+        come from other workers: :mod:`kg_ops.train.candidates`)."""
         h, rel, t = z[pos[:, 0]], pos[:, 1], z[pos[:, 2]]
-        c = z[cand]
         true = self.decoder.score(h, rel, t).unsqueeze(1)
         target = torch.zeros(len(pos), dtype=torch.long)
         loss = 0.0

@@ -10,8 +10,9 @@ import numpy as np
 class Collectives:
     """Collectives over torch.distributed (gloo), no-ops for a single worker."""
 
-    def __init__(self, world: int):
-        self.world = world
+    def __init__(self, world: int, exchange: str = "auto"):
+        self.world, self.exchange = world, exchange
+        self.last_exchange = None
 
     def _dist(self):
         import torch.distributed as dist
@@ -39,10 +40,11 @@ class Collectives:
 
     def average_gradients(self, model) -> None:
         """Average every gradient across workers: dense ones with one flat all-reduce, sparse
-        ones (embedding rows) by gathering each worker's touched rows, so what travels is what
-        the batches touched, not the whole table."""
+        ones (embedding rows) by the cheaper of a gather of each worker's touched rows and a
+        dense all-reduce of the table (:mod:`kg_ops.train.exchange`)."""
         import torch
 
+        from kg_ops.train.exchange import sparse_mean
         from kg_ops.train.optim import sparse_parameters
 
         sparse = {id(p) for p in sparse_parameters(model)}
@@ -65,30 +67,7 @@ class Collectives:
             offset += n
         for p in params:
             if id(p) in sparse:
-                p.grad = self._sparse_mean(p.grad)
-
-    def _sparse_mean(self, grad):
-        """Mean over workers of a sparse row gradient: all-gather (rows, values), padded to
-        the largest worker's row count, then sum duplicates."""
-        import torch
-
-        dist = self._dist()
-        g = grad.coalesce()
-        rows, vals = g.indices()[0], g.values()
-        counts = [torch.zeros(1, dtype=torch.long) for _ in range(self.world)]
-        dist.all_gather(counts, torch.tensor([len(rows)]))
-        width = int(max(int(c) for c in counts))
-        pad_rows = torch.zeros(width, dtype=torch.long)
-        pad_vals = torch.zeros(width, *vals.shape[1:], dtype=vals.dtype)
-        pad_rows[:len(rows)], pad_vals[:len(rows)] = rows, vals
-        all_rows = [torch.empty_like(pad_rows) for _ in range(self.world)]
-        all_vals = [torch.empty_like(pad_vals) for _ in range(self.world)]
-        dist.all_gather(all_rows, pad_rows)
-        dist.all_gather(all_vals, pad_vals)
-        n = [int(c) for c in counts]
-        rows = torch.cat([r[:k] for r, k in zip(all_rows, n, strict=True)])
-        vals = torch.cat([v[:k] for v, k in zip(all_vals, n, strict=True)]) / self.world
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, grad.shape).coalesce()
+                p.grad, self.last_exchange = sparse_mean(p.grad, self.world, self.exchange)
 
     def broadcast_parameters(self, model) -> None:
         if self.world == 1:

@@ -114,37 +114,6 @@ def _report(metrics: dict, pointer_uri: str | None) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _batch_loss(model, config: TrainConfig, csr, sampler, pos: np.ndarray, fanouts: list[int],
-                sample_seed: int, features, rng: np.random.Generator):
-    """The loss of one mini-batch of positive edges ``pos`` (local ids): negatives, the
-    sampled computation graph of every entity scored, forward, loss (see
-    :mod:`kg_ops.models.link_predictor` for the two losses)."""
-    import torch
-
-    from kg_ops.sampling import sample_computation_graph
-
-    softmax = config.loss == "softmax"
-    if softmax:
-        cand, tail_ok, head_ok = sampler.shared_candidates(pos, config.negatives, rng)
-        seeds = np.concatenate([pos[:, [0, 2]].ravel(), cand])
-    else:
-        neg = sampler.sample(pos, config.negatives, rng)
-        seeds = np.concatenate([pos, neg])[:, [0, 2]].ravel()
-    cg = sample_computation_graph(csr, seeds, fanouts, seed=sample_seed)
-    z = model.encode_sampled(cg, features)
-    loc = cg.seed_index
-    if softmax:
-        n = 2 * len(pos)
-        ends = loc[:n].reshape(-1, 2)
-        trip = torch.from_numpy(np.stack([ends[:, 0], pos[:, 1], ends[:, 1]], axis=1))
-        return model.softmax_loss(z, trip, torch.from_numpy(loc[n:]),
-                                  torch.from_numpy(tail_ok), torch.from_numpy(head_ok))
-    ends = loc.reshape(-1, 2)
-    rel = np.concatenate([pos[:, 1], neg[:, 1]])
-    trip = torch.from_numpy(np.stack([ends[:, 0], rel, ends[:, 1]], axis=1))
-    return model.loss(z, trip[:len(pos)], trip[len(pos):])
-
-
 def train_worker(loop_config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the TorchTrainer: ``{"config": TrainConfig, "run":
     TrainRun}``, both built by :func:`kg_ops.train.cli.train`."""
@@ -157,7 +126,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    worker = _Worker(loop_config["config"], loop_config["run"], rank, Collectives(world))
+    worker = _Worker(loop_config["config"], loop_config["run"], rank, Collectives(world, loop_config["config"].exchange))
     error = None
     try:
         worker.load()
@@ -207,7 +176,27 @@ class _Worker:
         self.comm.broadcast_parameters(self.model)
         self.total_edges = int(self.comm.all_reduce([float(len(self.edges))])[0])
         self.steps = max(1, math.ceil(self.total_edges / self.config.batch_size))
+        self._build_batches()
         self.validation = self._validation()
+
+    def _build_batches(self) -> None:
+        """The batch builder; with softmax on several workers, candidates are sharded
+        (:mod:`kg_ops.train.candidates`): each worker draws its share of every node type."""
+        import torch
+
+        from kg_ops.train.batches import BatchBuilder
+        from kg_ops.train.candidates import CandidateShards, shard_size
+
+        cfg, world, shard = self.config, self.comm.world, None
+        self.shards = None
+        if cfg.loss == "softmax" and world > 1 and cfg.candidates == "sharded":
+            shard = shard_size(cfg.negatives, world)
+            types = int(self.comm.all_reduce([float(len(self.sampler.count))], op="max")[0])
+            self.shards = CandidateShards(world, self.rank, shard * types,
+                                          torch.from_numpy(self.sampler.head_type),
+                                          torch.from_numpy(self.sampler.tail_type))
+        self.builder = BatchBuilder(self.csr, self.sampler, self.run.fanouts,
+                                    self.run.sample_seed, cfg.loss, cfg.negatives, shard=shard)
 
     def _features(self):
         from kg_ops.models.attributes import NodeFeatures
@@ -289,6 +278,7 @@ class _Worker:
         import torch
 
         from kg_ops.progress import Progress
+        from kg_ops.train.batches import batch_loss, prefetch
 
         rng = np.random.default_rng([self.config.seed, epoch, self.rank])
         torch.manual_seed(int(rng.integers(2**62)))
@@ -297,18 +287,18 @@ class _Worker:
         loss_sum, seen = 0.0, 0
         progress = Progress(f"train epoch {epoch}/{self.config.epochs} worker {self.rank}",
                             total=len(self.edges), unit="edges", every_s=self.run.log_every_s)
-        for batch in np.array_split(rng.permutation(len(self.edges)), self.steps):
+        batches = self.builder.epoch(self.edges, self.steps, rng)
+        for batch in prefetch(batches, self.config.prefetch):
             self.opt.zero_grad()
-            if len(batch):
-                loss = _batch_loss(self.model, self.config, self.csr, self.sampler,
-                                   self.edges[batch], self.run.fanouts, self.run.sample_seed,
-                                   self.features, rng)
+            size = 0 if batch is None else batch.size
+            if batch is not None:
+                loss = batch_loss(self.model, batch, self.features, self.shards)
                 loss.backward()
-                loss_sum += float(loss.detach()) * len(batch)
-                seen += len(batch)
+                loss_sum += float(loss.detach()) * size
+                seen += size
             self.comm.average_gradients(self.model)
             self.opt.step()
-            progress.update(len(batch), loss=loss_sum / max(seen, 1))
+            progress.update(size, loss=loss_sum / max(seen, 1))
         loss_total, seen_total = self.comm.all_reduce([loss_sum, float(seen)])
         epoch_s = self.comm.all_reduce([time.perf_counter() - t0], op="max")[0]
         return {"epoch": epoch, "loss": loss_total / max(seen_total, 1),

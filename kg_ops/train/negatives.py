@@ -73,15 +73,25 @@ class TypedNegativeSampler:
                              "partition although one of its edges expects that type; the "
                              "partition does not match the graph schema; re-run "
                              "`kgops partition`")
-        parts, part_types = [], []
-        for ty in types:
-            n = int(self.count[ty])
-            pick = np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
-            parts.append(self.start[ty] + pick)
-            part_types.append(np.full(len(pick), ty))
-        cand, cand_type = np.concatenate(parts), np.concatenate(part_types)
+        cand, cand_type = self.draw(types, k, rng)
         tail_ok = (cand_type[None, :] == self.tail_type[rel][:, None]) \
             & (cand[None, :] != pos[:, 2:3])
         head_ok = (cand_type[None, :] == self.head_type[rel][:, None]) \
             & (cand[None, :] != pos[:, 0:1])
         return cand, tail_ok, head_ok
+
+    def draw(self, types: np.ndarray, k: int, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` distinct pool entities of each of ``types`` (all of a smaller pool),
+        sorted within each type: ``(local ids, their node types)``."""
+        parts, part_types = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+        for ty in types:
+            n = int(self.count[ty])
+            pick = np.arange(n) if n <= k else np.sort(rng.choice(n, size=k, replace=False))
+            parts.append(self.start[ty] + pick)
+            part_types.append(np.full(len(pick), ty, dtype=np.int64))
+        return np.concatenate(parts), np.concatenate(part_types)
+
+    def pool_types(self) -> np.ndarray:
+        """Node types with a non-empty pool in this partition."""
+        return np.flatnonzero(self.count > 0)

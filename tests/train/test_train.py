@@ -41,7 +41,7 @@ def runs(planted, ray_local, s3_server, tmp_path_factory):
     two = train(TrainConfig(partitions=planted["parts"][2], out=f"s3://{bucket}/two", **COMMON))
     resumed = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "resumed"),
                                 **COMMON, resume=checkpoint_uri(str(root / "one"), EPOCHS - 2)))
-    softmax = train(TrainConfig(partitions=planted["parts"][1], out=str(root / "softmax"),
+    softmax = train(TrainConfig(partitions=planted["parts"][2], out=str(root / "softmax"),
                                 **{**COMMON, "loss": "softmax"}, negatives=8))
     return {"one": one, "two": two, "resumed": resumed, "softmax": softmax, "marker": marker,
             "root": root}
@@ -70,8 +70,10 @@ def test_learns_the_planted_graph_far_above_random(runs, planted):
 
 
 def test_softmax_loss_learns_the_planted_graph(runs, planted):
+    """2 workers: each draws half the candidates and ranks against both halves."""
     m = runs["softmax"]
     assert m["config"]["loss"] == "softmax" and m["config"]["negatives"] == 8
+    assert m["metrics"]["workers"] == 2
     tm = load_trained(m["uri"])
     assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 0.9
     assert tm.history[-1]["loss"] < tm.history[0]["loss"]

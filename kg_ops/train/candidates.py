@@ -1,0 +1,103 @@
+"""Softmax candidates sharded across workers: the candidate work divides by the workers.
+
+With the ``softmax`` loss every positive is ranked against candidates shared by the batch.
+If each of ``P`` workers drew the full ``k`` candidates per node type for its ``1/P`` of the
+batch, every worker would still encode (sampled K-hop computation graphs) and score ``k``
+candidates per type, and the step would not get cheaper with more workers.
+
+Sharded instead: each worker draws ``ceil(k / P)`` candidates of every node type from its own
+partition's negative pool (its core nodes; the pools of the partitions are disjoint), encodes
+only those, and one all-gather of their embeddings (with their global ids and types) gives
+every worker the whole set of about ``k`` per type. Each worker ranks its local positives
+against all of them. Backward sends every worker's gradient of the gathered embeddings back
+to the worker that computed them (one all-reduce of the ``[P * slots, d]`` gradient), so the
+averaged gradient is the gradient of the mean loss over the global batch, as with one worker.
+Candidate masks are computed from global ids after the gather: a candidate may replace a
+positive's tail (head) when it has the type the relation expects there and is not the true
+entity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def shard_size(k: int, world: int) -> int:
+    """Candidates per node type each of ``world`` workers draws for ``k`` in total."""
+    return max(1, math.ceil(int(k) / max(int(world), 1)))
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of equally shaped ``[m, d]`` row blocks, differentiable: the backward sums
+    every worker's gradient of the gathered rows and hands each worker its own block."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, world: int, rank: int) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.m = rank, x.shape[0]
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m], None, None
+
+
+@dataclass
+class CandidateShards:
+    """Gathers the workers' candidate shards; ``slots`` rows per worker (padding included)."""
+
+    world: int
+    rank: int
+    slots: int
+    head_type: torch.Tensor     # node type each relation expects at its head
+    tail_type: torch.Tensor
+
+    def gather(self, emb: torch.Tensor, gid: np.ndarray, ntype: np.ndarray
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every worker's candidates: ``(embeddings [P*slots, d], global ids, node types)``;
+        padding rows have id and type -1 (no positive may use them)."""
+        import torch.distributed as dist
+
+        m = len(gid)
+        if m > self.slots:
+            raise ValueError(f"{m} candidates exceed the {self.slots} slots of a shard")
+        pad = self.slots - m
+        emb = torch.cat([emb, emb.new_zeros(pad, emb.shape[1])]) if pad else emb
+        meta = torch.full((2, self.slots), -1, dtype=torch.long)
+        meta[0, :m], meta[1, :m] = torch.from_numpy(gid), torch.from_numpy(ntype)
+        metas = [torch.empty_like(meta) for _ in range(self.world)]
+        dist.all_gather(metas, meta)
+        meta = torch.cat(metas, dim=1)
+        return _GatherRows.apply(emb, self.world, self.rank), meta[0], meta[1]
+
+    def masks(self, rel: torch.Tensor, head_gid: torch.Tensor, tail_gid: torch.Tensor,
+              cand_gid: torch.Tensor, cand_type: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tail_ok, head_ok [B, M]``: candidate ``j`` may replace positive ``i``'s tail /
+        head (the type its relation expects there, and not the true entity)."""
+        tail_ok = (cand_type[None, :] == self.tail_type[rel][:, None]) \
+            & (cand_gid[None, :] != tail_gid[:, None])
+        head_ok = (cand_type[None, :] == self.head_type[rel][:, None]) \
+            & (cand_gid[None, :] != head_gid[:, None])
+        return tail_ok, head_ok
+
+    def loss(self, model, z: torch.Tensor, batch) -> torch.Tensor:
+        """The softmax loss of this worker's positives against every worker's candidates."""
+        c, gid, ntype = self.gather(z[batch.cand], batch.cand_gid, batch.cand_type)
+        if batch.size == 0:      # still part of the collectives, contributes nothing
+            return c.sum() * 0.0
+        pos = batch.triples
+        tail_ok, head_ok = self.masks(pos[:, 1], torch.from_numpy(batch.pos_gid[:, 0]),
+                                      torch.from_numpy(batch.pos_gid[:, 1]), gid, ntype)
+        return model.candidate_loss(z, pos, c, tail_ok, head_ok)
