@@ -27,3 +27,8 @@ class PartitionConfig(StageConfig):
     features: str | None = option(None, recorded=False,
                                   help="encode stage URI; recorded so workers load their "
                                        "feature rows")
+    plan_steps: int = option(6, minimum=0, recorded=False,
+                             help="training steps timed (twice, in a fresh process) on the "
+                                  "largest partition to predict each worker's epoch time and "
+                                  "peak memory with `kgops train`'s defaults (metrics.plan of "
+                                  "the manifest; 0 = skip)")

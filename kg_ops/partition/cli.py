@@ -111,6 +111,13 @@ def partition(config: PartitionConfig, *, force: bool = False) -> dict:
         stats = _write_partitions(st, config, schema, edges, csr, fanouts, features)
         st.metrics.update(_metrics(stats, len(edges), int(np.count_nonzero(csr.degree)),
                                    config.parts))
+        if config.plan_steps > 0:
+            from kg_ops.train.plan import describe, plan_partitions
+
+            with st.phase("plan"):
+                st.metrics["plan"] = plan_partitions(stats, schema, fanouts, config.seed,
+                                                     config.plan_steps)
+            log.info("partition: %s", describe(st.metrics["plan"]))
         st.outputs.update({"parts": config.parts, "format": "kgops-partition/1",
                            "features_uri": features, "partitions": stats})
         log.info("partition: edge replication %.3f, node replication %.3f, balance %.3f, "

@@ -181,8 +181,13 @@ def load_partition(partitions_uri: str, part_id: int) -> Partition:
         raise PartitionError(f"{uri} has {parts} partitions (0..{parts - 1}); there is no "
                              f"partition {part_id}. Start one worker per partition or "
                              f"repartition with --parts.")
-    store = get_store(uri)
-    d = part_dir(uri, int(part_id))
+    return read_partition(part_dir(uri, int(part_id)))
+
+
+def read_partition(d: str) -> Partition:
+    """Read one partition directory (:func:`load_partition` checks the stage first; the
+    partition stage's cost planner reads a partition before the manifest exists)."""
+    store = get_store(d)
     try:
         meta = store.read_json(join(d, "meta.json"))
         nodes = store.read_parquet(join(d, "nodes.parquet"))

@@ -65,6 +65,11 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
     with Stage("train", config.out, config=recorded, inputs=stage_inputs, force=force) as st:
         if st.reused:
             return st.manifest
+        if inputs.plan:
+            from kg_ops.train.plan import for_run
+
+            log.info("train: %s", for_run(inputs.plan, config.batch_size, config.loss,
+                                          config.model))
         run_id = uuid.uuid4().hex[:12]
         run_fp = fingerprint(recorded, st.inputs)
         start = continue_from(config.out, run_fp, config.resume, st.force)
@@ -94,6 +99,7 @@ class _TrainInputs:
         self.parts = int(pm["outputs"]["parts"])
         self.graph = pm["inputs"]["graph"]["uri"]
         self.features = pm["outputs"].get("features_uri")
+        self.plan = pm.get("metrics", {}).get("plan")     # the cost planner's prediction
         self.schema = load_schema(self.graph)
         sampling = meta0["sampling"]
         self.sample_seed = int(sampling["seed"])

@@ -1,0 +1,270 @@
+"""The cost planner: each worker's epoch time and peak memory, predicted before a long run.
+
+A training step's cost grows with its local batch (the computation graphs of the batch's
+entities) on top of a fixed part (Python dispatch, the dense optimiser, the exchange's
+bookkeeping). :func:`calibrate` measures real steps of the training loop (the same batch
+builder, prefetching, loss, backward and optimiser) on one partition at two local batch sizes
+and fits ``step_s = fixed_s + per_edge_s * local_batch``; it also samples the process's
+resident memory while the steps run, which gives the memory a step needs on top of the data
+and the model. :func:`predict` then gives, for every worker of a P-way run, its local batch,
+steps per epoch, epoch time and peak memory:
+
+* ``epoch_s = steps * (fixed_s + per_edge_s * local_batch)``, ``steps = ceil(E / batch)``;
+  the run's epoch is the slowest worker's (gradient exchange not included: it depends on the
+  network; ``bench_scaleout`` estimates it);
+* ``peak = runtime + model state + partition data + step_bytes_per_edge * local_batch``: model
+  state is the parameters plus Adam's two moments (SparseAdam keeps both for the whole
+  embedding table) plus dense gradients, partition data is
+  :func:`kg_ops.partition.expand.estimate_worker_bytes`, and the runtime (interpreter, torch,
+  numpy) and the per-edge step memory are measured.
+
+The partition stage writes the plan into its manifest (``metrics.plan``) for the default
+training recipe, and ``kgops train`` prints it, rescaled to its own batch size, before it
+starts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * _PAGE
+
+
+class RSSPeak:
+    """The highest resident memory seen while the block runs (sampled every ``every_s``)."""
+
+    def __init__(self, every_s: float = 0.002):
+        self.every_s, self.peak = every_s, 0
+        self._stop = threading.Event()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> RSSPeak:
+        self.start = self.peak = rss_bytes()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+@dataclass
+class StepCost:
+    """Measured cost of a training step on this machine (one worker, ``threads`` threads)."""
+
+    fixed_s: float
+    per_edge_s: float
+    step_bytes_per_edge: float
+    peak_bytes: int            # the calibration process's peak: one worker's whole footprint
+    data_bytes: int            # estimated data bytes of the partition it ran on
+    local_batch: int           # the larger local batch it ran
+    measured_on: dict
+
+    def step_s(self, local_batch: float) -> float:
+        return self.fixed_s + self.per_edge_s * local_batch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepCost:
+        return cls(**d)
+
+
+def model_state_bytes(model) -> int:
+    """Parameters, Adam's two moments and a gradient of every dense parameter (4 B each); the
+    embedding table's gradient is sparse (counted in the step memory)."""
+    from kg_ops.train.optim import sparse_parameters
+
+    sparse = {id(p) for p in sparse_parameters(model)}
+    return sum(p.numel() * 4 * (3 if id(p) in sparse else 4) for p in model.parameters())
+
+
+def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
+                features, depth: int) -> tuple[float, int]:
+    """Median seconds per step of ``steps`` real steps (after one warm-up) and the peak
+    resident memory growth while they ran."""
+    from kg_ops.train.batches import batch_loss, prefetch
+
+    rng = np.random.default_rng(0)
+    take = min(len(edges), batch * (steps + 1))
+    times = []
+    with RSSPeak() as mem:
+        t = time.perf_counter()
+        for b in prefetch(builder.epoch(edges[rng.permutation(len(edges))[:take]],
+                                        steps + 1, rng), depth):
+            opt.zero_grad()
+            if b is not None:
+                batch_loss(model, b, features).backward()
+            opt.step()
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+    return float(np.median(times[1:])), max(0, mem.peak - mem.start)
+
+
+def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: list[int],
+              sample_seed: int, batches: tuple[int, int], steps: int = 6, lr: float = 0.01,
+              features=None, prefetch_depth: int = 1) -> StepCost:
+    """Fit the step cost from real steps on partition ``part`` at two local batch sizes.
+    Run it in a fresh process (:func:`calibrate_in_child`): its peak memory is the answer."""
+    import resource
+
+    import torch
+
+    from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
+    from kg_ops.partition.expand import estimate_worker_bytes
+    from kg_ops.train.batches import BatchBuilder
+    from kg_ops.train.negatives import TypedNegativeSampler
+    from kg_ops.train.optim import TrainingOptimizer
+
+    torch.manual_seed(0)
+    model = LinkPredictor(ModelConfig.from_dict(model_config))
+    opt = TrainingOptimizer(model, lr=lr)
+    csr = part.graph()
+    sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                   part.relation_tail_type)
+    builder = BatchBuilder(csr, sampler, fanouts, sample_seed, loss, negatives)
+    small, large = sorted(max(1, int(b)) for b in batches)
+    t_small, _ = _time_steps(model, opt, builder, part.core_edges, small, steps, features,
+                             prefetch_depth)
+    t_large, mem = _time_steps(model, opt, builder, part.core_edges, large, steps, features,
+                               prefetch_depth)
+    per_edge = max(0.0, (t_large - t_small) / (large - small)) if large > small \
+        else t_large / large
+    return StepCost(
+        fixed_s=max(0.0, t_large - per_edge * large), per_edge_s=per_edge,
+        step_bytes_per_edge=mem / large,
+        peak_bytes=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+        data_bytes=estimate_worker_bytes(part.num_nodes, len(part.edges)), local_batch=large,
+        measured_on={"part": int(part.part_id), "batches": [small, large],
+                     "step_s": [round(t_small, 5), round(t_large, 5)], "steps": steps,
+                     "loss": loss, "negatives": negatives, "fanouts": list(fanouts),
+                     "threads": torch.get_num_threads(),
+                     "model_state_bytes": model_state_bytes(model)})
+
+
+def calibrate_in_child(part_uri: str, **kwargs) -> StepCost:
+    """:func:`calibrate` on the partition directory ``part_uri`` in a fresh Python process
+    (one thread), as a training worker runs."""
+    import json
+    import subprocess
+    import sys
+
+    spec = json.dumps({"part_uri": part_uri, **kwargs})
+    proc = subprocess.run([sys.executable, "-m", "kg_ops.train.plan", spec],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"step-cost calibration on {part_uri} failed:\n"
+                           f"{proc.stderr[-3000:]}")
+    return StepCost.from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def predict(cost: StepCost, core_edges: list[int], data_bytes: list[int],
+            global_batch: int) -> dict:
+    """Per-worker plan of a run over partitions with ``core_edges`` each (see module doc)."""
+    total = int(sum(core_edges))
+    steps = max(1, math.ceil(total / global_batch))
+    workers = []
+    for i, (edges, data) in enumerate(zip(core_edges, data_bytes, strict=True)):
+        local = edges / steps
+        peak = (cost.peak_bytes + (data - cost.data_bytes)
+                + cost.step_bytes_per_edge * (local - cost.local_batch))
+        workers.append({"part": i, "core_edges": int(edges), "data_bytes": int(data),
+                        "local_batch": round(local, 1),
+                        "epoch_s": round(steps * cost.step_s(local), 1),
+                        "peak_bytes": int(max(peak, 0))})
+    slowest = max(workers, key=lambda w: w["epoch_s"])
+    return {"workers": workers, "steps_per_epoch": steps, "global_batch": int(global_batch),
+            "epoch_s": slowest["epoch_s"], "slowest_part": slowest["part"],
+            "edges_per_s_per_worker": round(total / len(workers) / max(slowest["epoch_s"],
+                                                                        1e-9), 1),
+            "peak_bytes": max(w["peak_bytes"] for w in workers), "cost": cost.to_dict()}
+
+
+def plan_partitions(stats: list[dict], schema, fanouts: list[int], sample_seed: int,
+                    steps: int = 6) -> dict:
+    """The plan the partition stage records: :func:`calibrate_in_child` on the partition with
+    the most core edges, with ``kgops train``'s default recipe (:class:`TrainConfig`'s
+    defaults), then :func:`predict`."""
+    from kg_ops.config import TrainConfig
+
+    d = TrainConfig(partitions="-", out="-").resolved()
+    core = [int(s["core_edges"]) for s in stats]
+    largest = int(np.argmax(core))
+    local = max(1, math.ceil(core[largest] / max(1, math.ceil(sum(core) / d.batch_size))))
+    model = {"model": d.model, "num_nodes": schema.num_nodes,
+             "num_relations": schema.num_relations, "embedding_dim": d.embedding_dim,
+             "hidden_dim": d.hidden_dim, "out_dim": d.out_dim, "num_layers": len(fanouts),
+             "num_bases": d.num_bases, "num_blocks": d.num_blocks, "dropout": d.dropout,
+             "decoder": d.decoder, "residual": d.residual, "regularization": d.regularization}
+    cost = calibrate_in_child(stats[largest]["uri"], model_config=model, loss=d.loss,
+                              negatives=d.negatives, fanouts=list(fanouts),
+                              sample_seed=sample_seed, batches=(max(1, local // 2), local),
+                              steps=steps, lr=d.lr)
+    plan = predict(cost, core, [int(s["est_worker_memory_bytes"]) for s in stats],
+                   d.batch_size)
+    plan["recipe"] = {"model": model, "loss": d.loss, "negatives": d.negatives,
+                      "batch_size": d.batch_size, "fanouts": list(fanouts)}
+    return plan
+
+
+def for_run(plan: dict, global_batch: int, loss: str, model: str) -> str:
+    """The partition stage's plan rescaled to a run's global batch, as a log line that says
+    when the run's recipe differs from the measured one."""
+    w = plan["workers"]
+    line = describe(predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
+                            [x["data_bytes"] for x in w], global_batch))
+    r = plan.get("recipe", {})
+    if (r.get("loss"), r.get("model", {}).get("model")) != (loss, model):
+        line += (f"; measured with {r.get('model', {}).get('model')}/{r.get('loss')}, this "
+                 f"run is {model}/{loss}: a rough guide only")
+    return line
+
+
+def describe(plan: dict) -> str:
+    """One line for the log before a run starts."""
+    return (f"plan: {len(plan['workers'])} worker(s), {plan['steps_per_epoch']} steps/epoch "
+            f"at global batch {plan['global_batch']}: epoch ~{plan['epoch_s']:.0f} s "
+            f"(slowest partition {plan['slowest_part']}), ~"
+            f"{plan['edges_per_s_per_worker']:.0f} edges/s per worker, peak memory ~"
+            f"{plan['peak_bytes'] / 2**20:.0f} MiB per worker (measured "
+            f"{plan['cost']['per_edge_s'] * 1e3:.3f} ms/edge + "
+            f"{plan['cost']['fixed_s'] * 1e3:.1f} ms/step on this machine; gradient exchange "
+            "not included)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import json
+    import sys
+
+    import torch
+
+    from kg_ops.partition.io import read_partition
+
+    spec = json.loads((argv or sys.argv[1:])[0])
+    torch.set_num_threads(int(spec.pop("threads", 1)))
+    part = read_partition(spec.pop("part_uri"))
+    print(json.dumps(calibrate(part, **spec).to_dict()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The cost planner: memory sampling catches a known allocation; calibration measures real
+steps; the per-worker plan follows from the measured cost and each partition's size."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kg_ops.partition.io import load_partition, load_partitions_manifest
+from kg_ops.train.plan import RSSPeak, StepCost, calibrate_in_child, describe, predict
+
+
+def test_rss_peak_sees_a_transient_allocation():
+    with RSSPeak(every_s=0.0005) as mem:
+        block = np.ones(64 * 2**20 // 8)           # 64 MiB touched, then freed
+        block.sum()
+        del block
+    assert mem.peak - mem.start >= 60 * 2**20
+
+
+def _cost() -> StepCost:
+    return StepCost(fixed_s=0.01, per_edge_s=0.001, step_bytes_per_edge=1000.0,
+                    peak_bytes=500 * 2**20, data_bytes=100 * 2**20, local_batch=64,
+                    measured_on={"part": 0})
+
+
+def test_prediction_follows_the_cost_model():
+    plan = predict(_cost(), core_edges=[3000, 1000], data_bytes=[120 * 2**20, 80 * 2**20],
+                   global_batch=100)
+    assert plan["steps_per_epoch"] == 40
+    w0, w1 = plan["workers"]
+    assert w0["local_batch"] == 75.0 and w1["local_batch"] == 25.0
+    assert w0["epoch_s"] == pytest.approx(40 * (0.01 + 0.001 * 75))
+    assert w1["epoch_s"] == pytest.approx(40 * (0.01 + 0.001 * 25))
+    assert plan["epoch_s"] == w0["epoch_s"] and plan["slowest_part"] == 0
+    assert w0["peak_bytes"] == 500 * 2**20 + 20 * 2**20 + 1000 * (75 - 64)
+    assert w1["peak_bytes"] == 500 * 2**20 - 20 * 2**20 + 1000 * (25 - 64)
+    assert plan["edges_per_s_per_worker"] == pytest.approx(2000 / w0["epoch_s"], rel=1e-3)
+    assert "2 worker(s)" in describe(plan) and "40 steps/epoch" in describe(plan)
+
+
+def test_calibration_measures_real_steps_on_a_partition(planted):
+    uri = planted["parts"][2]
+    part = load_partition(uri, 1)
+    cost = calibrate_in_child(
+        part.uri, model_config={"model": "rgcn", "num_nodes": 132, "num_relations": 2},
+        loss="bce", negatives=1, fanouts=[10, 5], sample_seed=0, batches=(8, 32), steps=4)
+    assert cost.measured_on["batches"] == [8, 32] and cost.measured_on["part"] == 1
+    small, large = cost.measured_on["step_s"]
+    assert small > 0 and 0 < large < 5
+    assert cost.step_s(32) == pytest.approx(large, rel=1e-3) or cost.fixed_s == 0
+    assert cost.per_edge_s >= 0 and cost.fixed_s >= 0
+    # The child's peak holds at least the interpreter, torch and the model.
+    assert cost.peak_bytes > 100 * 2**20
+    pm = load_partitions_manifest(uri)
+    stats = pm["outputs"]["partitions"]
+    plan = predict(cost, [s["core_edges"] for s in stats],
+                   [s["est_worker_memory_bytes"] for s in stats], 64)
+    assert plan["steps_per_epoch"] == math.ceil(sum(s["core_edges"] for s in stats) / 64)
+    assert len(part.core_edges) == stats[1]["core_edges"]
+    # The partition stage wrote its own plan (train's default recipe) into the manifest.
+    recorded = pm["metrics"]["plan"]
+    assert [w["core_edges"] for w in recorded["workers"]] == [s["core_edges"] for s in stats]
+    assert recorded["recipe"]["batch_size"] == 256 and recorded["epoch_s"] > 0
