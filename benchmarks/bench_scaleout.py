@@ -1,34 +1,41 @@
-"""Simulated scale-out of ``kgops train`` on ``synth`` at 2.8M nodes / 24M edges.
+"""Scale-out of ``kgops train``: synth 2.8M nodes / 24M edges (simulated) and CoDEx-M (measured).
 
-This machine has 2 cores, so a P-worker cluster is simulated one partition at a time. For
-P = 4 and 8 every partition is loaded on its own and timed for a number of real training
-steps (the training loop's own ``_batch_loss``, backward and optimiser step) at the local batch
-that worker would get (the global batch split in proportion to its core edges; every worker
-takes the same number of steps per epoch). The single-machine baseline T1 is the same step on
-the whole training graph with the whole global batch. Then, per epoch of ``S`` steps:
+Sections (``--sections``, comma separated; results of earlier runs are kept, merged by key):
 
-* ``T1 = S * step_s(full graph)`` (``step_s``: the median of the timed steps),
-* ``Tp = S * (max over partitions of step_s(partition) + sync_s)``,
-* speed-up ``T1 / Tp``, next to the published 12x (4 workers) and 16x (8 workers).
+* ``profile``: one training step on the whole synth graph (P=1) and on a P=8 partition, split
+  into phases (:mod:`kg_ops.train.profile`: sample, gather, forward, loss, backward,
+  coalesce, optimizer) at the global batch and at each worker's local batch.
+* ``simulate``: the measure of earlier sessions. This machine has 2 cores, so a P-worker
+  cluster is simulated one partition at a time: every partition of P = 4 and 8 is loaded on its
+  own and timed for real training steps at the local batch its worker would get (the global
+  batch split in proportion to core edges; every worker takes the same number of steps). T1 is
+  the same step on the whole training graph with the whole global batch. Per epoch of ``S``
+  steps: ``T1 = S * step(full)``, ``Tp = S * (max over partitions of step + sync)``, speed-up
+  ``T1 / Tp``. ``sync`` is estimated (one machine): a ring all-reduce of the dense parameters
+  plus the sparse exchange :mod:`kg_ops.train.exchange` would pick (gather of the touched rows,
+  or a dense all-reduce of the table) at an assumed bandwidth and per-message latency. Steps
+  are timed as the loop runs them: batches prefetched (built in a background thread).
+  Next to it: the partition stage's prediction (``metrics.plan``) for the same batch.
+* ``epoch``: one full epoch on one P=8 partition (the one the plan says is slowest), run as
+  the loop runs it, in a fresh process: wall time and peak memory against the prediction.
+  ``memory`` does the same for a fixed number of steps on the largest partition of P = 1, 4,
+  8: peak memory measured against predicted.
+* ``codex-m``: ``kgops train`` on CoDEx-M with 1 worker (1 torch thread), 1 worker (2 torch
+  threads: the fair single-process reference on 2 cores) and 2 workers (1 thread each), same
+  recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)|.
 
-``sync_s`` is estimated, not measured (there is one machine): per step a ring all-reduce of the
-dense parameters (``2 (P-1)/P * bytes``) and an all-gather of every worker's touched embedding
-rows (``(P-1) * max rows * (dim * 4 + 8)`` bytes received), at an assumed network bandwidth
-(default 10 Gbit/s) plus a per-message latency (default 50 us) for each of the ``2 (P-1)``
-ring steps of each collective. The touched rows are measured (computation-graph nodes of each
-step). The same estimate for a dense gradient of the whole embedding table is printed next to
-it, to show why the table's gradients are sparse.
-
-Run: ``make bench BENCH=bench_scaleout`` (creates the graph and partitions under ``--work`` if
-they are missing: ~10 min; or pass ``--graph`` / ``--parts4`` / ``--parts8``).
+Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_scaleout.py --sections ...``
+(creates the synth graph and partitions under ``--work`` when missing: ~15 min).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import time
@@ -38,10 +45,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import RESULTS as RESULTS_DIR  # noqa: E402
 from benchmarks.common import peak_rss_mib, write_results  # noqa: E402
 
 log = logging.getLogger("bench_scaleout")
 PUBLISHED = {4: 12.0, 8: 16.0}
+RESULTS: dict = {}
 
 
 def kgops(*args: str) -> None:
@@ -58,8 +67,8 @@ def ensure_inputs(args) -> dict:
         kgops("synth", "--nodes", "2800000", "--edges", "24000000", "--seed", "0",
               "--out", graph)
     parts = {}
-    for p, given in ((4, args.parts4), (8, args.parts8)):
-        uri = given or str(work / f"synth-metis-p{p}")
+    for p in (1, 4, 8):
+        uri = str(work / f"synth-metis-p{p}")
         if not get_store(uri).exists(join(uri, "_manifest.json")):
             kgops("partition", "--graph", graph, "--parts", str(p), "--method", "metis",
                   "--out", uri)
@@ -67,169 +76,326 @@ def ensure_inputs(args) -> dict:
     return {"graph": graph, "parts": parts}
 
 
-class StepTimer:
-    """Times real training steps of one (partition's) graph."""
+class Worker:
+    """One (simulated) worker: a partition, the default model, its optimiser and builder."""
 
-    def __init__(self, csr, sampler, num_nodes: int, num_relations: int, fanouts, seed: int):
+    def __init__(self, part, recipe: dict, loss: str, negatives: int):
         import torch
 
         from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
+        from kg_ops.train.batches import BatchBuilder
+        from kg_ops.train.negatives import TypedNegativeSampler
         from kg_ops.train.optim import TrainingOptimizer
 
         torch.manual_seed(0)
-        self.model = LinkPredictor(ModelConfig(model="rgcn", num_nodes=num_nodes,
-                                               num_relations=num_relations))
+        self.part = part
+        self.model = LinkPredictor(ModelConfig.from_dict(recipe["model"]))
         self.opt = TrainingOptimizer(self.model, lr=0.01)
-        self.csr, self.sampler, self.fanouts, self.seed = csr, sampler, list(fanouts), seed
-        self.dense_bytes = sum(p.numel() * 4 for n, p in self.model.named_parameters()
-                               if n != "inputs.embedding.weight")
-        self.table_bytes = self.model.inputs.embedding.weight.numel() * 4
+        self.csr = part.graph()
+        sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                       part.relation_tail_type)
+        self.builder = BatchBuilder(self.csr, sampler, recipe["fanouts"],
+                                    int(part.sampling["seed"]), loss, negatives)
+        self.table = self.model.inputs.embedding.weight
+        self.dense_bytes = sum(p.numel() * 4 for p in self.model.parameters()
+                               if p is not self.table)
 
-    def time_steps(self, edges: np.ndarray, batch: int, steps: int, loss: str,
-                   negatives: int, warmup: int = 2) -> dict:
-        from kg_ops.config import TrainConfig
-        from kg_ops.train.loop import _batch_loss
+    def time_steps(self, batch: int, steps: int, warmup: int = 2, depth: int = 1) -> dict:
+        """Steps as the loop runs them (prefetched batches), median seconds and touched rows."""
+        from kg_ops.train.batches import batch_loss, prefetch
 
         rng = np.random.default_rng(0)
-        config = TrainConfig(partitions="-", out="-", loss=loss, negatives=negatives)
+        edges = self.part.core_edges
+        take = rng.permutation(len(edges))[:batch * (warmup + steps)]
         times, rows = [], []
-        for i in range(warmup + steps):
-            pos = edges[rng.integers(0, len(edges), batch)]
-            t = time.perf_counter()
+        t = time.perf_counter()
+        for i, b in enumerate(prefetch(self.builder.epoch(edges[take], warmup + steps, rng),
+                                       depth)):
             self.opt.zero_grad()
-            out = _batch_loss(self.model, config, self.csr, self.sampler, pos, self.fanouts,
-                              self.seed, None, rng)
-            out.backward()
+            batch_loss(self.model, b).backward()
+            rows.append(int(self.table.grad.coalesce().indices().shape[1]))
             self.opt.step()
+            now = time.perf_counter()
             if i >= warmup:
-                times.append(time.perf_counter() - t)
-                rows.append(int(self.model.inputs.embedding.weight.grad.coalesce()
-                                .indices().shape[1]))
-        # The median: one step stalled by another process on this shared machine must not
-        # become "the slowest partition".
+                times.append(now - t)
+            t = now
         return {"step_s": float(np.median(times)), "step_s_mean": float(np.mean(times)),
-                "step_s_std": float(np.std(times)),
-                "touched_rows": float(np.mean(rows)), "local_batch": batch}
+                "touched_rows": float(np.mean(rows[warmup:])), "local_batch": batch}
 
 
-def sync_estimate(p: int, dense_bytes: int, rows: float, dim: int, table_bytes: int,
+def sync_estimate(p: int, dense_bytes: int, rows: float, num_rows: int, dim: int,
                   gbit: float, latency_s: float) -> dict:
+    """Seconds per step of the gradient exchange on an assumed network (see module doc)."""
+    from kg_ops.train.exchange import choose, exchange_bytes
+
     bw = gbit * 1e9 / 8
     ring = 2 * (p - 1) * latency_s
     dense = 2 * (p - 1) / p * dense_bytes / bw + ring
-    sparse = (p - 1) * rows * (dim * 4 + 8) / bw + 2 * ring
-    table = 2 * (p - 1) / p * table_bytes / bw + ring
-    return {"sync_s": dense + sparse, "dense_params_s": dense, "sparse_rows_s": sparse,
-            "if_dense_table_s": dense + table}
+    counts = [int(rows)] * p
+    gather_b, table_b = exchange_bytes(counts, num_rows, dim)
+    mode = choose(counts, num_rows, dim)
+    sparse = (gather_b / bw + 3 * ring) if mode == "gather" else (table_b / bw + ring)
+    return {"sync_s": dense + sparse, "dense_params_s": dense, "embedding_s": sparse,
+            "embedding_exchange": mode,
+            "if_always_dense_table_s": dense + table_b / bw + ring}
+
+
+def load_recipe(parts_uri: str) -> dict:
+    from kg_ops.partition.io import load_partitions_manifest
+
+    return load_partitions_manifest(parts_uri)["metrics"]["plan"]["recipe"]
+
+
+def section_profile(inputs: dict, args) -> None:
+    from kg_ops.partition.io import load_partition
+    from kg_ops.train.profile import profile_steps
+
+    out = {}
+    for p, part_id in ((1, 0), (8, 0)):
+        part = load_partition(inputs["parts"][p], part_id)
+        recipe = load_recipe(inputs["parts"][p])
+        for loss, k in args.loss_list:
+            w = Worker(part, recipe, loss, k)
+            for batch in args.batch_list:
+                local = max(1, round(batch / p))
+                r = profile_steps(w.model, w.opt, w.builder, part.core_edges, local,
+                                  args.steps)
+                r["edges_per_s"] = round(local / r["step"], 1)
+                out[f"P={p} part {part_id} {loss}:{k} global batch {batch}"] = r
+                log.info("profile P=%d %s:%d batch %d (local %d): %s", p, loss, k, batch,
+                         local, {a: round(b, 4) for a, b in r.items()})
+            del w
+        del part
+        gc.collect()
+    RESULTS["profile"] = out
+    write_results("bench_scaleout", RESULTS)
+
+
+def section_simulate(inputs: dict, args) -> None:
+    from kg_ops.partition.io import load_partition, load_partitions_manifest
+    from kg_ops.train.plan import StepCost, predict
+
+    full = load_partition(inputs["parts"][1], 0)
+    recipe = load_recipe(inputs["parts"][1])
+    steps_of = {b: math.ceil(len(full.core_edges) / b) for b in args.batch_list}
+    t1 = {}
+    for loss, k in args.loss_list:
+        w = Worker(full, recipe, loss, k)
+        for b in args.batch_list:
+            t1[(loss, k, b)] = w.time_steps(b, args.steps)
+            log.info("T1 %s:%d batch %d: %s", loss, k, b, t1[(loss, k, b)])
+        num_rows, dim = w.table.shape
+        dense_bytes = w.dense_bytes
+        del w
+    del full
+    gc.collect()
+    sim = {"T1": {f"{a}:{k} batch {b}": v for (a, k, b), v in t1.items()}}
+    for p in (4, 8):
+        uri = inputs["parts"][p]
+        pm = load_partitions_manifest(uri)
+        cores = [s["core_edges"] for s in pm["outputs"]["partitions"]]
+        per_part = {key: [] for key in t1}
+        for i in range(p):
+            part = load_partition(uri, i)
+            for loss, k in args.loss_list:
+                w = Worker(part, recipe, loss, k)
+                for b in args.batch_list:
+                    local = max(1, round(cores[i] / steps_of[b]))
+                    row = w.time_steps(local, args.steps) | {"part": i, "core_edges": cores[i]}
+                    per_part[(loss, k, b)].append(row)
+                    log.info("P=%d part %d %s:%d batch %d: %s", p, i, loss, k, b, row)
+                del w
+            del part
+            gc.collect()
+        plan = pm["metrics"]["plan"]
+        cost = StepCost.from_dict(plan["cost"])
+        out = {"edge_replication_factor": pm["metrics"]["edge_replication_factor"],
+               "balance": pm["metrics"]["balance"]}
+        for (loss, k, b), rows in per_part.items():
+            slowest = max(x["step_s"] for x in rows)
+            sync = sync_estimate(p, dense_bytes, max(x["touched_rows"] for x in rows),
+                                 num_rows, dim, args.gbit, args.latency_us * 1e-6)
+            s = steps_of[b]
+            t1_epoch = s * t1[(loss, k, b)]["step_s"]
+            tp = s * (slowest + sync["sync_s"])
+            predicted = predict(cost, cores, [w["data_bytes"] for w in plan["workers"]], b)
+            out[f"{loss}:{k} batch {b}"] = {
+                "per_partition": rows, "steps_per_epoch": s,
+                "t1_epoch_s": round(t1_epoch, 1), "tp_epoch_s": round(tp, 1),
+                "tp_compute_only_epoch_s": round(s * slowest, 1),
+                "sync_s_per_step": sync,
+                "speedup": round(t1_epoch / tp, 2),
+                "speedup_compute_only": round(t1_epoch / (s * slowest), 2),
+                "edges_per_s_per_worker": round(max(cores) / (s * slowest), 1),
+                "predicted_epoch_s (plan, compute only)": predicted["epoch_s"],
+                "plan_recipe": plan["recipe"]["loss"], "published_speedup": PUBLISHED[p]}
+            log.info("P=%d %s:%d batch %d: T1 %.0fs, Tp %.0fs (predicted %.0fs compute), "
+                     "speed-up %.2fx, %.0f edges/s per worker", p, loss, k, b, t1_epoch, tp,
+                     predicted["epoch_s"], t1_epoch / tp, max(cores) / (s * slowest))
+        sim[f"P={p}"] = out
+        RESULTS["simulate"] = sim
+        write_results("bench_scaleout", RESULTS)
+
+
+def run_child(spec: dict) -> dict:
+    """``child_run(spec)`` in a fresh process; its result and its own peak memory."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_run(spec: dict) -> dict:
+    """Load a partition and train ``steps`` steps (None: one full epoch) as the loop does."""
+    import resource
+
+    import torch
+
+    from kg_ops.partition.io import load_partition
+    from kg_ops.train.batches import batch_loss, prefetch
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    part = load_partition(spec["parts"], spec["part"])
+    w = Worker(part, spec["recipe"], spec["loss"], spec["negatives"])
+    load_s = time.perf_counter() - t0
+    edges = part.core_edges
+    steps_epoch = int(spec["steps_per_epoch"])
+    n = steps_epoch if spec.get("steps") is None else int(spec["steps"])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(edges))
+    take = order if n == steps_epoch else order[:math.ceil(len(edges) / steps_epoch) * n]
+    t = time.perf_counter()
+    last = t
+    for i, b in enumerate(prefetch(w.builder.epoch(edges[take], n, rng), 1)):
+        w.opt.zero_grad()
+        if b is not None:
+            batch_loss(w.model, b).backward()
+        w.opt.step()
+        if time.perf_counter() - last > 60:
+            last = time.perf_counter()
+            print(f"step {i + 1}/{n} {last - t:.0f}s", file=sys.stderr, flush=True)
+    train_s = time.perf_counter() - t
+    return {"part": spec["part"], "steps": n, "edges": int(len(take)), "train_s": train_s,
+            "load_s": load_s, "edges_per_s": len(take) / train_s,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def section_epoch(inputs: dict, args, memory_only: bool) -> None:
+    from kg_ops.partition.io import load_partitions_manifest
+    from kg_ops.train.plan import StepCost, predict
+
+    out = RESULTS.setdefault("memory" if memory_only else "epoch", {})
+    for p in ((1, 4, 8) if memory_only else (8,)):
+        uri = inputs["parts"][p]
+        pm = load_partitions_manifest(uri)
+        plan = pm["metrics"]["plan"]
+        cores = [w["core_edges"] for w in plan["workers"]]
+        b = args.epoch_batch
+        pred = predict(StepCost.from_dict(plan["cost"]), cores,
+                       [w["data_bytes"] for w in plan["workers"]], b)
+        part = pred["slowest_part"] if not memory_only else int(np.argmax(cores))
+        recipe = plan["recipe"]
+        spec = {"parts": uri, "part": part, "recipe": recipe, "loss": recipe["loss"],
+                "negatives": recipe["negatives"], "steps_per_epoch": pred["steps_per_epoch"],
+                "steps": args.memory_steps if memory_only else None}
+        log.info("%s P=%d part %d at global batch %d: predicted %s", "memory" if memory_only
+                 else "epoch", p, part, b, pred["workers"][part])
+        got = run_child(spec)
+        w = pred["workers"][part]
+        row = {"global_batch": b, "predicted": w, "measured": got,
+               "peak_measured_over_predicted": round(got["peak_rss_bytes"] / w["peak_bytes"],
+                                                     3)}
+        if not memory_only:
+            row["epoch_measured_over_predicted"] = round(got["train_s"] / w["epoch_s"], 3)
+        out[f"P={p}"] = row
+        log.info("P=%d: %s", p, row)
+        write_results("bench_scaleout", RESULTS)
+
+
+def section_codex_m(args) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from benchmarks.bench_train import evaluate, prepare, run_train
+    from kg_ops.raycluster import init_ray
+
+    init_ray(None, num_cpus=2)
+    work = Path(args.work) / "codex"
+    work.mkdir(parents=True, exist_ok=True)
+    m = prepare(work, "m", (1, 2))
+    kw = {"model": "rgcn", "epochs": args.m_epochs, "patience": 0, **json.loads(args.m_recipe)}
+    runs = {}
+    for name, parts, workers, threads in (("1w-1t", 1, 1, 1), ("1w-2t", 1, 1, 2),
+                                          ("2w-1t", 2, 2, 1)):
+        r = run_train(f"m-{name}", m[parts], work, workers=workers, threads=threads, **kw)
+        r["test"] = evaluate(r["uri"], m["graph"], str(work / f"m-{name}-eval"))
+        runs[name] = r
+        log.info("codex-m %s: %s", name, r)
+        RESULTS["codex-m"] = {"runs": runs, "recipe": kw}
+        write_results("bench_scaleout", RESULTS)
+    if len(runs) == 3:
+        RESULTS["codex-m"].update({
+            "speedup_2w_vs_1w_1thread": round(runs["1w-1t"]["epoch_s"]
+                                              / runs["2w-1t"]["epoch_s"], 2),
+            "speedup_2w_vs_1w_2threads": round(runs["1w-2t"]["epoch_s"]
+                                               / runs["2w-1t"]["epoch_s"], 2),
+            "abs_test_mrr_diff_2w_1w": round(abs(runs["2w-1t"]["test"]["mrr"]
+                                                 - runs["1w-1t"]["test"]["mrr"]), 4)})
+        write_results("bench_scaleout", RESULTS)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--work", default="/tmp/kgops-bench-scaleout")
+    ap.add_argument("--sections", default="profile,simulate,memory,epoch,codex-m")
+    ap.add_argument("--work", default="/tmp/kgops-scale")
     ap.add_argument("--graph", default=None)
-    ap.add_argument("--parts4", default=None)
-    ap.add_argument("--parts8", default=None)
-    ap.add_argument("--steps", type=int, default=9, help="timed steps per partition and loss")
-    ap.add_argument("--batch", type=int, default=256, help="global batch (issue default 256)")
-    ap.add_argument("--losses", default="bce:1,softmax:512,softmax:32",
-                    help="loss:negatives pairs to time (softmax candidates are per node type "
-                         "and per batch, so they do not shrink with the local batch)")
+    ap.add_argument("--steps", type=int, default=9, help="timed steps per measurement")
+    ap.add_argument("--batches", default="256", help="global batches to measure")
+    ap.add_argument("--losses", default="bce:1,softmax:32",
+                    help="loss:negatives pairs (softmax: candidates per node type)")
+    ap.add_argument("--epoch-batch", type=int, default=256,
+                    help="global batch of the full-epoch and memory runs")
+    ap.add_argument("--memory-steps", type=int, default=200)
     ap.add_argument("--gbit", type=float, default=10.0, help="assumed network, Gbit/s")
     ap.add_argument("--latency-us", type=float, default=50.0)
+    ap.add_argument("--m-epochs", type=int, default=3)
+    ap.add_argument("--m-recipe", default='{"loss": "softmax", "negatives": 1024, '
+                    '"batch_size": 1024, "fanout": "10,5", "decoder": "complex"}',
+                    help="kgops train options of the CoDEx-M runs (JSON)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child_run(json.loads(args.child))))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    previous = RESULTS_DIR / "bench_scaleout.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())["results"]
+        if "simulate" not in old and "profile" not in old and "codex-m" not in old:
+            old = {"session 2 (before issue 13; bce 1 negative, batch 256)": old}
+        RESULTS.update(old)
+    RESULTS.update({"published_speedup": PUBLISHED, "network_assumption":
+                    f"{args.gbit} Gbit/s, {args.latency_us} us per ring step"})
     import torch
 
     torch.set_num_threads(1)
-    from kg_ops.graph.kg import load_edges, load_schema
-    from kg_ops.partition.io import load_partition, load_partitions_manifest, part_dir
-    from kg_ops.sampling import CSRGraph
-    from kg_ops.store import get_store, join
-    from kg_ops.train.negatives import TypedNegativeSampler
-
-    inputs = ensure_inputs(args)
-    losses = [(k, int(v)) for k, v in (x.split(":") for x in args.losses.split(","))]
-    schema = load_schema(inputs["graph"])
-    n, r = schema.num_nodes, schema.num_relations
-    sampling = get_store(inputs["parts"][8]).read_json(
-        join(part_dir(inputs["parts"][8], 0), "meta.json"))["sampling"]
-    fanouts, seed = list(sampling["fanouts"]), int(sampling["seed"])
-    results: dict = {"graph": {"uri": inputs["graph"], "nodes": n, "relations": r},
-                     "global_batch": args.batch, "fanouts": fanouts, "timed_steps": args.steps,
-                     "model": "rgcn, embedding 64, hidden 64, out 32, 4 bases, no attributes",
-                     "network_assumption": f"{args.gbit} Gbit/s, {args.latency_us} us per "
-                                           "ring step",
-                     "published_speedup": PUBLISHED}
-
-    # T1: the whole training graph on one machine.
-    train = np.unique(load_edges(inputs["graph"], "train"), axis=0)
-    steps_per_epoch = math.ceil(len(train) / args.batch)
-    results["train_edges"], results["steps_per_epoch"] = len(train), steps_per_epoch
-    t = time.perf_counter()
-    csr = CSRGraph.from_edges(train, n, r, seed=seed)
-    ranges = {i: np.arange(nt.offset, nt.offset + nt.count)
-              for i, nt in enumerate(schema.node_types)}
-    names = [nt.name for nt in schema.node_types]
-    sampler = TypedNegativeSampler(ranges, np.array([names.index(x.head) for x in
-                                                     schema.relations]),
-                                   np.array([names.index(x.tail) for x in schema.relations]))
-    log.info("full graph CSR built in %.1fs", time.perf_counter() - t)
-    timer = StepTimer(csr, sampler, n, r, fanouts, seed)
-    full = {f"{name}:{k}": timer.time_steps(train, args.batch, args.steps, name, k)
-            for name, k in losses}
-    log.info("T1 steps: %s", full)
-    results["full_graph"] = full
-    dim = timer.model.inputs.embedding.weight.shape[1]
-    dense_bytes, table_bytes = timer.dense_bytes, timer.table_bytes
-    del timer, csr, sampler, train
-    gc.collect()
-
-    for p, uri in inputs["parts"].items():
-        pm = load_partitions_manifest(uri)
-        per_part = {f"{name}:{k}": [] for name, k in losses}
-        cores = [int(get_store(uri).read_json(join(part_dir(uri, i), "meta.json"))
-                     ["num_core_edges"]) for i in range(p)]
-        total = sum(cores)
-        for i in range(p):
-            t = time.perf_counter()
-            part = load_partition(uri, i)
-            csr = part.graph()
-            sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
-                                           part.relation_tail_type)
-            load_s = time.perf_counter() - t
-            timer = StepTimer(csr, sampler, n, r, fanouts, seed)
-            local = max(1, round(args.batch * cores[i] / total))
-            for name, k in losses:
-                row = timer.time_steps(part.core_edges, local, args.steps, name, k)
-                row.update({"part": i, "core_edges": cores[i], "load_s": round(load_s, 1)})
-                per_part[f"{name}:{k}"].append(row)
-                log.info("P=%d part %d %s: %s", p, i, name, row)
-            del timer, csr, sampler, part
-            gc.collect()
-        out = {"edge_replication_factor": pm["metrics"]["edge_replication_factor"],
-               "balance": pm["metrics"]["balance"]}
-        for name in per_part:
-            rows = per_part[name]
-            slowest = max(x["step_s"] for x in rows)
-            sync = sync_estimate(p, dense_bytes, max(x["touched_rows"] for x in rows), dim,
-                                 table_bytes, args.gbit, args.latency_us * 1e-6)
-            t1 = steps_per_epoch * full[name]["step_s"]
-            tp = steps_per_epoch * (slowest + sync["sync_s"])
-            tp_dense = steps_per_epoch * (slowest + sync["if_dense_table_s"])
-            out[name] = {
-                "per_partition": rows,
-                "t1_epoch_s": round(t1, 1), "tp_epoch_s": round(tp, 1),
-                "tp_compute_only_epoch_s": round(steps_per_epoch * slowest, 1),
-                "sync_s_per_step": {k: round(v, 5) for k, v in sync.items()},
-                "speedup": round(t1 / tp, 2),
-                "speedup_compute_only": round(t1 / (steps_per_epoch * slowest), 2),
-                "speedup_if_dense_embedding_gradients": round(t1 / tp_dense, 2),
-                "published_speedup": PUBLISHED[p]}
-            log.info("P=%d %s: T1 %.0fs/epoch, Tp %.0fs/epoch, speed-up %.2fx (published "
-                     "%.0fx)", p, name, t1, tp, t1 / tp, PUBLISHED[p])
-        results[f"P={p}"] = out
-        results["peak_rss_mib"] = peak_rss_mib()
-        write_results("bench_scaleout", results)
+    args.loss_list = [(a, int(b)) for a, b in (x.split(":") for x in args.losses.split(","))]
+    args.batch_list = [int(x) for x in args.batches.split(",")]
+    sections = args.sections.split(",")
+    synth = {"profile", "simulate", "memory", "epoch"} & set(sections)
+    inputs = ensure_inputs(args) if synth else None
+    if "profile" in sections:
+        section_profile(inputs, args)
+    if "simulate" in sections:
+        section_simulate(inputs, args)
+    if "memory" in sections:
+        section_epoch(inputs, args, memory_only=True)
+    if "epoch" in sections:
+        section_epoch(inputs, args, memory_only=False)
+    if "codex-m" in sections:
+        section_codex_m(args)
+    RESULTS["peak_rss_mib"] = peak_rss_mib()
+    write_results("bench_scaleout", RESULTS)
 
 
 if __name__ == "__main__":

@@ -327,14 +327,18 @@ def parse_fanouts(text: str | Sequence[int]) -> list[int]:
 
 def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence[int],
                              seed: int | None = None, chunk_messages: int = 1 << 22,
-                             ) -> ComputationGraph:
+                             workspace: np.ndarray | None = None) -> ComputationGraph:
     """The layer-wise sampled K-hop computation graph of ``seeds`` (CSR ids), K = len(fanouts).
     ``seed`` selects the sample (default: the CSR's own seed, the fast path); see the module
-    docstring for what is guaranteed."""
+    docstring for what is guaranteed. ``workspace``: an int64 array of ``csr.num_nodes``
+    entries, all -1, reused across calls (returned all -1 again) so a small batch on a large
+    graph does not allocate and fill a table of every node."""
     seed = csr.seed if seed is None else int(seed)
     seeds = np.asarray(seeds, dtype=np.int64).ravel()
     nodes = first_occurrences(seeds)
-    position = np.full(csr.num_nodes, -1, dtype=np.int64)    # CSR id -> index in ``nodes``
+    if workspace is None:
+        workspace = np.full(csr.num_nodes, -1, dtype=np.int64)
+    position = workspace                                      # CSR id -> index in ``nodes``
     position[nodes] = np.arange(len(nodes))
     sizes = [len(nodes)]
     hops: list[Hop] = []
@@ -350,7 +354,9 @@ def sample_computation_graph(csr: CSRGraph, seeds: np.ndarray, fanouts: Sequence
             nodes = np.concatenate([nodes, new])
         hops.append(Hop(src=position[src_ids], dst=seg, rel=csr.rel[pos], eid=csr.eid[pos]))
         sizes.append(len(nodes))
-    return ComputationGraph(nodes=nodes, sizes=sizes, hops=hops, seed_index=position[seeds],
+    seed_index = position[seeds]
+    position[nodes] = -1
+    return ComputationGraph(nodes=nodes, sizes=sizes, hops=hops, seed_index=seed_index,
                             global_nodes=csr.to_global(nodes))
 
 

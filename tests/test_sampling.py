@@ -258,3 +258,20 @@ def test_union_edge_index_has_every_hop_message_once():
     want = {(int(s), int(r), int(d)) for h in cg.hops
             for s, r, d in zip(h.src, h.rel, h.dst, strict=True)}
     assert got == want and len(got) == ei.shape[1]
+
+
+def test_reused_workspace_gives_the_same_graphs_and_is_left_clean():
+    edges = random_graph(n=60, e=500, seed=3)
+    csr = CSRGraph.from_edges(edges, 60, num_relations=4, seed=2)
+    work = np.full(60, -1, dtype=np.int64)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        seeds = rng.integers(0, 60, 12)
+        a = sample_computation_graph(csr, seeds, [3, 2])
+        b = sample_computation_graph(csr, seeds, [3, 2], workspace=work)
+        assert (work == -1).all()
+        np.testing.assert_array_equal(a.nodes, b.nodes)
+        np.testing.assert_array_equal(a.seed_index, b.seed_index)
+        for ha, hb in zip(a.hops, b.hops, strict=True):
+            for x, y in ((ha.src, hb.src), (ha.dst, hb.dst), (ha.rel, hb.rel)):
+                np.testing.assert_array_equal(x, y)

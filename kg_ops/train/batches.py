@@ -59,6 +59,7 @@ class BatchBuilder:
         self.fanouts, self.sample_seed = list(fanouts), int(sample_seed)
         self.softmax, self.negatives = loss == "softmax", int(negatives)
         self.shard = shard if self.softmax else None
+        self.workspace = np.full(csr.num_nodes, -1, dtype=np.int64)   # one builder thread
 
     def build(self, pos: np.ndarray, rng: np.random.Generator) -> Batch:
         pos = np.asarray(pos, dtype=np.int64).reshape(-1, 3)
@@ -74,7 +75,8 @@ class BatchBuilder:
             neg = self.sampler.sample(pos, self.negatives, rng)
             rows = np.concatenate([pos, neg])
             seeds = rows[:, [0, 2]].ravel()
-        cg = sample_computation_graph(self.csr, seeds, self.fanouts, seed=self.sample_seed)
+        cg = sample_computation_graph(self.csr, seeds, self.fanouts, seed=self.sample_seed,
+                                      workspace=self.workspace)
         loc = cg.seed_index
         ends = loc[:2 * len(rows)].reshape(-1, 2)
         triples = torch.from_numpy(np.stack([ends[:, 0], rows[:, 1], ends[:, 1]], axis=1))
