@@ -4,8 +4,11 @@ PyG's ``RGCNConv`` without pyg-lib loops over the ``2R`` relation types and mult
 target node by every relation's weight matrix: ~0.85 s per sampled CoDEx-S batch here.
 :class:`BasisRGCNConv` computes the same function for basis decomposition with one pass over
 the messages per basis (``B`` small): it aggregates ``a_rb / c_ir * x_j`` per basis and applies
-the bases once, ``h_i = W_root x_i + sum_b V_b^T agg_ib + bias``. It has ``RGCNConv``'s
-parameters (names and shapes), and a test checks both give the same output. Block
+the bases once, ``h_i = W_root x_i + sum_b V_b^T agg_ib + bias``. With few relations (the
+``[targets, relations, in]`` table of per-relation means no larger than the per-basis messages)
+it takes the per-relation means in one pass over the messages and mixes the bases on them
+instead (the 2.8M-node synth graph has 10 message types). It has ``RGCNConv``'s parameters
+(names and shapes), and a test checks both paths give ``RGCNConv``'s output. Block
 decomposition uses ``RGCNConv`` itself.
 
 Layers are applied one at a time on bipartite (source nodes, target nodes) inputs, so the same
@@ -45,14 +48,29 @@ class BasisRGCNConv(nn.Module):
         src, dst = edge_index[0], edge_index[1]
         n_dst = x_dst.size(0)
         # c_ir: incoming messages of relation r at node i (RGCN's per-relation mean).
-        _, inv, cnt = torch.unique(dst * self.num_relations + edge_type, return_inverse=True,
-                                   return_counts=True)
+        key = dst * self.num_relations + edge_type
+        if n_dst * self.num_relations <= src.numel() * self.num_bases:
+            return self._by_relation_mean(x_src, x_dst, src, key, n_dst)
+        _, inv, cnt = torch.unique(key, return_inverse=True, return_counts=True)
         coef = self.comp[edge_type] / cnt[inv].unsqueeze(1).to(x_src.dtype)     # [E, B]
         coef = coef.t().contiguous()                                             # [B, E]
         xs = x_src[src]                                                          # [E, in]
         agg = torch.stack([torch.zeros(n_dst, self.in_dim, dtype=x_src.dtype)
                            .index_add(0, dst, xs * coef[b].unsqueeze(1))
                            for b in range(self.num_bases)], dim=1)               # [n, B, in]
+        out = agg.reshape(n_dst, -1) @ self.weight.reshape(-1, self.out_dim)
+        return out + x_dst @ self.root + self.bias
+
+    def _by_relation_mean(self, x_src, x_dst, src, key, n_dst: int) -> torch.Tensor:
+        """The same function when few relations: the per-(node, relation) means of the
+        messages (one pass over the messages, no per-basis work), then the bases mixed per
+        relation on the ``[n, R, in]`` means: ``agg_ib = sum_r a_rb mean_ir``."""
+        r = self.num_relations
+        cnt = torch.bincount(key, minlength=n_dst * r).to(x_src.dtype)
+        total = torch.zeros(n_dst * r, self.in_dim, dtype=x_src.dtype).index_add_(
+            0, key, x_src[src])
+        mean = (total / cnt.clamp(min=1).unsqueeze(1)).view(n_dst, r, self.in_dim)
+        agg = torch.einsum("nri,rb->nbi", mean, self.comp)                       # [n, B, in]
         out = agg.reshape(n_dst, -1) @ self.weight.reshape(-1, self.out_dim)
         return out + x_dst @ self.root + self.bias
 

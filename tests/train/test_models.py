@@ -17,20 +17,29 @@ from kg_ops.sampling import CSRGraph, sample_computation_graph
 torch.set_num_threads(1)
 
 
-def test_basis_rgcn_equals_pyg_rgcnconv():
+@pytest.mark.parametrize("relations,edges", [(4, 40), (30, 10)])  # per-relation means / per-basis
+def test_basis_rgcn_equals_pyg_rgcnconv(relations, edges):
     torch.manual_seed(0)
-    ours = BasisRGCNConv(6, 5, num_relations=4, num_bases=3)
-    pyg = RGCNConv(6, 5, 4, num_bases=3, aggr="mean")
+    ours = BasisRGCNConv(6, 5, num_relations=relations, num_bases=3)
+    pyg = RGCNConv(6, 5, relations, num_bases=3, aggr="mean")
     pyg.load_state_dict(ours.state_dict())          # same parameter names and shapes
-    x_src = torch.randn(9, 6)
-    edge_index = torch.stack([torch.randint(0, 9, (40,)), torch.randint(0, 5, (40,))])
-    edge_type = torch.randint(0, 4, (40,))
+    x_src = torch.randn(9, 6, requires_grad=True)
+    edge_index = torch.stack([torch.randint(0, 9, (edges,)), torch.randint(0, 5, (edges,))])
+    edge_type = torch.randint(0, relations, (edges,))
     got = ours((x_src, x_src[:5]), edge_index, edge_type)
     want = pyg((x_src, x_src[:5]), edge_index, edge_type)
     assert torch.allclose(got, want, atol=1e-5)
-    # and gradients flow to every parameter
-    got.sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ours.parameters())
+    # and gradients flow to every parameter, equal to RGCNConv's
+    (got * torch.arange(5.0).unsqueeze(1)).sum().backward()
+    g_ours = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    gx = x_src.grad.clone()
+    x_src.grad = None
+    (want * torch.arange(5.0).unsqueeze(1)).sum().backward()
+    assert torch.allclose(x_src.grad, gx, atol=1e-5)
+    for n, p in pyg.named_parameters():
+        assert torch.allclose(p.grad, g_ours[n], atol=1e-5), n
+    assert all(g.abs().sum() > 0 for n, g in g_ours.items() if n != "comp") \
+        and g_ours["comp"].abs().sum() > 0
 
 
 @pytest.mark.parametrize("decoder", [DistMult, ComplEx])
