@@ -54,7 +54,7 @@ class BasisRGCNConv(nn.Module):
         _, inv, cnt = torch.unique(key, return_inverse=True, return_counts=True)
         coef = self.comp[edge_type] / cnt[inv].unsqueeze(1).to(x_src.dtype)     # [E, B]
         coef = coef.t().contiguous()                                             # [B, E]
-        xs = x_src[src]                                                          # [E, in]
+        xs = x_src.index_select(0, src)                                          # [E, in]
         agg = torch.stack([torch.zeros(n_dst, self.in_dim, dtype=x_src.dtype)
                            .index_add(0, dst, xs * coef[b].unsqueeze(1))
                            for b in range(self.num_bases)], dim=1)               # [n, B, in]
@@ -68,7 +68,7 @@ class BasisRGCNConv(nn.Module):
         r = self.num_relations
         cnt = torch.bincount(key, minlength=n_dst * r).to(x_src.dtype)
         total = torch.zeros(n_dst * r, self.in_dim, dtype=x_src.dtype).index_add_(
-            0, key, x_src[src])
+            0, key, x_src.index_select(0, src))
         mean = (total / cnt.clamp(min=1).unsqueeze(1)).view(n_dst, r, self.in_dim)
         agg = torch.einsum("nri,rb->nbi", mean, self.comp)                       # [n, B, in]
         out = agg.reshape(n_dst, -1) @ self.weight.reshape(-1, self.out_dim)

@@ -54,3 +54,27 @@ def test_state_round_trips_and_old_dense_state_is_refused():
     old = torch.optim.Adam(model.parameters()).state_dict()
     with pytest.raises(KGOpsError, match="older kg_ops version"):
         again.load_state_dict(old, source="ckpt.pt")
+
+
+def test_row_adam_is_sparse_adam_bit_for_bit():
+    """RowAdam only changes how the rows are gathered: parameters and state equal SparseAdam's
+    exactly after several steps of uncoalesced gradients with repeated and disjoint rows."""
+    from kg_ops.train.optim import RowAdam
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(30, 4, generator=g)
+    a, b = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt_a, opt_b = RowAdam([a], lr=0.05), torch.optim.SparseAdam([b], lr=0.05)
+    for step in range(5):
+        rows = torch.randint(0, 30, (12,), generator=g)
+        vals = torch.randn(12, 4, generator=g)
+        for p in (a, b):
+            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (30, 4))
+        opt_a.step()
+        opt_b.step()
+        assert torch.equal(a, b), step
+    sa, sb = opt_a.state_dict()["state"][0], opt_b.state_dict()["state"][0]
+    assert sa["step"] == sb["step"] == 5
+    assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+    assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert not torch.equal(a, start)
