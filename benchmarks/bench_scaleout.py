@@ -248,12 +248,11 @@ def run_child(spec: dict) -> dict:
 
 def child_run(spec: dict) -> dict:
     """Load a partition and train ``steps`` steps (None: one full epoch) as the loop does."""
-    import resource
-
     import torch
 
     from kg_ops.partition.io import load_partition
     from kg_ops.train.batches import batch_loss, prefetch
+    from kg_ops.train.plan import peak_rss_bytes
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -279,7 +278,7 @@ def child_run(spec: dict) -> dict:
     train_s = time.perf_counter() - t
     return {"part": spec["part"], "steps": n, "edges": int(len(take)), "train_s": train_s,
             "load_s": load_s, "edges_per_s": len(take) / train_s,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": peak_rss_bytes()}
 
 
 def section_epoch(inputs: dict, args, memory_only: bool) -> None:

@@ -42,6 +42,16 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * _PAGE
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``:
+    a child started by fork and exec inherits its parent's value."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 class RSSPeak:
     """The highest resident memory seen while the block runs (sampled every ``every_s``)."""
 
@@ -126,8 +136,6 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
               features=None, prefetch_depth: int = 1) -> StepCost:
     """Fit the step cost from real steps on partition ``part`` at two local batch sizes.
     Run it in a fresh process (:func:`calibrate_in_child`): its peak memory is the answer."""
-    import resource
-
     import torch
 
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
@@ -153,7 +161,7 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
     return StepCost(
         fixed_s=max(0.0, t_large - per_edge * large), per_edge_s=per_edge,
         step_bytes_per_edge=mem / large,
-        peak_bytes=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
+        peak_bytes=peak_rss_bytes(),
         data_bytes=estimate_worker_bytes(part.num_nodes, len(part.edges)), local_batch=large,
         measured_on={"part": int(part.part_id), "batches": [small, large],
                      "step_s": [round(t_small, 5), round(t_large, 5)], "steps": steps,

@@ -64,3 +64,18 @@ def test_calibration_measures_real_steps_on_a_partition(planted):
     recorded = pm["metrics"]["plan"]
     assert [w["core_edges"] for w in recorded["workers"]] == [s["core_edges"] for s in stats]
     assert recorded["recipe"]["batch_size"] == 256 and recorded["epoch_s"] > 0
+
+
+def test_peak_rss_of_a_child_is_its_own(tmp_path):
+    """A child started from a big parent reports its own peak (ru_maxrss would not)."""
+    import subprocess
+    import sys
+
+    from kg_ops.train.plan import peak_rss_bytes
+
+    block = np.ones(300 * 2**20 // 8)          # the parent holds 300 MiB
+    block.sum()
+    code = "from kg_ops.train.plan import peak_rss_bytes; print(peak_rss_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)
+    assert peak_rss_bytes() >= 300 * 2**20 > child
