@@ -50,7 +50,7 @@ def test_calibration_measures_real_steps_on_a_partition(planted):
     assert cost.measured_on["batches"] == [8, 32] and cost.measured_on["part"] == 1
     small, large = cost.measured_on["step_s"]
     assert small > 0 and 0 < large < 5
-    assert cost.step_s(32) == pytest.approx(large, rel=1e-3) or cost.fixed_s == 0
+    assert cost.step_s(32) == pytest.approx(large, rel=1e-3, abs=1e-5) or cost.fixed_s == 0
     assert cost.per_edge_s >= 0 and cost.fixed_s >= 0
     # The child's peak holds at least the interpreter, torch and the model.
     assert cost.peak_bytes > 100 * 2**20
