@@ -66,14 +66,75 @@ def ensure_inputs(args) -> dict:
     if not get_store(graph).exists(join(graph, "_manifest.json")):
         kgops("synth", "--nodes", "2800000", "--edges", "24000000", "--seed", "0",
               "--out", graph)
-    parts = {}
-    for p in (1, 4, 8):
+    parts = {1: None}      # P=1: the whole training graph in memory (see whole_graph)
+    for p in (4, 8):
         uri = str(work / f"synth-metis-p{p}")
         if not get_store(uri).exists(join(uri, "_manifest.json")):
             kgops("partition", "--graph", graph, "--parts", str(p), "--method", "metis",
                   "--out", uri)
         parts[p] = uri
     return {"graph": graph, "parts": parts}
+
+
+def whole_graph(graph: str, sampling: dict):
+    """The whole training graph as the one partition of a single worker (every node core,
+    pools = the node types' id ranges): what ``kgops partition --parts 1`` would write."""
+    from kg_ops.graph.kg import load_edges, load_schema
+    from kg_ops.partition.io import Partition
+
+    schema = load_schema(graph)
+    n = schema.num_nodes
+    names = [nt.name for nt in schema.node_types]
+    types = sorted(range(len(names)), key=lambda i: schema.node_types[i].offset)
+    node_type = np.empty(n, dtype=np.int64)
+    for i in types:
+        nt = schema.node_types[i]
+        node_type[nt.offset:nt.offset + nt.count] = i
+    return Partition(
+        part_id=0, global_ids=np.arange(n, dtype=np.int64), num_core_nodes=n,
+        node_type=node_type, core_edges=np.unique(load_edges(graph, "train"), axis=0),
+        halo_edges=np.empty((0, 3), dtype=np.int64), num_relations=schema.num_relations,
+        negative_pool={i: np.arange(nt.offset, nt.offset + nt.count)
+                       for i, nt in enumerate(schema.node_types)},
+        node_type_names=names,
+        relation_head_type=np.array([names.index(x.head) for x in schema.relations]),
+        relation_tail_type=np.array([names.index(x.tail) for x in schema.relations]),
+        sampling=dict(sampling), num_global_nodes=n, uri=f"whole:{graph}")
+
+
+def sampling_of(inputs: dict) -> dict:
+    """The partitions' sampling settings (seed, fanouts, hops)."""
+    from kg_ops.partition.io import part_dir
+    from kg_ops.store import get_store, join
+
+    uri = inputs["parts"][8]
+    return get_store(uri).read_json(join(part_dir(uri, 0), "meta.json"))["sampling"]
+
+
+def load_part(inputs: dict, p: int, i: int):
+    from kg_ops.partition.io import load_partition
+
+    if inputs["parts"][p] is None:
+        return whole_graph(inputs["graph"], sampling_of(inputs))
+    return load_partition(inputs["parts"][p], i)
+
+
+def plan_of(inputs: dict, p: int) -> dict:
+    """The partition stage's plan; for P=1 (no partition stage run) the P=8 plan's measured
+    cost applied to the whole graph's size."""
+    from kg_ops.graph.kg import load_edges, load_schema
+    from kg_ops.partition.expand import estimate_worker_bytes
+    from kg_ops.partition.io import load_partitions_manifest
+    from kg_ops.train.plan import StepCost, predict
+
+    if inputs["parts"][p] is not None:
+        return load_partitions_manifest(inputs["parts"][p])["metrics"]["plan"]
+    base = plan_of(inputs, 8)
+    edges = len(np.unique(load_edges(inputs["graph"], "train"), axis=0))
+    n = load_schema(inputs["graph"]).num_nodes
+    plan = predict(StepCost.from_dict(base["cost"]), [edges],
+                   [estimate_worker_bytes(n, edges)], base["global_batch"])
+    return plan | {"recipe": base["recipe"], "from": "P=8 calibration, whole-graph sizes"}
 
 
 class Worker:
@@ -140,20 +201,13 @@ def sync_estimate(p: int, dense_bytes: int, rows: float, num_rows: int, dim: int
             "if_always_dense_table_s": dense + table_b / bw + ring}
 
 
-def load_recipe(parts_uri: str) -> dict:
-    from kg_ops.partition.io import load_partitions_manifest
-
-    return load_partitions_manifest(parts_uri)["metrics"]["plan"]["recipe"]
-
-
 def section_profile(inputs: dict, args) -> None:
-    from kg_ops.partition.io import load_partition
     from kg_ops.train.profile import profile_steps
 
     out = {}
+    recipe = plan_of(inputs, 8)["recipe"]
     for p, part_id in ((1, 0), (8, 0)):
-        part = load_partition(inputs["parts"][p], part_id)
-        recipe = load_recipe(inputs["parts"][p])
+        part = load_part(inputs, p, part_id)
         for loss, k in args.loss_list:
             w = Worker(part, recipe, loss, k)
             for batch in args.batch_list:
@@ -175,8 +229,8 @@ def section_simulate(inputs: dict, args) -> None:
     from kg_ops.partition.io import load_partition, load_partitions_manifest
     from kg_ops.train.plan import StepCost, predict
 
-    full = load_partition(inputs["parts"][1], 0)
-    recipe = load_recipe(inputs["parts"][1])
+    full = load_part(inputs, 1, 0)
+    recipe = plan_of(inputs, 8)["recipe"]
     steps_of = {b: math.ceil(len(full.core_edges) / b) for b in args.batch_list}
     t1 = {}
     for loss, k in args.loss_list:
@@ -256,7 +310,10 @@ def child_run(spec: dict) -> dict:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    part = load_partition(spec["parts"], spec["part"])
+    if spec["parts"].startswith("whole:"):
+        part = whole_graph(spec["parts"][len("whole:"):], spec["recipe"]["sampling"])
+    else:
+        part = load_partition(spec["parts"], spec["part"])
     w = Worker(part, spec["recipe"], spec["loss"], spec["negatives"])
     load_s = time.perf_counter() - t0
     edges = part.core_edges
@@ -282,20 +339,18 @@ def child_run(spec: dict) -> dict:
 
 
 def section_epoch(inputs: dict, args, memory_only: bool) -> None:
-    from kg_ops.partition.io import load_partitions_manifest
     from kg_ops.train.plan import StepCost, predict
 
     out = RESULTS.setdefault("memory" if memory_only else "epoch", {})
     for p in ((1, 4, 8) if memory_only else (8,)):
-        uri = inputs["parts"][p]
-        pm = load_partitions_manifest(uri)
-        plan = pm["metrics"]["plan"]
+        uri = inputs["parts"][p] or f"whole:{inputs['graph']}"
+        plan = plan_of(inputs, p)
         cores = [w["core_edges"] for w in plan["workers"]]
         b = args.epoch_batch
         pred = predict(StepCost.from_dict(plan["cost"]), cores,
                        [w["data_bytes"] for w in plan["workers"]], b)
         part = pred["slowest_part"] if not memory_only else int(np.argmax(cores))
-        recipe = plan["recipe"]
+        recipe = plan["recipe"] | {"sampling": sampling_of(inputs)}
         spec = {"parts": uri, "part": part, "recipe": recipe, "loss": recipe["loss"],
                 "negatives": recipe["negatives"], "steps_per_epoch": pred["steps_per_epoch"],
                 "steps": args.memory_steps if memory_only else None}
