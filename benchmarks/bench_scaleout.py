@@ -373,7 +373,17 @@ def section_codex_m(args) -> None:
     from benchmarks.bench_train import evaluate, prepare, run_train
     from kg_ops.raycluster import init_ray
 
-    init_ray(None, num_cpus=2)
+    for attempt in range(3):   # a loaded machine can time Ray's start-up out
+        try:
+            init_ray(None, num_cpus=2)
+            break
+        except Exception as exc:
+            log.warning("Ray did not start (%s); retrying", exc)
+            import ray
+
+            ray.shutdown()
+            if attempt == 2:
+                raise
     work = Path(args.work) / "codex"
     work.mkdir(parents=True, exist_ok=True)
     m = prepare(work, "m", (1, 2))
