@@ -4,6 +4,7 @@ steps; the per-worker plan follows from the measured cost and each partition's s
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ def test_rss_peak_sees_a_transient_allocation():
     with RSSPeak(every_s=0.0005) as mem:
         block = np.ones(64 * 2**20 // 8)           # 64 MiB touched, then freed
         block.sum()
+        time.sleep(0.3)                            # the watcher thread gets scheduled
         del block
     assert mem.peak - mem.start >= 60 * 2**20
 
