@@ -67,7 +67,7 @@ def ensure_inputs(args) -> dict:
         kgops("synth", "--nodes", "2800000", "--edges", "24000000", "--seed", "0",
               "--out", graph)
     parts = {1: None}      # P=1: the whole training graph in memory (see whole_graph)
-    for p in (4, 8):
+    for p in args.parts:
         uri = str(work / f"synth-metis-p{p}")
         if not get_store(uri).exists(join(uri, "_manifest.json")):
             kgops("partition", "--graph", graph, "--parts", str(p), "--method", "metis",
@@ -244,7 +244,7 @@ def section_simulate(inputs: dict, args) -> None:
     del full
     gc.collect()
     sim = {"T1": {f"{a}:{k} batch {b}": v for (a, k, b), v in t1.items()}}
-    for p in (4, 8):
+    for p in [q for q in args.parts if q > 1]:
         uri = inputs["parts"][p]
         pm = load_partitions_manifest(uri)
         cores = [s["core_edges"] for s in pm["outputs"]["partitions"]]
@@ -342,7 +342,7 @@ def section_epoch(inputs: dict, args, memory_only: bool) -> None:
     from kg_ops.train.plan import StepCost, predict
 
     out = RESULTS.setdefault("memory" if memory_only else "epoch", {})
-    for p in ((1, 4, 8) if memory_only else (8,)):
+    for p in ([1, *args.parts] if memory_only else (8,)):
         uri = inputs["parts"][p] or f"whole:{inputs['graph']}"
         plan = plan_of(inputs, p)
         cores = [w["core_edges"] for w in plan["workers"]]
@@ -413,6 +413,7 @@ def main() -> None:
     ap.add_argument("--sections", default="profile,simulate,memory,epoch,codex-m")
     ap.add_argument("--work", default="/tmp/kgops-scale")
     ap.add_argument("--graph", default=None)
+    ap.add_argument("--parts", default="4,8", help="partition counts to build and measure")
     ap.add_argument("--steps", type=int, default=9, help="timed steps per measurement")
     ap.add_argument("--batches", default="256", help="global batches to measure")
     ap.add_argument("--losses", default="bce:1,softmax:32",
@@ -445,6 +446,7 @@ def main() -> None:
     torch.set_num_threads(1)
     args.loss_list = [(a, int(b)) for a, b in (x.split(":") for x in args.losses.split(","))]
     args.batch_list = [int(x) for x in args.batches.split(",")]
+    args.parts = [int(x) for x in args.parts.split(",")]
     sections = args.sections.split(",")
     synth = {"profile", "simulate", "memory", "epoch"} & set(sections)
     inputs = ensure_inputs(args) if synth else None
