@@ -47,7 +47,12 @@ from kg_ops.airflow.published import (
     SERVICE_ASSET_NAME,
     SERVICE_ASSET_URI,
 )
-from kg_ops.airflow.runs import check_quality_gate, plan_run, publish_version
+from kg_ops.airflow.runs import (
+    check_quality_gate,
+    plan_run,
+    publish_version,
+    warm_start_source,
+)
 from kg_ops.config import TrainConfig
 
 DAG_ID = "kg_embedding_refresh"
@@ -56,7 +61,7 @@ ARTIFACT_ROOT = os.environ.get("KGOPS_ARTIFACT_ROOT", "/tmp/kgops-artifacts")
 # debian need a folder holding the raw codex/ and debian/ datasets.
 DATASETS_ROOT = os.environ.get("KGOPS_DATASETS", "")
 RAY_CONN_ID = os.environ.get("KGOPS_RAY_CONN_ID", "ray_default")
-TRAIN_PARAMS = ("model", "epochs", "loss")   # training options on the trigger form
+TRAIN_PARAMS = ("model", "epochs", "loss", "max_drift", "retrain_every")  # on the trigger form
 
 graph_source = Asset(name=GRAPH_SOURCE_ASSET_NAME,
                      uri=os.environ.get("KGOPS_GRAPH_SOURCE_URI",
@@ -101,6 +106,12 @@ with DAG(
                          description="Ray Train workers = graph partitions."),
         # Training options: type, default, allowed values and help from kg_ops.config.
         **stage_params(TrainConfig, *TRAIN_PARAMS),
+        "warm_start": Param(False, type="boolean",
+                            description="Start training from the last published version's "
+                                        "model (entities matched by key, its encoders "
+                                        "reused); a full retrain past max_drift or every "
+                                        "retrain_every runs. Off by default until measured "
+                                        "to hold quality (see README)."),
         "artifact_root": Param(ARTIFACT_ROOT, type="string",
                                description="Local path or s3:// prefix for all artifacts."),
         "force": Param(False, type="boolean",
@@ -132,6 +143,14 @@ with DAG(
 
     common = {"ray_conn_id": RAY_CONN_ID, "force": "{{ params.force }}"}
 
+    @task(inlets=[embeddings])
+    def previous_version() -> dict:
+        """The last published version's model and features, when warm_start is on."""
+        return warm_start_source(get_current_context(), embeddings)
+
+    def previous(key: str) -> str:
+        return "{{ ti.xcom_pull(task_ids='previous_version')['" + key + "'] }}"
+
     import_graph = ImportGraphOperator(
         task_id="import_graph",
         source="{{ params.source }}",
@@ -148,6 +167,7 @@ with DAG(
         out_uri=planned["features"],
         enabled="{{ params.encode_attributes }}",
         workers="{{ params.workers }}",
+        extra_args=[f"--encoders={previous('features_uri')}"],
         **common,
     )
     partition = PartitionGraphOperator(
@@ -168,6 +188,7 @@ with DAG(
         out_uri=planned["model"],
         workers="{{ params.workers }}",
         **{name: "{{ params." + name + " }}" for name in TRAIN_PARAMS},
+        init_from=previous("model_uri"),
         deferrable=True,
         poll_interval=5,
         job_timeout=6 * 3600,
@@ -209,3 +230,4 @@ with DAG(
     import_graph >> encode >> partition >> train >> evaluate
     # Only a version that passed the gate and was published as the newest date is served.
     publish(gate) >> deploy
+    previous_version() >> encode

@@ -23,7 +23,7 @@ GRAPH_SOURCE_ASSET_NAME = "kg_graph_source"
 SERVICE_ASSET_NAME = "kg_link_prediction_service"
 SERVICE_ASSET_URI = "kgops://service/kg_embedding_refresh"
 
-VERSION_COLUMNS = ("mrr", "hits@1", "hits@10", "auc", "model", "run_key")
+VERSION_COLUMNS = ("mrr", "hits@1", "hits@10", "auc", "model", "run_key", "warm_start")
 
 
 def published_versions(limit: int = 50) -> list[dict[str, Any]]:

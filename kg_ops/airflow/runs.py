@@ -100,6 +100,39 @@ def publish_version(context: dict, record: dict, current: Any, past: Any, alias:
     return record
 
 
+def warm_start_source(context: dict, asset: Any) -> dict[str, str]:
+    """With ``params.warm_start``: the model and features of the last published version (the
+    embeddings asset's newest event dated before this run, as the gate's baseline), for
+    ``kgops train --init-from`` and ``kgops encode --encoders``; empty strings (train from scratch, fit new encoders) when it
+    is off or nothing was published yet. Features only if that run encoded attributes."""
+    from kg_ops.manifest import read_manifest
+
+    none = {"model_uri": "", "features_uri": "", "run_id": ""}
+    if not context["params"].get("warm_start"):
+        return none
+    previous = _previous_release(context.get("inlet_events", {}), asset,
+                                 context["dag_run"].run_id, version_date(context["dag_run"]))
+    if previous is None or not previous.get("model_uri"):
+        return none
+    features = previous.get("features_uri") or ""
+    if features and read_manifest(features) is None:
+        features = ""
+    return {"model_uri": previous["model_uri"], "features_uri": features,
+            "run_id": previous.get("run_id", "")}
+
+
+def _warm_start_summary(model_uri: str | None) -> str:
+    """What the train stage's drift guard decided, for the version record."""
+    from kg_ops.manifest import read_manifest
+
+    ws = (read_manifest(model_uri) or {}).get("warm_start") if model_uri else None
+    if not ws:
+        return "off"
+    if ws.get("used"):
+        return f"from {ws['from']} (chain {ws.get('chain')})"
+    return f"full retrain: {ws.get('reason')}"
+
+
 def check_quality_gate(context: dict, asset: Any, result: dict | None,
                        plan: dict | None) -> dict[str, Any]:
     """Fail the run (``AirflowFailException``: no retry) when the new embeddings are not good
@@ -124,6 +157,8 @@ def check_quality_gate(context: dict, asset: Any, result: dict | None,
         "logical_date": version_date(context["dag_run"]),
         "graph_uri": plan.get("graph"),
         "model_uri": plan.get("model"),
+        "features_uri": plan.get("features"),
+        "warm_start": _warm_start_summary(plan.get("model")),
         "evaluation_uri": plan.get("evaluation"),
         "embeddings_uri": outputs.get("embeddings"),
         "report_uri": outputs.get("report"),
