@@ -24,9 +24,8 @@ DAY_C = datetime(2026, 11, 22, tzinfo=UTC)
 def test_second_run_warm_starts_and_drift_forces_full_retrain(airflow_db, ray_head,
                                                               tmp_path_factory):
     from airflow.utils.state import DagRunState
-    from fastapi.testclient import TestClient
 
-    from kg_ops.airflow.published import create_versions_app, published_versions
+    from kg_ops.airflow.published import published_versions, render_versions_page
 
     root = Path(tmp_path_factory.mktemp("warm-artifacts"))
     conf = {"source": "synth", "synth_nodes": 400, "synth_edges": 2400, "workers": 1,
@@ -45,7 +44,7 @@ def test_second_run_warm_starts_and_drift_forces_full_retrain(airflow_db, ray_he
     assert enc["inputs"]["encoders"]["uri"] == first["features_uri"]   # encoders reused
     second = published_versions()[0]
     assert second["warm_start"].startswith(f"from {first['model_uri']}")
-    page = TestClient(create_versions_app()).get("/versions").text
+    page = render_versions_page(published_versions())
     assert f"from {first['model_uri']}" in page
 
     changed = {**conf, "synth_edges": 3200}
