@@ -148,3 +148,22 @@ def test_new_entity_without_attributes_starts_at_type_mean(setup):
                               table.column("old_id").to_pylist(), strict=True):
         if old_id >= 0:
             assert torch.equal(rows[new_id], old[old_id]), keys[new_id]
+
+
+def test_evaluate_inductive_cli(setup):
+    """``kgops evaluate --inductive`` ranks a newer version's test edges through embed's path
+    and records it in the protocol."""
+    import json
+
+    from kg_ops.cli import main
+
+    v = _version_with_new(setup["v1"])
+    g = save_version(join(setup["root"], "v7"), v)
+    out = join(setup["root"], "eval-v7")
+    assert main(["evaluate", "--model", setup["model"], "--graph", g, "--out", out]) == 2
+    assert main(["evaluate", "--model", setup["model"], "--graph", g, "--out", out,
+                 "--inductive"]) == 0
+    with open(join(out, "metrics.json")) as fh:
+        protocol = json.load(fh)["protocol"]
+    assert protocol["inductive"]["entities"]["new"] == 2
+    assert protocol["inductive"]["trained_on"] == setup["graph"]
