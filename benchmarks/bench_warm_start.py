@@ -109,6 +109,7 @@ def checkpoint_curve(model_uri: str, graph: str, extra_s: float = 0.0) -> list[d
 
 
 def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
+    from kg_ops.config import TrainConfig
     from kg_ops.partition.cli import partition
     from kg_ops.train.cli import train
 
@@ -120,10 +121,13 @@ def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
         partition(g, 1, parts[name])
     common = {**recipe, "epochs": epochs, "keep_checkpoints": epochs}
     t = time.perf_counter()
-    y = train(parts["yesterday"], str(work / "m-yesterday"), **common)
+    y = train(TrainConfig(partitions=parts["yesterday"], out=str(work / "m-yesterday"),
+                          **common))
     y_wall = time.perf_counter() - t
-    scratch = train(parts["today"], str(work / "m-scratch"), **common)
-    warm = train(parts["today"], str(work / "m-warm"), init_from=y["uri"], **common)
+    scratch = train(TrainConfig(partitions=parts["today"], out=str(work / "m-scratch"),
+                                **common))
+    warm = train(TrainConfig(partitions=parts["today"], out=str(work / "m-warm"),
+                             init_from=y["uri"], **common))
     ws = warm["warm_start"]
     warm_extra = warm["timings"].get("warm_start_s", 0.0)
     s_curve = checkpoint_curve(scratch["uri"], today)
@@ -168,6 +172,7 @@ def _mrr(trained, graph: str) -> float:
 def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
     import ray
 
+    from kg_ops.config import TrainConfig
     from kg_ops.encode.cli import encode
     from kg_ops.graph.split_entities import split_entities
     from kg_ops.models.inductive import for_graph
@@ -197,7 +202,7 @@ def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
         kw = {**recipe, "epochs": epochs}
         if opt.get("model"):
             kw["model"] = opt["model"]
-        m = train(parts, str(work / f"split-{tag}"), **kw)
+        m = train(TrainConfig(partitions=parts, out=str(work / f"split-{tag}"), **kw))
         trained = load_trained(m["uri"])
         transductive = _mrr(trained, g_train)
         inductive, _ = for_graph(trained, g_full)
