@@ -30,7 +30,7 @@ def test_second_run_warm_starts_and_drift_forces_full_retrain(airflow_db, ray_he
     root = Path(tmp_path_factory.mktemp("warm-artifacts"))
     conf = {"source": "synth", "synth_nodes": 400, "synth_edges": 2400, "workers": 1,
             "epochs": 2, "artifact_root": str(root), "min_mrr": 0.0, "max_mrr_drop": 1.0,
-            "warm_start": True}
+            "warm_start": True, "deploy": False}
     dag = load_dag()
     assert run_dag(dag, DAY_A, conf).state == DagRunState.SUCCESS
     first = published_versions()[0]
