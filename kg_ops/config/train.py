@@ -11,27 +11,56 @@ from typing import Any
 
 from kg_ops.config.options import StageConfig, option
 
-MODELS = ("rgcn", "relgnn")
+GNN_MODELS = ("rgcn", "relgnn")
+# Shallow KGE models: no message passing, the entity embedding goes straight to the decoder
+# of the same name (the yardstick every GNN is measured against).
+SHALLOW_MODELS = ("complex", "distmult")
+MODELS = GNN_MODELS + SHALLOW_MODELS
 DECODERS = ("distmult", "complex")
-LOSSES = ("bce", "softmax")
+LOSSES = ("bce", "softmax", "1vsall")
+PRESETS = ("paper",)
 
-# Per-model defaults of the published system (issue 6); RGCN's regularisation follows PyG's.
+# Per-model defaults of the default recipe (see benchmarks/bench_train.py for the figures).
 MODEL_DEFAULTS: dict[str, dict[str, float]] = {
+    "rgcn": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
+    "relgnn": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
+    "complex": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
+    "distmult": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
+}
+# ... and of the published system (issue 6); RGCN's regularisation follows PyG's.
+PAPER_MODEL_DEFAULTS: dict[str, dict[str, float]] = {
+    **MODEL_DEFAULTS,
     "rgcn": {"lr": 0.01, "weight_decay": 0.0, "regularization": 0.01},
     "relgnn": {"lr": 0.001, "weight_decay": 1e-4, "regularization": 0.001},
 }
-DEFAULT_NEGATIVES = {"bce": 1, "softmax": 512}
+DEFAULT_NEGATIVES = {"bce": 1, "softmax": 512, "1vsall": 1}   # 1vsall: every entity
+
+# ``--preset paper``: the published system's recipe. It sets each of these options that is
+# left at its default (an option given explicitly wins); the per-model learning rate and
+# regularisation come from PAPER_MODEL_DEFAULTS.
+PAPER_RECIPE: dict[str, Any] = {
+    "loss": "bce", "negatives": 1, "batch_size": 256, "embedding_dim": 64, "hidden_dim": 64,
+    "out_dim": 32, "decoder": "distmult", "dropout": 0.2, "residual": False,
+    "residual_gate": False, "reciprocal": False, "entity_dropout": 0.0,
+    "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0, "lr_decay": 1.0,
+    "lr_patience": 0, "patience": 5,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(StageConfig):
-    """Train an RGCN or relation-attention GCN link predictor with Ray Train."""
+    """Train an RGCN or relation-attention GCN link predictor (or a shallow ComplEx /
+    DistMult) with Ray Train."""
 
     stage = "train"
 
     partitions: str = option(help="URI of a `kgops partition` output", recorded=False)
     out: str = option(help="output URI (local path, file:// or s3://)", recorded=False)
-    model: str = option("rgcn", choices=MODELS, help="GNN encoder")
+    preset: str | None = option(None, choices=PRESETS, help="paper: the published system's "
+                                "recipe (bce, 64/64/32, DistMult, published learning rates "
+                                "and dropout) for every option left at its default")
+    model: str = option("rgcn", choices=MODELS, help="GNN encoder, or complex / distmult: "
+                        "a shallow KGE model (no message passing)")
     workers: int | None = option(None, minimum=1, help="Ray Train workers; must equal the "
                                  "number of partitions (default: the number of partitions)")
     epochs: int = option(20, minimum=1, help="maximum epochs")
@@ -74,6 +103,25 @@ class TrainConfig(StageConfig):
     residual: bool = option(False, help="add each node's input embedding to the encoder "
                             "output (a skip connection; needs --embedding-dim equal to "
                             "--out-dim)")
+    residual_gate: bool = option(False, help="with --residual: scale the encoder output by a "
+                                 "learned scalar that starts at 0 (training starts from the "
+                                 "shallow model the residual network contains)")
+    reciprocal: bool = option(False, help="a second vector per relation answers head "
+                              "queries (?, r, t) as (t, r^-1, ?)")
+    entity_dropout: float = option(0.0, minimum=0, maximum=0.99,
+                                   help="dropout on the entity embeddings the decoder scores")
+    relation_dropout: float = option(0.0, minimum=0, maximum=0.99,
+                                     help="dropout on the decoder's relation vectors")
+    n3: float = option(0.0, minimum=0, help="weight of the N3 penalty on each query's factors "
+                       "(softmax and 1vsall losses)")
+    label_smoothing: float = option(0.0, minimum=0, maximum=0.99,
+                                    help="label smoothing of the softmax and 1vsall losses")
+    lr_decay: float = option(1.0, minimum=0.01, maximum=1.0,
+                             help="multiply the learning rate by this after every "
+                                  "--lr-patience epochs without a better validation MRR "
+                                  "(1 = constant)")
+    lr_patience: int = option(0, minimum=0, help="epochs without improvement before each "
+                              "--lr-decay (0 = off)")
     num_bases: int | None = option(4, minimum=1, help="RGCN basis decomposition")
     num_blocks: int | None = option(None, minimum=1, help="RGCN block decomposition instead "
                                     "of bases (PyG RGCNConv; slower)")
@@ -109,8 +157,15 @@ class TrainConfig(StageConfig):
                                      "cluster; default: a local temp directory)")
 
     def resolved(self) -> TrainConfig:
-        """This config with the per-model and per-loss defaults filled in."""
-        model = MODEL_DEFAULTS[self.model]
+        """This config with the preset, and the per-model and per-loss defaults filled in."""
+        if self.preset == "paper":
+            defaults = self.defaults()
+            recipe = {k: v for k, v in PAPER_RECIPE.items() if getattr(self, k) == defaults[k]}
+            return self.replace(**recipe)._fill(PAPER_MODEL_DEFAULTS)
+        return self._fill(MODEL_DEFAULTS)
+
+    def _fill(self, table: dict[str, dict[str, float]]) -> TrainConfig:
+        model = table[self.model]
         fill: dict[str, Any] = {k: model[k] for k in ("lr", "weight_decay", "regularization")
                                 if getattr(self, k) is None}
         if self.negatives is None:

@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kg_ops.config.train import MODELS
+from kg_ops.config.train import MODELS, SHALLOW_MODELS
 from kg_ops.models.attributes import AttributeEmbedding, NodeFeatures
 from kg_ops.models.decoders import DECODERS
+from kg_ops.models.objective import candidate_cross_entropy, n3_penalty
 
 
 @dataclass
@@ -56,15 +57,30 @@ class ModelConfig:
     # the whole encoder): the decoder then sees the node's own embedding as well as its
     # neighbourhood's, as a shallow KGE model would. Needs embedding_dim == out_dim.
     residual: bool = False
+    # Tuned-KGE techniques (see kg_ops.train.objective): a second vector per relation for
+    # head queries; dropout on the entity embeddings the decoder scores and on relation
+    # vectors; the N3 penalty (Lacroix et al. 2018) and label smoothing of the softmax loss.
+    reciprocal: bool = False
+    entity_dropout: float = 0.0
+    relation_dropout: float = 0.0
+    n3: float = 0.0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, not {self.model!r}")
+        if self.shallow:
+            self.decoder, self.num_layers, self.residual = self.model, 0, False
+            self.out_dim = self.embedding_dim
         if self.residual and self.embedding_dim != self.out_dim:
             raise ValueError(f"residual needs embedding_dim == out_dim, got "
                              f"{self.embedding_dim} and {self.out_dim}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, not {self.decoder!r}")
+
+    @property
+    def shallow(self) -> bool:
+        return self.model in SHALLOW_MODELS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +91,9 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def build_encoder(cfg: ModelConfig) -> nn.Module:
+def build_encoder(cfg: ModelConfig) -> nn.Module | None:
+    if cfg.shallow:
+        return None
     if cfg.model == "rgcn":
         from kg_ops.models.rgcn import RGCNEncoder
 
@@ -93,7 +111,10 @@ class LinkPredictor(nn.Module):
         self.cfg = cfg
         self.inputs = AttributeEmbedding(cfg.num_nodes, cfg.embedding_dim, cfg.feature_dims)
         self.encoder = build_encoder(cfg)
-        self.decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim)
+        self.decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim,
+                                             reciprocal=cfg.reciprocal,
+                                             relation_dropout=cfg.relation_dropout)
+        self.entity_drop = nn.Dropout(cfg.entity_dropout)
 
     # --- encoding ---------------------------------------------------------------------------
     def encode_sampled(self, cg, features: NodeFeatures | None = None,
@@ -105,6 +126,8 @@ class LinkPredictor(nn.Module):
         n = cg.sizes[-1]
         x = self.inputs(torch.from_numpy(cg.nodes[:n]), torch.from_numpy(cg.global_nodes[:n]),
                         features)
+        if self.encoder is None:
+            return x[:cg.sizes[0]]
         if layers is None:
             layers = [(hop.edge_index, hop.edge_type, n_src, n_dst)
                       for hop, n_src, n_dst in cg.gnn_layers()]
@@ -129,6 +152,8 @@ class LinkPredictor(nn.Module):
         x = torch.cat([self.inputs(torch.from_numpy(c), torch.from_numpy(csr.to_global(c)),
                                    features) for c in chunks]) if n else \
             torch.empty(0, self.cfg.embedding_dim)
+        if self.encoder is None:
+            return x
         h = x
         for i in range(self.encoder.num_layers):
             out = []
@@ -150,6 +175,7 @@ class LinkPredictor(nn.Module):
     def loss(self, z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """BCE over positive triples ``pos`` and negatives ``neg`` (``[B, 3]`` rows of
         ``z``-positions and relation ids) plus the L2 penalty."""
+        z = self.entity_drop(z)
         trip = torch.cat([pos, neg])
         scores = self.decoder.score(z[trip[:, 0]], trip[:, 1], z[trip[:, 2]])
         labels = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
@@ -158,27 +184,44 @@ class LinkPredictor(nn.Module):
 
     def softmax_loss(self, z: torch.Tensor, pos: torch.Tensor, cand: torch.Tensor,
                      tail_ok: torch.Tensor, head_ok: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of each positive against shared candidates, both directions.
+        """Cross-entropy of each positive against shared candidates, both directions (the
+        head query through the reciprocal relation when the decoder has one), plus the L2 and
+        N3 penalties.
 
         ``pos``: ``[B, 3]`` rows of ``z``-positions and relation ids; ``cand``: ``[M]``
         ``z``-positions; ``tail_ok`` / ``head_ok``: ``[B, M]``, candidate ``j`` is a valid
         corruption of positive ``i``'s tail / head (the type the relation expects, and not the
         true entity itself)."""
-        return self.candidate_loss(z, pos, z[cand], tail_ok, head_ok)
+        z = self.entity_drop(z)
+        return self._candidate_loss(z, pos, z[cand], tail_ok, head_ok)
 
     def candidate_loss(self, z: torch.Tensor, pos: torch.Tensor, c: torch.Tensor,
                        tail_ok: torch.Tensor, head_ok: torch.Tensor) -> torch.Tensor:
         """:meth:`softmax_loss` with the candidates' embeddings ``c [M, d]`` given (they may
         come from other workers: :mod:`kg_ops.train.candidates`)."""
+        return self._candidate_loss(self.entity_drop(z), pos, self.entity_drop(c), tail_ok,
+                                    head_ok)
+
+    def _candidate_loss(self, z: torch.Tensor, pos: torch.Tensor, c: torch.Tensor,
+                        tail_ok: torch.Tensor, head_ok: torch.Tensor) -> torch.Tensor:
         h, rel, t = z[pos[:, 0]], pos[:, 1], z[pos[:, 2]]
-        true = self.decoder.score(h, rel, t).unsqueeze(1)
-        target = torch.zeros(len(pos), dtype=torch.long)
         loss = 0.0
-        for scores, ok in ((self.decoder.score_tails(h, rel, c), tail_ok),
-                           (self.decoder.score_heads(t, rel, c), head_ok)):
-            logits = torch.cat([true, scores.masked_fill(~ok, float("-inf"))], dim=1)
-            loss = loss + F.cross_entropy(logits, target)
-        return loss / 2 + self.cfg.regularization * self._l2(z)
+        for anchor, answer, ok, tail_side in ((h, t, tail_ok, True), (t, h, head_ok, False)):
+            q = self.decoder.query(anchor, rel, tail_side)
+            loss = loss + candidate_cross_entropy((q * answer).sum(-1), q @ c.t(), ok,
+                                                  self.cfg.label_smoothing)
+        loss = loss / 2 + self.cfg.regularization * self._l2(z)
+        if self.cfg.n3:
+            loss = loss + self.cfg.n3 * self.n3(h, rel, t)
+        return loss
+
+    def n3(self, h: torch.Tensor, rel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """N3 over both queries of each triple: ``(h, r, t)`` and ``(t, r^-1, h)`` (``r``
+        again without reciprocal relations), averaged over the 2B queries."""
+        dec = self.decoder
+        inv = rel + dec.num_relations if dec.reciprocal else rel
+        return (n3_penalty(dec.magnitudes, h, dec.rel[rel], t)
+                + n3_penalty(dec.magnitudes, t, dec.rel[inv], h)) / 2
 
     def _l2(self, z: torch.Tensor) -> torch.Tensor:
         return z.pow(2).mean() + self.decoder.rel.pow(2).mean()

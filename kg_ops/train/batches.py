@@ -57,7 +57,8 @@ class BatchBuilder:
                  negatives: int, shard: int | None = None):
         self.csr, self.sampler = csr, sampler
         self.fanouts, self.sample_seed = list(fanouts), int(sample_seed)
-        self.softmax, self.negatives = loss == "softmax", int(negatives)
+        self.softmax = loss in ("softmax", "1vsall")
+        self.negatives = int(negatives)
         self.shard = shard if self.softmax else None
         self.workspace = np.full(csr.num_nodes, -1, dtype=np.int64)   # one builder thread
 

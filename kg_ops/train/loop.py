@@ -195,8 +195,10 @@ class _Worker:
             self.shards = CandidateShards(world, self.rank, shard * types,
                                           torch.from_numpy(self.sampler.head_type),
                                           torch.from_numpy(self.sampler.tail_type))
-        self.builder = BatchBuilder(self.csr, self.sampler, self.run.fanouts,
-                                    self.run.sample_seed, cfg.loss, cfg.negatives, shard=shard)
+        # 1vsall: every entity of the expected type in the partition is a candidate
+        negatives = int(self.sampler.count.max()) if cfg.loss == "1vsall" else cfg.negatives
+        self.builder = BatchBuilder(self.csr, self.sampler, self.fanouts,
+                                    self.run.sample_seed, cfg.loss, negatives, shard=shard)
 
     def _features(self):
         from kg_ops.models.attributes import NodeFeatures
@@ -214,6 +216,8 @@ class _Worker:
         from kg_ops.train.optim import TrainingOptimizer
 
         self.mcfg = ModelConfig.from_dict(self.run.model_config)
+        # A shallow model passes no messages: the seeds are all it needs.
+        self.fanouts = [] if self.mcfg.shallow else list(self.run.fanouts)
         torch.manual_seed(self.config.seed)
         self.model = LinkPredictor(self.mcfg)
         self.model.inputs.check(self.features)
@@ -259,11 +263,12 @@ class _Worker:
         t0 = time.perf_counter()
         row = self._train(epoch)
         rr, n = self.comm.all_reduce(list(self.validation.reciprocal_ranks(
-            self.model, self.csr, self.run.fanouts, self.run.sample_seed, self.features)))
+            self.model, self.csr, self.fanouts, self.run.sample_seed, self.features)))
         mrr = rr / n if n else float("nan")
         row.update(valid_mrr_sampled=mrr, valid_queries_sampled=int(n))
         self.progress.history.append(row)
         stop = self.progress.update(epoch, mrr, int(n), self.model, self.config.patience)
+        self._decay_on_plateau()
         if self.rank == 0:
             eta = (self.config.epochs - epoch) * (time.perf_counter() - t0)
             log.info("epoch %d/%d: loss %.4f, valid MRR (sampled, filtered) %.4f, %.0f edges/s, "
@@ -272,6 +277,17 @@ class _Worker:
                      " -- early stop" if stop else "")
         self._checkpoint_and_report(epoch, row, stop)
         return stop
+
+    def _decay_on_plateau(self) -> None:
+        """The learning-rate schedule: multiply the rates by ``lr_decay`` after every
+        ``lr_patience`` epochs without a better validation MRR (ReduceLROnPlateau, as LibKGE's
+        tuned CoDEx configs use). The rates live in the optimiser state, so they resume."""
+        cfg, bad = self.config, self.progress.bad_epochs
+        if cfg.lr_decay < 1.0 and cfg.lr_patience > 0 and bad and bad % cfg.lr_patience == 0:
+            lr = self.opt.scale_lr(cfg.lr_decay)
+            if self.rank == 0:
+                log.info("no better validation MRR for %d epochs: learning rate now %.3g",
+                         bad, lr)
 
     def _train(self, epoch: int) -> dict[str, Any]:
         """One pass over the partition's core edges, in ``steps`` synchronised mini-batches."""

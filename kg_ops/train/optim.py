@@ -87,6 +87,15 @@ class TrainingOptimizer:
         if self.sparse is not None:
             self.sparse.step()
 
+    def scale_lr(self, factor: float) -> float:
+        """Multiply every learning rate by ``factor`` (the plateau schedule); returns the new
+        rate of the dense optimiser. Rates live in the optimisers' state, so a resumed run
+        continues with the decayed rate."""
+        for opt in (self.dense, self.sparse):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] *= factor
+        return float(self.dense.param_groups[0]["lr"])
+
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense.state_dict(),
                 "sparse": self.sparse.state_dict() if self.sparse is not None else None}

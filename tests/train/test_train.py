@@ -43,8 +43,12 @@ def runs(planted, ray_local, s3_server, tmp_path_factory):
                                 **COMMON, resume=checkpoint_uri(str(root / "one"), EPOCHS - 2)))
     softmax = train(TrainConfig(partitions=planted["parts"][2], out=str(root / "softmax"),
                                 **{**COMMON, "loss": "softmax"}, negatives=8))
+    shallow = train(TrainConfig(partitions=planted["parts"][2], out=str(root / "shallow"),
+                                **{**COMMON, "epochs": 20, "model": "complex"},
+                                loss="1vsall", reciprocal=True, embedding_dim=32, lr=0.02,
+                                n3=0.001, lr_decay=0.5, lr_patience=2))
     return {"one": one, "two": two, "resumed": resumed, "softmax": softmax, "marker": marker,
-            "root": root}
+            "root": root, "shallow": shallow}
 
 
 def test_learns_the_planted_graph_far_above_random(runs, planted):
@@ -76,6 +80,17 @@ def test_softmax_loss_learns_the_planted_graph(runs, planted):
     assert m["metrics"]["workers"] == 2
     tm = load_trained(m["uri"])
     assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 0.9
+    assert tm.history[-1]["loss"] < tm.history[0]["loss"]
+
+
+def test_shallow_complex_learns_through_the_same_ray_train_path(runs, planted):
+    """``--model complex`` (no message passing) with 1-vs-all, reciprocal relations and N3,
+    2 workers on 2 partitions: above random on held-out tails, and no encoder weights."""
+    m = runs["shallow"]
+    assert m["metrics"]["workers"] == 2 and m["config"]["loss"] == "1vsall"
+    tm = load_trained(m["uri"])
+    assert tm.model.encoder is None and tm.model.cfg.reciprocal
+    assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 2 * RANDOM_TAIL_MRR
     assert tm.history[-1]["loss"] < tm.history[0]["loss"]
 
 
