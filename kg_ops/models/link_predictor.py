@@ -57,6 +57,10 @@ class ModelConfig:
     # the whole encoder): the decoder then sees the node's own embedding as well as its
     # neighbourhood's, as a shallow KGE model would. Needs embedding_dim == out_dim.
     residual: bool = False
+    # With residual: scale the encoder's output by a learned scalar that starts at 0
+    # (ReZero, Bachlechner et al. 2021), so training starts from the shallow model the
+    # residual network contains and adds message passing as far as it helps.
+    residual_gate: bool = False
     # Tuned-KGE techniques (see kg_ops.train.objective): a second vector per relation for
     # head queries; dropout on the entity embeddings the decoder scores and on relation
     # vectors; the N3 penalty (Lacroix et al. 2018) and label smoothing of the softmax loss.
@@ -71,6 +75,7 @@ class ModelConfig:
             raise ValueError(f"model must be one of {MODELS}, not {self.model!r}")
         if self.shallow:
             self.decoder, self.num_layers, self.residual = self.model, 0, False
+            self.residual_gate = False
             self.out_dim = self.embedding_dim
         if self.residual and self.embedding_dim != self.out_dim:
             raise ValueError(f"residual needs embedding_dim == out_dim, got "
@@ -115,6 +120,7 @@ class LinkPredictor(nn.Module):
                                              reciprocal=cfg.reciprocal,
                                              relation_dropout=cfg.relation_dropout)
         self.entity_drop = nn.Dropout(cfg.entity_dropout)
+        self.gate = nn.Parameter(torch.zeros(1)) if cfg.residual and cfg.residual_gate else None
 
     # --- encoding ---------------------------------------------------------------------------
     def encode_sampled(self, cg, features: NodeFeatures | None = None,
@@ -134,7 +140,7 @@ class LinkPredictor(nn.Module):
         h = x
         for i, (edge_index, edge_type, n_src, n_dst) in enumerate(layers):
             h = self.encoder.layer(i, h[:n_src], h[:n_dst], edge_index, edge_type)
-        return h + x[:len(h)] if self.cfg.residual else h
+        return self._skip(h, x[:len(h)])
 
     @torch.no_grad()
     def encode_full(self, csr, features: NodeFeatures | None = None,
@@ -166,7 +172,13 @@ class LinkPredictor(nn.Module):
                 out.append(self.encoder.layer(i, h, h[torch.from_numpy(c)], edge_index,
                                               edge_type))
             h = torch.cat(out) if out else torch.empty(0, self.cfg.out_dim)
-        return h + x if self.cfg.residual else h
+        return self._skip(h, x)
+
+    def _skip(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The encoder output ``h`` of nodes whose inputs are ``x``, with the residual."""
+        if not self.cfg.residual:
+            return h
+        return x + (h if self.gate is None else self.gate * h)
 
     # --- scoring and loss -------------------------------------------------------------------
     def score(self, h: torch.Tensor, rel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -152,3 +152,25 @@ def test_shallow_model_is_its_decoder_on_the_embeddings():
     assert torch.equal(model.encode_full(csr), emb)
     cg = sample_computation_graph(csr, np.array([4, 0, 2]), [])
     assert torch.equal(model.encode_sampled(cg), emb[[4, 0, 2]])
+
+
+@pytest.mark.parametrize("model_name", ["rgcn", "relgnn"])
+def test_gated_residual_starts_as_the_shallow_model(model_name):
+    """``residual_gate``: the encoder's output enters scaled by a scalar initialised at 0, so
+    an untrained residual GNN scores exactly like the shallow ComplEx on the same embeddings;
+    with the gate at g it is ``x + g * encoder(x)``."""
+    from kg_ops.sampling import CSRGraph
+
+    torch.manual_seed(13)
+    cfg = dict(model=model_name, num_nodes=6, num_relations=2, embedding_dim=8, hidden_dim=8,
+               out_dim=8, decoder="complex", residual=True)
+    gated = LinkPredictor(ModelConfig(**cfg, residual_gate=True)).eval()
+    plain = LinkPredictor(ModelConfig(**cfg)).eval()
+    plain.load_state_dict({k: v for k, v in gated.state_dict().items() if k != "gate"})
+    csr = CSRGraph.from_edges(np.array([[0, 0, 1], [1, 1, 2], [3, 0, 4], [5, 1, 0]]), 6, 2)
+    x = gated.inputs.embedding.weight
+    assert torch.equal(gated.encode_full(csr), x)
+    with torch.no_grad():
+        gated.gate.fill_(0.3)
+    want = x + 0.3 * (plain.encode_full(csr) - x)
+    assert torch.allclose(gated.encode_full(csr), want, atol=1e-6)
