@@ -17,6 +17,13 @@ Sections (``--sections``, comma separated; each writes its results as soon as it
   output 256, hidden 128, L2 1e-3): the configuration that did best in this code's trials.
 * ``s-tuned``: CoDEx-S RGCN with the settings that worked best in short trials (larger batch,
   more negatives, ComplEx decoder, early stopping), to show what this code reaches.
+* Quality with ``kgops train`` defaults (only ``--model`` / ``--workers`` given), each row
+  the filtered test MRR / Hits@1/10 (both directions) and wall time:
+  ``s-default-1w``, ``s-default-2w`` (the default GNN, 1 and 2 workers), ``s-complex`` (the
+  shallow ComplEx baseline, defaults), ``s-paper`` (``--preset paper``: the published
+  system), and the same four on CoDEx-M (``m-default-1w``, ``m-default-2w``, ``m-complex``,
+  ``m-paper``) with ``|MRR(2w) - MRR(1w)|``. ``--quality-epochs`` caps epochs (default: the
+  config's) so a row fits the time there is.
 
 Results of earlier sections in ``results/bench_train.json`` are kept (merged by section).
 
@@ -93,10 +100,14 @@ def run_train(name: str, parts: str, work: Path, **kw) -> dict:
             "hyperparameters": {k: m["config"][k] for k in
                                 ("lr", "weight_decay", "regularization", "batch_size",
                                  "fanouts", "negatives", "epochs")}
+            | {k: m["config"].get(k) for k in ("preset", "reciprocal", "n3", "label_smoothing",
+                                               "entity_dropout", "relation_dropout",
+                                               "lr_decay", "lr_patience", "patience")}
             | {"loss": m["config"].get("loss", "bce")}
             | {k: m["config"]["model"][k] for k in ("embedding_dim", "hidden_dim", "out_dim",
                                                     "num_bases", "dropout", "decoder")}
-                                 | {"residual": m["config"]["model"].get("residual", False)}}
+                                 | {k: m["config"]["model"].get(k, False)
+                                    for k in ("residual", "residual_gate")}}
 
 
 class _Valid:
@@ -241,6 +252,37 @@ def time_to(curve: list[dict], target: float) -> float | None:
     return None
 
 
+QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the defaults)
+    "default-1w": (1, {}), "default-2w": (2, {}), "complex": (1, {"model": "complex"}),
+    "paper": (1, {"preset": "paper"})}
+
+
+def quality_rows(sections: list[str], work: Path, epochs: int | None) -> None:
+    """The rows with `kgops train` defaults (see the module docstring)."""
+    for size in ("s", "m"):
+        wanted = [k for k in QUALITY_ROWS if f"{size}-{k}" in sections]
+        if not wanted:
+            continue
+        data = prepare(work, size, tuple(sorted({QUALITY_ROWS[k][0] for k in wanted})))
+        for key in wanted:
+            workers, options = QUALITY_ROWS[key]
+            name = f"{size}-{key}" + (f"-e{epochs}" if epochs else "")
+            extra = {"epochs": epochs} if epochs else {}
+            r = run_train(name, data[workers], work, workers=workers, threads=1,
+                          keep_checkpoints=1, **options, **extra)
+            r["test"] = evaluate(r["uri"], data["graph"], str(work / f"{name}-eval"))
+            r["command"] = (f"kgops train --partitions P{workers} --workers {workers} "
+                            + " ".join(f"--{k} {v}" for k, v in {**options, **extra}.items()))
+            RESULTS[f"codex-{size} {key} (kgops train defaults)"] = r
+            write_results("bench_train", RESULTS)
+        one = RESULTS.get(f"codex-{size} default-1w (kgops train defaults)")
+        two = RESULTS.get(f"codex-{size} default-2w (kgops train defaults)")
+        if one and two:
+            RESULTS[f"codex-{size} defaults |MRR(2w) - MRR(1w)|"] = round(
+                abs(two["test"]["mrr"] - one["test"]["mrr"]), 4)
+            write_results("bench_train", RESULTS)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sections", default="s-rgcn,pyg,m-workers,s-relgnn,m-relgnn")
@@ -248,6 +290,8 @@ def main() -> None:
     ap.add_argument("--s-epochs", type=int, default=12)
     ap.add_argument("--m-epochs", type=int, default=3)
     ap.add_argument("--tuned-epochs", type=int, default=40)
+    ap.add_argument("--quality-epochs", type=int, default=None,
+                    help="epochs of the *-default/-complex/-paper rows (default: the config's)")
     ap.add_argument("--loss", choices=("bce", "softmax"), default="softmax",
                     help="training loss of the s-*, pyg and m-* sections (results are keyed "
                          "by it, so bce and softmax figures sit side by side)")
@@ -366,6 +410,8 @@ def main() -> None:
         r["test"] = evaluate(r["uri"], s["graph"], str(work / f"{name}-eval"))
         RESULTS["codex-s rgcn (softmax, residual, 256 dims, 1 worker)"] = r
         write_results("bench_train", RESULTS)
+
+    quality_rows(sections, work, args.quality_epochs)
 
     if "s-tuned" in sections:
         r = run_train("s-rgcn-tuned", s[1], work, model="rgcn", epochs=args.tuned_epochs,

@@ -22,10 +22,10 @@ PRESETS = ("paper",)
 
 # Per-model defaults of the default recipe (see benchmarks/bench_train.py for the figures).
 MODEL_DEFAULTS: dict[str, dict[str, float]] = {
-    "rgcn": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
-    "relgnn": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
-    "complex": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
-    "distmult": {"lr": 0.003, "weight_decay": 0.0, "regularization": 0.0},
+    "rgcn": {"lr": 0.001, "weight_decay": 0.0, "regularization": 0.0},
+    "relgnn": {"lr": 0.001, "weight_decay": 0.0, "regularization": 0.0},
+    "complex": {"lr": 0.001, "weight_decay": 0.0, "regularization": 0.0},
+    "distmult": {"lr": 0.001, "weight_decay": 0.0, "regularization": 0.0},
 }
 # ... and of the published system (issue 6); RGCN's regularisation follows PyG's.
 PAPER_MODEL_DEFAULTS: dict[str, dict[str, float]] = {
@@ -39,11 +39,11 @@ DEFAULT_NEGATIVES = {"bce": 1, "softmax": 512, "1vsall": 1}   # 1vsall: every en
 # left at its default (an option given explicitly wins); the per-model learning rate and
 # regularisation come from PAPER_MODEL_DEFAULTS.
 PAPER_RECIPE: dict[str, Any] = {
-    "loss": "bce", "negatives": 1, "batch_size": 256, "embedding_dim": 64, "hidden_dim": 64,
+    "loss": "bce", "batch_size": 256, "embedding_dim": 64, "hidden_dim": 64,
     "out_dim": 32, "decoder": "distmult", "dropout": 0.2, "residual": False,
     "residual_gate": False, "reciprocal": False, "entity_dropout": 0.0,
     "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0, "lr_decay": 1.0,
-    "lr_patience": 0, "patience": 5,
+    "lr_patience": 0, "patience": 5, "epochs": 20,
 }
 
 
@@ -63,7 +63,7 @@ class TrainConfig(StageConfig):
                         "a shallow KGE model (no message passing)")
     workers: int | None = option(None, minimum=1, help="Ray Train workers; must equal the "
                                  "number of partitions (default: the number of partitions)")
-    epochs: int = option(20, minimum=1, help="maximum epochs")
+    epochs: int = option(40, minimum=1, help="maximum epochs")
     resume: str | None = option(None, help="checkpoint (.pt URI) or earlier training output "
                                 "to continue from; training continues up to --epochs in total")
     init_from: str | None = option(
@@ -77,40 +77,42 @@ class TrainConfig(StageConfig):
     retrain_every: int = option(7, minimum=0, recorded=False, help="with --init-from: train "
                                 "from scratch when this run would be the N-th in a row "
                                 "warm-started (0 = never)")
-    lr: float | None = option(None, minimum=0, help="learning rate (default: rgcn 0.01, "
-                              "relgnn 0.001)")
-    weight_decay: float | None = option(None, minimum=0, help="default: rgcn 0, relgnn 1e-4")
+    lr: float | None = option(None, minimum=0, help="learning rate (default 0.001; "
+                              "--preset paper: rgcn 0.01, relgnn 0.001)")
+    weight_decay: float | None = option(None, minimum=0, help="default 0 (--preset paper: "
+                                        "relgnn 1e-4)")
     regularization: float | None = option(
-        None, minimum=0, help="L2 weight on embeddings and relation vectors (default: rgcn "
-                              "0.01, relgnn 0.001)")
+        None, minimum=0, help="L2 weight on embeddings and relation vectors (default 0; "
+                              "--preset paper: rgcn 0.01, relgnn 0.001)")
     dropout: float = option(0.2, minimum=0, maximum=0.99, help="dropout")
-    batch_size: int = option(256, minimum=1, help="global batch of edges, split across "
+    batch_size: int = option(1024, minimum=1, help="global batch of edges, split across "
                              "workers")
     fanout: str | None = option(None, help="neighbours per hop, e.g. 25,10 (default: the "
                                 "partitions' fanouts; each must be <= the partitions' unless "
                                 "they were built with -1)")
-    loss: str = option("softmax", choices=LOSSES,
-                       help="softmax: each positive ranked against candidates shared by the "
-                            "batch, both directions (much better MRR per second, "
-                            "bench_train); bce: binary cross-entropy over positives and "
-                            "corrupted triples (the published system)")
+    loss: str = option("1vsall", choices=LOSSES,
+                       help="1vsall: each positive ranked against every entity of the "
+                            "expected type in the partition, both directions (the tuned-KGE "
+                            "objective, bench_train); softmax: against --negatives candidates "
+                            "per type shared by the batch; bce: binary cross-entropy over "
+                            "positives and corrupted triples (the published system)")
     negatives: int | None = option(None, minimum=1, help="type-constrained negatives: bce, per "
                                    "positive edge (default 1); softmax, candidates per node "
                                    "type shared by the batch (default 512)")
-    embedding_dim: int = option(64, minimum=1, help="input embedding size")
-    hidden_dim: int = option(64, minimum=1, help="hidden layer size")
-    out_dim: int = option(32, minimum=1, help="output embedding size")
-    residual: bool = option(False, help="add each node's input embedding to the encoder "
+    embedding_dim: int = option(256, minimum=1, help="input embedding size")
+    hidden_dim: int = option(128, minimum=1, help="hidden layer size")
+    out_dim: int = option(256, minimum=1, help="output embedding size")
+    residual: bool = option(True, help="add each node's input embedding to the encoder "
                             "output (a skip connection; needs --embedding-dim equal to "
                             "--out-dim)")
-    residual_gate: bool = option(False, help="with --residual: scale the encoder output by a "
+    residual_gate: bool = option(True, help="with --residual: scale the encoder output by a "
                                  "learned scalar that starts at 0 (training starts from the "
                                  "shallow model the residual network contains)")
-    reciprocal: bool = option(False, help="a second vector per relation answers head "
+    reciprocal: bool = option(True, help="a second vector per relation answers head "
                               "queries (?, r, t) as (t, r^-1, ?)")
-    entity_dropout: float = option(0.0, minimum=0, maximum=0.99,
+    entity_dropout: float = option(0.1, minimum=0, maximum=0.99,
                                    help="dropout on the entity embeddings the decoder scores")
-    relation_dropout: float = option(0.0, minimum=0, maximum=0.99,
+    relation_dropout: float = option(0.1, minimum=0, maximum=0.99,
                                      help="dropout on the decoder's relation vectors")
     n3: float = option(0.0, minimum=0, help="weight of the N3 penalty on each query's factors "
                        "(softmax and 1vsall losses)")
@@ -126,8 +128,8 @@ class TrainConfig(StageConfig):
     num_blocks: int | None = option(None, minimum=1, help="RGCN block decomposition instead "
                                     "of bases (PyG RGCNConv; slower)")
     heads: int = option(2, minimum=1, help="relation-attention heads (relgnn)")
-    decoder: str = option("distmult", choices=DECODERS, help="edge scoring function")
-    patience: int = option(5, minimum=0, help="early stopping: epochs without a better "
+    decoder: str = option("complex", choices=DECODERS, help="edge scoring function")
+    patience: int = option(10, minimum=0, help="early stopping: epochs without a better "
                            "validation MRR (0 = off)")
     valid_triples: int = option(1000, minimum=0, help="validation triples ranked per epoch "
                                 "(sampled filtered MRR; 0 = all)")

@@ -34,7 +34,7 @@ def test_importing_the_config_stays_light():
 def test_parser_defaults_are_the_dataclass_defaults():
     assert parse("--partitions", "/p", "--out", "/o") == TrainConfig(**REQUIRED)
     cfg = TrainConfig(**REQUIRED)
-    assert (cfg.epochs, cfg.model, cfg.loss, cfg.batch_size) == (20, "rgcn", "softmax", 256)
+    assert (cfg.epochs, cfg.model, cfg.loss, cfg.batch_size) == (40, "rgcn", "1vsall", 1024)
 
 
 def test_to_args_round_trips_through_the_parser():
@@ -57,8 +57,10 @@ def test_template_strings_are_coerced_to_the_option_types():
 @pytest.mark.parametrize(("options", "message"), [
     ({"epochs": 0}, "--epochs must be >= 1, got 0"),
     ({"epochs": "many"}, "--epochs must be an integer, got 'many'"),
-    ({"model": "gat"}, "--model must be one of rgcn, relgnn; got 'gat'"),
-    ({"loss": "hinge"}, "--loss must be one of bce, softmax"),
+    ({"model": "gat"}, "--model must be one of rgcn, relgnn, complex, distmult; got 'gat'"),
+    ({"loss": "hinge"}, "--loss must be one of bce, softmax, 1vsall"),
+    ({"preset": "libkge"}, "--preset must be one of paper"),
+    ({"n3": -1}, "--n3 must be >= 0"),
     ({"dropout": 1.5}, "--dropout must be <= 0.99"),
     ({"residual": "maybe"}, "--residual must be true or false"),
     ({"partitions": None}, "--partitions needs a value"),
@@ -77,12 +79,51 @@ def test_cli_reports_bad_values_with_exit_2(tmp_path):
 
 
 def test_resolved_fills_per_model_and_per_loss_defaults():
-    rgcn = TrainConfig(**REQUIRED, loss="bce").resolved()
-    assert (rgcn.lr, rgcn.weight_decay, rgcn.regularization, rgcn.negatives) == (0.01, 0.0,
-                                                                                 0.01, 1)
+    rgcn = TrainConfig(**REQUIRED).resolved()
+    assert (rgcn.lr, rgcn.weight_decay, rgcn.regularization, rgcn.negatives) == (0.001, 0.0,
+                                                                                 0.0, 1)
     relgnn = TrainConfig(**REQUIRED, model="relgnn", loss="softmax", lr=0.2).resolved()
-    assert (relgnn.lr, relgnn.weight_decay, relgnn.negatives) == (0.2, 1e-4, 512)
+    assert (relgnn.lr, relgnn.weight_decay, relgnn.negatives) == (0.2, 0.0, 512)
     assert TrainConfig(**REQUIRED, num_blocks=2).resolved().num_bases is None
+
+
+def test_default_recipe_is_the_documented_one():
+    """The best measured recipe (benchmarks/bench_train.py; README): what `kgops train`,
+    the operator and the refresh DAG all use."""
+    cfg = TrainConfig(**REQUIRED).resolved()
+    want = {"model": "rgcn", "loss": "1vsall", "batch_size": 1024, "embedding_dim": 256,
+            "hidden_dim": 128, "out_dim": 256, "residual": True, "residual_gate": True,
+            "decoder": "complex", "reciprocal": True, "dropout": 0.2, "entity_dropout": 0.1,
+            "relation_dropout": 0.1, "n3": 0.0, "label_smoothing": 0.0, "lr": 0.001,
+            "weight_decay": 0.0, "regularization": 0.0, "lr_decay": 1.0, "epochs": 40,
+            "patience": 10, "preset": None}
+    assert {k: getattr(cfg, k) for k in want} == want
+
+
+@pytest.mark.parametrize(("model", "lr", "weight_decay", "regularization"),
+                         [("rgcn", 0.01, 0.0, 0.01), ("relgnn", 0.001, 1e-4, 0.001)])
+def test_preset_paper_is_the_published_system(model, lr, weight_decay, regularization):
+    """--preset paper: bce with 1 negative, 64/64/32, DistMult, batch 256, dropout 0.2, the
+    published per-model learning rates; no tuned-KGE technique."""
+    cfg = parse("--partitions", "/p", "--out", "/o", "--preset", "paper", "--model",
+                model).resolved()
+    want = {"loss": "bce", "negatives": 1, "batch_size": 256, "embedding_dim": 64,
+            "hidden_dim": 64, "out_dim": 32, "decoder": "distmult", "dropout": 0.2,
+            "residual": False, "residual_gate": False, "reciprocal": False,
+            "entity_dropout": 0.0, "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0,
+            "lr_decay": 1.0, "patience": 5, "epochs": 20, "lr": lr,
+            "weight_decay": weight_decay, "regularization": regularization}
+    assert {k: getattr(cfg, k) for k in want} == want
+    assert cfg.preset == "paper" and cfg.resolved() == cfg          # idempotent
+
+
+def test_options_given_explicitly_win_over_the_preset():
+    cfg = parse("--partitions", "/p", "--out", "/o", "--preset", "paper", "--epochs", "7",
+                "--loss", "softmax", "--lr", "0.05").resolved()
+    assert (cfg.epochs, cfg.loss, cfg.lr, cfg.negatives, cfg.out_dim) == (7, "softmax", 0.05,
+                                                                          512, 32)
+    # the operator submits only non-default options, so the preset reaches the CLI intact
+    assert "--preset" in TrainConfig(**REQUIRED, preset="paper").to_args()
 
 
 def test_recorded_leaves_out_where_and_how_fast():
