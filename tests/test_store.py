@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from kg_ops.devcluster import free_ports
 from kg_ops.manifest import MANIFEST_NAME, Stage, StageInputError, read_manifest, require_manifest
 from kg_ops.store import StoreError, check_uri, get_store, join, normalize
 
@@ -113,9 +114,7 @@ def test_s3_failures_name_the_uri_and_the_fix(s3_server, s3_bucket, monkeypatch)
         get_store(uri).read_bytes(uri)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    from conftest import free_port
-
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = f"http://127.0.0.1:{free_ports(1)[0]}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)

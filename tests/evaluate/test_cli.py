@@ -126,7 +126,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, trained, capsys):
         assert all(e in err for e in expected) and "Traceback" not in err, err[-2000:]
         assert read_manifest(out) is None
 
-    fails(graph, "expected 'train'")
+    fails(graph, "holds a graph (kgops import / synth), not a model (kgops train)")
     fails(str(tmp_path / "nope"), "has no _manifest.json")
     corrupt = tmp_path / "corrupt"
     shutil.copytree(model, corrupt)
