@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS as RESULTS_DIR  # noqa: E402
-from benchmarks.common import peak_rss_mib, write_results  # noqa: E402
+from benchmarks.common import peak_rss_mib, start_local_ray, write_results  # noqa: E402
 
 log = logging.getLogger("bench_scaleout")
 PUBLISHED = {4: 12.0, 8: 16.0}
@@ -371,19 +371,8 @@ def section_epoch(inputs: dict, args, memory_only: bool) -> None:
 def section_codex_m(args) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from benchmarks.bench_train import evaluate, prepare, run_train
-    from kg_ops.raycluster import init_ray
 
-    for attempt in range(3):   # a loaded machine can time Ray's start-up out
-        try:
-            init_ray(None, num_cpus=2)
-            break
-        except Exception as exc:
-            log.warning("Ray did not start (%s); retrying", exc)
-            import ray
-
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    start_local_ray()
     work = Path(args.work) / "codex"
     work.mkdir(parents=True, exist_ok=True)
     m = prepare(work, "m", (1, 2))

@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DATASETS, write_results  # noqa: E402
+from benchmarks.common import DATASETS, start_local_ray, write_results  # noqa: E402
 
 log = logging.getLogger("bench_train")
 RESULTS: dict = {"notes": [
@@ -311,19 +311,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from kg_ops.raycluster import init_ray
 
-    for attempt in range(3):   # a loaded machine can time Ray's start-up out
-        try:
-            init_ray(None, num_cpus=2)
-            break
-        except Exception as exc:
-            log.warning("Ray did not start (%s); retrying", exc)
-            import ray
-
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    start_local_ray()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sections = args.sections.split(",")

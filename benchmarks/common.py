@@ -70,3 +70,23 @@ def write_results(name: str, results: dict) -> Path:
     print(json.dumps(results, indent=2, default=str))
     print(f"wrote {path}")
     return path
+
+
+def start_local_ray(num_cpus: int = 2, attempts: int = 3) -> None:
+    """A local Ray instance for an in-process benchmark, retried: a loaded machine can time
+    Ray's start-up out, and a benchmark that waited an hour for the CPU lock should not die of it."""
+    import logging
+
+    import ray
+
+    from kg_ops.raycluster import init_ray
+
+    for attempt in range(attempts):
+        try:
+            init_ray(None, num_cpus=num_cpus)
+            return
+        except Exception as exc:
+            logging.getLogger("benchmarks").warning("Ray did not start (%s); retrying", exc)
+            ray.shutdown()
+            if attempt == attempts - 1:
+                raise
