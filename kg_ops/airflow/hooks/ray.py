@@ -194,8 +194,8 @@ class RayHook(BaseHook):
         if status == 403:
             raise RayAuthError(f"{self._where(s)}: the dashboard rejected the token (HTTP 403); "
                                f"the connection's password does not match the cluster's token")
-        detail = body.strip().splitlines()[-1][:500] if body.strip() else ""
-        raise RayApiError(f"{self._where(s)}: {what} failed with HTTP {status}: {detail}", status)
+        raise RayApiError(f"{self._where(s)}: {what} failed with HTTP {status}: "
+                          f"{_error_detail(body)}", status)
 
     def _unreachable(self, s: RaySettings, exc: BaseException) -> RayUnreachableError:
         name = type(exc).__name__
@@ -394,3 +394,13 @@ class RayHook(BaseHook):
             self._raise_for(s, e.status, e.message or "", f"tailing the logs of {submission_id}")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise self._unreachable(s, e) from None
+
+
+def _error_detail(body: str) -> str:
+    """The line of a dashboard error body worth showing: Ray answers 500 with a traceback whose
+    last line can be bare punctuation, and the line naming an existing id ("already exists")
+    decides whether a retry is in order, so it wins over the last line."""
+    lines = [ln.strip() for ln in body.splitlines() if any(c.isalnum() for c in ln)]
+    if not lines:
+        return ""
+    return next((ln for ln in lines if "already exists" in ln), lines[-1])[:500]
