@@ -172,7 +172,7 @@ def load_decoder(model_uri: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     if not isinstance(state, dict):
         raise TrainedModelError(f"{uri}/model.pt: expected a state_dict, found "
                                 f"{type(state).__name__}")
-    decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim)
+    decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim, reciprocal=cfg.reciprocal)
     prefix = "decoder."
     try:
         decoder.load_state_dict({k[len(prefix):]: v for k, v in state.items()

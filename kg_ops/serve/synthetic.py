@@ -22,7 +22,8 @@ NOTE = "random embeddings and decoder (load testing): not trained, not evaluated
 
 
 def write_random_version(graph_uri: str, out: str, *, dim: int = 64,
-                         decoder: str = "complex", seed: int = 0) -> str:
+                         decoder: str = "complex", seed: int = 0,
+                         reciprocal: bool = False) -> str:
     """Write ``out/model`` and ``out/evaluation`` for ``graph_uri``; returns the evaluation
     URI (what ``kgops serve --model`` takes)."""
     import torch
@@ -33,12 +34,13 @@ def write_random_version(graph_uri: str, out: str, *, dim: int = 64,
 
     schema = load_schema(graph_uri)
     model_uri, eval_uri = join(out, "model"), join(out, "evaluation")
-    config = {"synthetic": NOTE, "dim": dim, "decoder": decoder, "seed": seed}
+    config = {"synthetic": NOTE, "dim": dim, "decoder": decoder, "seed": seed,
+              "reciprocal": reciprocal}
     torch.manual_seed(seed)
-    dec = DECODERS[decoder](schema.num_relations, dim)
+    dec = DECODERS[decoder](schema.num_relations, dim, reciprocal=reciprocal)
     cfg = ModelConfig(model="rgcn", num_nodes=schema.num_nodes,
                       num_relations=schema.num_relations, embedding_dim=dim, hidden_dim=dim,
-                      out_dim=dim, decoder=decoder)
+                      out_dim=dim, decoder=decoder, reciprocal=reciprocal)
     with Stage("train", model_uri, config=config, inputs={"graph": graph_uri},
                announce=False) as st:
         st.store.write_json(st.uri("model_config.json"), {**cfg.to_dict(), "graph": graph_uri})
