@@ -110,6 +110,7 @@ def checkpoint_curve(model_uri: str, graph: str, extra_s: float = 0.0) -> list[d
 
 def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
     from kg_ops.config import TrainConfig
+    from kg_ops.config.partition import PartitionConfig
     from kg_ops.partition.cli import partition
     from kg_ops.train.cli import train
 
@@ -118,7 +119,7 @@ def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
     parts = {}
     for name, g in (("today", today), ("yesterday", yest)):
         parts[name] = str(work / f"{name}-p1")
-        partition(g, 1, parts[name])
+        partition(PartitionConfig(graph=g, parts=1, out=parts[name]))
     common = {**recipe, "epochs": epochs, "keep_checkpoints": epochs}
     t = time.perf_counter()
     y = train(TrainConfig(partitions=parts["yesterday"], out=str(work / "m-yesterday"),
@@ -173,6 +174,7 @@ def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
     import ray
 
     from kg_ops.config import TrainConfig
+    from kg_ops.config.partition import PartitionConfig
     from kg_ops.encode.cli import encode
     from kg_ops.graph.split_entities import split_entities
     from kg_ops.models.inductive import for_graph
@@ -198,7 +200,7 @@ def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
     for name, opt in runs.items():
         tag = name.replace(" ", "-")
         parts = str(work / f"split-parts-{'attr' if opt['features'] else 'plain'}")
-        partition(g_train, 1, parts, features=opt["features"])
+        partition(PartitionConfig(graph=g_train, parts=1, out=parts, features=opt["features"]))
         kw = {**recipe, "epochs": epochs}
         if opt.get("model"):
             kw["model"] = opt["model"]
