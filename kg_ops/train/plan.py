@@ -198,7 +198,9 @@ def predict(cost: StepCost, core_edges: list[int], data_bytes: list[int],
                 + cost.step_bytes_per_edge * (local - cost.local_batch))
         workers.append({"part": i, "core_edges": int(edges), "data_bytes": int(data),
                         "local_batch": round(local, 1),
-                        "epoch_s": round(steps * cost.step_s(local), 1),
+                        # Significant digits, not decimals: a small partition's epoch of
+                        # 0.04 s must not read as 0 (nor divide the throughput by zero).
+                        "epoch_s": float(f"{steps * cost.step_s(local):.4g}"),
                         "peak_bytes": int(max(peak, 0))})
     slowest = max(workers, key=lambda w: w["epoch_s"])
     return {"workers": workers, "steps_per_epoch": steps, "global_batch": int(global_batch),

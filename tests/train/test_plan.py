@@ -3,14 +3,18 @@ steps; the per-worker plan follows from the measured cost and each partition's s
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 import numpy as np
 import pytest
 
+from kg_ops.config.train import TrainConfig
 from kg_ops.partition.io import load_partition, load_partitions_manifest
 from kg_ops.train.plan import RSSPeak, StepCost, calibrate_in_child, describe, predict
+
+TRAIN_DEFAULT_BATCH = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["batch_size"]
 
 
 def test_rss_peak_sees_a_transient_allocation():
@@ -65,7 +69,7 @@ def test_calibration_measures_real_steps_on_a_partition(planted):
     # The partition stage wrote its own plan (train's default recipe) into the manifest.
     recorded = pm["metrics"]["plan"]
     assert [w["core_edges"] for w in recorded["workers"]] == [s["core_edges"] for s in stats]
-    assert recorded["recipe"]["batch_size"] == 256 and recorded["epoch_s"] > 0
+    assert recorded["recipe"]["batch_size"] == TRAIN_DEFAULT_BATCH and recorded["epoch_s"] > 0
 
 
 def test_peak_rss_of_a_child_is_its_own(tmp_path):
