@@ -86,9 +86,12 @@ class SampledValidation:
         bounds = np.cumsum([0] + [len(self.candidates[t]) for t in cand_types])
         rel = torch.from_numpy(self.triples[:, 1])
         h, t = z[loc[:, 0]], z[loc[:, 1]]
-        true = model.decoder.score(h, rel, t)
         total, count = 0.0, 0
         for tail_side in (True, False):
+            # the answer's score from the same query the candidates get: with reciprocal
+            # relations the head query goes through r^-1, not through score(h, r, t)
+            query = model.decoder.query(h if tail_side else t, rel, tail_side)
+            true = (query * (t if tail_side else h)).sum(-1)
             types = self.sampler.expected_type(self.triples[:, 1], np.full(len(rel), tail_side))
             answer = self.triples[:, 2] if tail_side else self.triples[:, 0]
             for j, ty in enumerate(cand_types):
@@ -97,8 +100,7 @@ class SampledValidation:
                     continue
                 cpos = cand_pos[bounds[j]:bounds[j + 1]]
                 r = torch.from_numpy(rows)
-                score = model.decoder.score_tails if tail_side else model.decoder.score_heads
-                cand = score(h[r] if tail_side else t[r], rel[r], z[cpos])
+                cand = query[r] @ z[cpos].t()
                 c = self.candidates[ty][None, :]
                 known = (self.known.contains(self.triples[rows, 0, None],
                                              self.triples[rows, 1, None], c) if tail_side else

@@ -5,6 +5,7 @@ is exact there)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from kg_ops.graph.kg import load_edges
@@ -19,11 +20,21 @@ HEAD_TYPE, TAIL_TYPE = {0: PERSON, 1: PERSON}, {0: PERSON, 1: CITY}   # knows, l
 
 @torch.no_grad()
 def brute_force(emb, decoder, triples, candidates, known, filtered: bool) -> tuple[float, int]:
+    """With reciprocal relations a head query (?, r, t) scores c as (t, r^-1, c): the decoder's
+    forward score with the second relation vector (row r + R)."""
     total, count = 0.0, 0
     for h, r, t in triples.tolist():
         rel = torch.tensor([r])
-        true = float(decoder.score(emb[[h]], rel, emb[[t]]))
         for tail_side in (True, False):
+            if tail_side or not decoder.reciprocal:
+                def pair(a, b, rel=rel):
+                    return float(decoder.score(emb[[a]], rel, emb[[b]]))
+            else:
+                inv = decoder.rel[[r + decoder.num_relations]]
+
+                def pair(a, b, inv=inv, t=t):
+                    return float((decoder._forward_query(emb[[t]], inv) * emb[[a]]).sum())
+            true = pair(h, t)
             answer = t if tail_side else h
             ty = TAIL_TYPE[r] if tail_side else HEAD_TYPE[r]
             greater = equal = 0
@@ -31,7 +42,7 @@ def brute_force(emb, decoder, triples, candidates, known, filtered: bool) -> tup
                 triple = (h, r, c) if tail_side else (c, r, t)
                 if c == answer or (filtered and triple in known):
                     continue
-                s = float(decoder.score(emb[[triple[0]]], rel, emb[[triple[2]]]))
+                s = pair(triple[0], triple[2])
                 greater += s > true + 1e-6
                 equal += abs(s - true) <= 1e-6
             total += 1.0 / (1 + greater + 0.5 * equal)
@@ -39,7 +50,8 @@ def brute_force(emb, decoder, triples, candidates, known, filtered: bool) -> tup
     return total, count
 
 
-def test_sampled_validation_is_filtered_and_equals_brute_force(planted):
+@pytest.mark.parametrize("reciprocal", [False, True])
+def test_sampled_validation_is_filtered_and_equals_brute_force(planted, reciprocal):
     graph = planted["graph"]
     part = load_partition(planted["parts"][1], 0)
     assert np.array_equal(part.global_ids, np.arange(part.num_nodes))  # local ids are global
@@ -52,7 +64,8 @@ def test_sampled_validation_is_filtered_and_equals_brute_force(planted):
                           known_global=np.concatenate([split["valid"], split["test"]]))
     torch.manual_seed(0)
     model = LinkPredictor(ModelConfig("rgcn", part.num_nodes, 2, embedding_dim=8, hidden_dim=8,
-                                      out_dim=8, decoder="complex")).eval()
+                                      out_dim=8, decoder="complex",
+                                      reciprocal=reciprocal)).eval()
     fanouts = [10, 5]
     rr, n = v.reciprocal_ranks(model, part.graph(), fanouts, sample_seed=0)
 
