@@ -87,6 +87,19 @@ def failure(info: dict, logs: str, tail: int = 40) -> RayJobFailed:
                         f"{body}")
 
 
+def stopped_by_earlier_try(info: dict, try_number: int) -> int | None:
+    """The try number that submitted ``info``'s job if the job ended STOPPED and that try came
+    before ``try_number``, else None. Such a job was stopped for its own, cleared or killed,
+    try (whose stop can finish only after a newer try re-attached to the job): the newer try
+    should run the job again, not fail because of it."""
+    if info.get("status") != "STOPPED":
+        return None
+    submitted_by = str((info.get("metadata") or {}).get("airflow_try_number", ""))
+    if not submitted_by.isdigit() or int(submitted_by) >= int(try_number):
+        return None
+    return int(submitted_by)
+
+
 def resolve_submission(hook: RayHook, base_id: str, force: bool) -> tuple[str, str, dict | None]:
     """Decide what to do for a task instance whose jobs use ids ``base_id[-rN]``.
 

@@ -208,3 +208,24 @@ def test_force_reruns_a_succeeded_job_under_a_new_id(test_dags, run_dag, ray_job
     assert forced.xcom[("job", "return_value")]["submission_id"] == f"{sid}-r2"
     assert sorted(j["submission_id"] for j in ray_jobs(dag.dag_id, first.run_id)) == \
         [sid, f"{sid}-r2"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "deferred"])
+def test_retry_that_attached_to_a_job_being_stopped_submits_it_afresh(mode, test_dags, run_dag,
+                                                                      ray_jobs, capfd):
+    """The clear race, produced for real: try 1 stops its job (here at its job_timeout; a clear
+    does the same through on_kill) but Ray is slow to finish stopping it, so try 2 re-attaches
+    to the still-RUNNING job, which then ends STOPPED. That stop belonged to try 1: try 2 submits
+    the job afresh and succeeds, instead of failing with "ended STOPPED"."""
+    dag = getattr(test_dags, f"ray_retry_while_stopping_{mode}")
+    res = run_dag(dag)
+
+    text = "".join(capfd.readouterr())
+    jobs = {j["submission_id"]: j for j in ray_jobs(dag.dag_id, res.run_id)}
+    first = min(jobs, key=len)
+    assert f"Ray job {first} of this task instance is RUNNING: re-attaching" in text  # the race
+    assert res.states == {"job": "success"} and res.tries == {"job": 2}
+    assert {sid: (j["status"], j["metadata"]["airflow_try_number"]) for sid, j in jobs.items()} \
+        == {first: ("STOPPED", "1"), f"{first}-r2": ("SUCCEEDED", "2")}
+    assert res.xcom[("job", "return_value")]["submission_id"] == f"{first}-r2"
+    assert res.xcom[("job", "submission_id")] == f"{first}-r2"

@@ -4,6 +4,9 @@ One task instance maps to one deterministic submission id (``job_ids``). Before 
 operator looks that id up: a pending/running job is re-attached, a succeeded one reused (unless
 ``force``), a failed/stopped one resubmitted under ``-rN``. So a retry after a worker died never
 starts a duplicate Ray job. The id and the job's dashboard URL are in XCom before any waiting.
+A re-attached job that ends STOPPED although an *earlier* try submitted it (that try was cleared
+or killed and stopped it, and Ray finished stopping only after this try re-attached) is submitted
+afresh instead of failing this try.
 
 Waiting is in the worker (``deferrable=False``) or in the triggerer (``deferrable=True``,
 ``RayJobTrigger``), by the same loop (:class:`kg_ops.airflow.follow.JobFollower`: status polls,
@@ -30,6 +33,7 @@ from kg_ops.airflow.job_result import (
     failure,
     job_result,
     resolve_submission,
+    stopped_by_earlier_try,
     tail_lines,
 )
 from kg_ops.airflow.links import XCOM_DASHBOARD_URL, XCOM_SUBMISSION_ID, RayJobLink
@@ -140,14 +144,16 @@ class SubmitRayJobOperator(BaseOperator):
 
     # --- execution ----------------------------------------------------------------------------
     def execute(self, context) -> dict[str, Any]:
+        return self._start(context, *resolve_submission(self.hook, self.base_submission_id(context),
+                                                        as_bool(self.force)))
+
+    def _start(self, context, action: str, sid: str, info: dict | None) -> dict[str, Any]:
+        """Submit, re-attach to or reuse the job ``resolve_submission`` chose, then wait."""
         hook = self.hook
-        force = as_bool(self.force)
-        action, sid, info = resolve_submission(hook, self.base_submission_id(context), force)
         self._job_id = sid
         url = hook.job_url(sid)
         if action == "submit":
-            entrypoint = self.build_entrypoint(context)
-            hook.submit_job(entrypoint, submission_id=sid,
+            hook.submit_job(self.build_entrypoint(context), submission_id=sid,
                             runtime_env=self.build_runtime_env(context, sid),
                             metadata=self.job_metadata(context),
                             entrypoint_num_cpus=self.entrypoint_num_cpus,
@@ -168,6 +174,10 @@ class SubmitRayJobOperator(BaseOperator):
         if not self.wait_for_completion:
             return {"submission_id": sid, "status": (info or {}).get("status", "PENDING"),
                     "dashboard_url": url}
+        return self._wait(context, sid)
+
+    def _wait(self, context, sid: str) -> dict[str, Any]:
+        """Wait in the triggerer (deferrable) or here; either way ``execute_complete`` ends it."""
         deadline = time.time() + self.job_timeout if self.job_timeout else None
         if self.deferrable:
             self.defer(trigger=RayJobTrigger(
@@ -177,7 +187,7 @@ class SubmitRayJobOperator(BaseOperator):
                 stop_deadline=self.stop_deadline),
                 method_name="execute_complete")
         outcome = run_sync(JobFollower(
-            hook, sid, log=self.log, poll_interval=self.poll_interval, deadline=deadline,
+            self.hook, sid, log=self.log, poll_interval=self.poll_interval, deadline=deadline,
             fetch_logs=self.fetch_logs, max_log_lines=self.log_tail_lines,
             keep_lines=self.log_tail_lines, stop_deadline=self.stop_deadline).run())
         return self.execute_complete(context, outcome.event(sid))
@@ -206,6 +216,16 @@ class SubmitRayJobOperator(BaseOperator):
         info = self.hook.get_job(sid) or {"submission_id": sid, "status": event["job_status"],
                                           "message": event.get("message"),
                                           "error_type": event.get("error_type")}
+        earlier = stopped_by_earlier_try(info, context["ti"].try_number)
+        if earlier is not None:
+            # The try that submitted the job was cleared or killed and stopped it, while this
+            # try, started meanwhile, re-attached to it before Ray finished stopping it: that
+            # stop was meant for the earlier try, so this one runs the job afresh.
+            self.log.warning("Ray job %s was submitted by try %s of this task and stopped when "
+                             "that try was cleared or killed; submitting it afresh for try %s",
+                             sid, earlier, context["ti"].try_number)
+            return self._start(context, *resolve_submission(
+                self.hook, self.base_submission_id(context), as_bool(self.force)))
         return self.finish(context, sid, info, log_tail=event.get("log_tail"))
 
     def finish(self, context, sid: str, info: dict, log_tail: str | None = None

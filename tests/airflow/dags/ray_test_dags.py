@@ -5,7 +5,7 @@ Entry points come from the run's conf (``params.cmd``) so one DAG serves several
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
@@ -45,4 +45,17 @@ for mode in ("reschedule", "deferred"):
             mode="reschedule" if mode == "reschedule" else "poke",
             deferrable=mode == "deferred", poke_interval=1, timeout=120)
         submit >> wait
+    globals()[dag.dag_id] = dag
+
+# Try 1 times out and stops its job, which is slow to stop (it ignores SIGTERM; Ray kills it after
+# RAY_JOB_STOP_WAIT_TIME_S): try 2 starts while the job is still RUNNING and re-attaches to it.
+# The job submitted afresh (id ``...-r2``) finishes at once.
+SLOW_TO_STOP = ('case "$KGOPS_RAY_SUBMISSION_ID" in *-r2) echo fresh job;; '
+                '*) trap "" TERM; echo slow to stop; sleep 120;; esac')
+for mode in ("sync", "deferred"):
+    with _dag(f"ray_retry_while_stopping_{mode}", retries=1) as dag:
+        SubmitRayJobOperator(task_id="job", entrypoint=SLOW_TO_STOP, ray_conn_id=CONN,
+                             runtime_env={"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "12"}},
+                             deferrable=mode == "deferred", poll_interval=0.5, job_timeout=20,
+                             stop_deadline=1, retry_delay=timedelta(0))
     globals()[dag.dag_id] = dag
