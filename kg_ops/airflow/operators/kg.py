@@ -315,8 +315,9 @@ class DeployLinkPredictionServiceOperator(KgStageOperator):
                                        "version of the service is unchanged")
         return super().execute(context)
 
-    def finish(self, context: Any, sid: str, info: dict) -> dict[str, Any]:
-        result = super().finish(context, sid, info)
+    def finish(self, context: Any, sid: str, info: dict, log_tail: str | None = None
+               ) -> dict[str, Any]:
+        result = super().finish(context, sid, info, log_tail=log_tail)
         outputs = result.get("outputs") or {}
         record = {k: outputs.get(k) for k in ("service", "url", "version", "version_uri",
                                               "previous_version", "previous_version_uri")}
