@@ -222,7 +222,9 @@ class _Worker:
         self.model = LinkPredictor(self.mcfg)
         self.model.inputs.check(self.features)
         self.opt = TrainingOptimizer(self.model, lr=self.config.lr,
-                                     weight_decay=self.config.weight_decay)
+                                     weight_decay=self.config.weight_decay,
+                                     optimizer=self.config.optimizer,
+                                     dense_lr=self.config.dense_lr)
         state = _resume_state(self.config, self.run)
         self.progress = _Progress()
         if state is None and self.run.init_state:

@@ -80,8 +80,10 @@ def test_cli_reports_bad_values_with_exit_2(tmp_path):
 
 def test_resolved_fills_per_model_and_per_loss_defaults():
     rgcn = TrainConfig(**REQUIRED).resolved()
-    assert (rgcn.lr, rgcn.weight_decay, rgcn.regularization, rgcn.negatives) == (0.001, 0.0,
-                                                                                 0.0, 1)
+    assert (rgcn.lr, rgcn.dense_lr, rgcn.weight_decay, rgcn.regularization,
+            rgcn.negatives) == (0.1, 0.001, 0.0, 0.0, 1)
+    adam = TrainConfig(**REQUIRED, optimizer="adam").resolved()
+    assert (adam.lr, adam.dense_lr) == (0.001, 0.001)      # the optimiser's own default rate
     relgnn = TrainConfig(**REQUIRED, model="relgnn", loss="softmax", lr=0.2).resolved()
     assert (relgnn.lr, relgnn.weight_decay, relgnn.negatives) == (0.2, 0.0, 512)
     assert TrainConfig(**REQUIRED, num_blocks=2).resolved().num_bases is None
@@ -94,8 +96,8 @@ def test_default_recipe_is_the_documented_one():
     want = {"model": "rgcn", "loss": "1vsall", "batch_size": 1024, "embedding_dim": 256,
             "hidden_dim": 128, "out_dim": 256, "residual": True, "residual_gate": True,
             "decoder": "complex", "reciprocal": True, "dropout": 0.2, "entity_dropout": 0.1,
-            "relation_dropout": 0.1, "n3": 0.0, "label_smoothing": 0.0, "lr": 0.001,
-            "weight_decay": 0.0, "regularization": 0.0, "lr_decay": 1.0, "epochs": 40,
+            "relation_dropout": 0.1, "n3": 0.0, "label_smoothing": 0.0, "optimizer": "adagrad",
+            "lr": 0.1, "dense_lr": 0.001, "weight_decay": 0.0, "regularization": 0.0, "lr_decay": 1.0, "epochs": 40,
             "patience": 10, "preset": None}
     assert {k: getattr(cfg, k) for k in want} == want
 
@@ -111,7 +113,8 @@ def test_preset_paper_is_the_published_system(model, lr, weight_decay, regulariz
             "hidden_dim": 64, "out_dim": 32, "decoder": "distmult", "dropout": 0.2,
             "residual": False, "residual_gate": False, "reciprocal": False,
             "entity_dropout": 0.0, "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0,
-            "lr_decay": 1.0, "patience": 5, "epochs": 20, "lr": lr,
+            "lr_decay": 1.0, "patience": 5, "epochs": 20, "optimizer": "adam", "lr": lr,
+            "dense_lr": lr,
             "weight_decay": weight_decay, "regularization": regularization}
     assert {k: getattr(cfg, k) for k in want} == want
     assert cfg.preset == "paper" and cfg.resolved() == cfg          # idempotent

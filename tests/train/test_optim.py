@@ -44,10 +44,10 @@ def test_state_round_trips_and_old_dense_state_is_refused():
     torch.manual_seed(0)
     csr = CSRGraph.from_edges(np.array([[0, 0, 1], [1, 0, 2]]), 3, 1)
     model = LinkPredictor(ModelConfig(model="rgcn", num_nodes=3, num_relations=1))
-    opt = TrainingOptimizer(model, lr=0.1)
+    opt = TrainingOptimizer(model, lr=0.1, optimizer="adam")
     _step(model, opt, csr, np.array([0, 2]))
     state = opt.state_dict()
-    again = TrainingOptimizer(model, lr=0.1)
+    again = TrainingOptimizer(model, lr=0.1, optimizer="adam")
     again.load_state_dict(state)
     assert torch.equal(again.sparse.state_dict()["state"][0]["exp_avg"],
                        state["sparse"]["state"][0]["exp_avg"])
@@ -78,3 +78,36 @@ def test_row_adam_is_sparse_adam_bit_for_bit():
     assert torch.equal(sa["exp_avg"], sb["exp_avg"])
     assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert not torch.equal(a, start)
+
+
+def test_row_adagrad_is_torch_adagrad_bit_for_bit():
+    """RowAdagrad gathers the touched rows with index ops; parameters and state equal torch's
+    sparse Adagrad exactly after several steps of uncoalesced gradients."""
+    from kg_ops.train.optim import RowAdagrad
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(30, 4, generator=g)
+    a, b = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt_a, opt_b = RowAdagrad([a], lr=0.05), torch.optim.Adagrad([b], lr=0.05)
+    for step in range(5):
+        rows = torch.randint(0, 30, (12,), generator=g)
+        vals = torch.randn(12, 4, generator=g)
+        for p in (a, b):
+            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, (30, 4))
+        opt_a.step()
+        opt_b.step()
+        assert torch.equal(a, b), step
+    sa, sb = opt_a.state_dict()["state"][0], opt_b.state_dict()["state"][0]
+    assert float(sa["step"]) == float(sb["step"]) == 5
+    assert torch.equal(sa["sum"], sb["sum"])
+    assert not torch.equal(a, start)
+
+
+def test_resuming_with_another_optimizer_is_refused():
+    torch.manual_seed(0)
+    csr = CSRGraph.from_edges(np.array([[0, 0, 1], [1, 0, 2]]), 3, 1)
+    model = LinkPredictor(ModelConfig(model="rgcn", num_nodes=3, num_relations=1))
+    opt = TrainingOptimizer(model, lr=0.1, optimizer="adam")
+    _step(model, opt, csr, np.array([0, 2]))
+    with pytest.raises(KGOpsError, match="trained with --optimizer adam"):
+        TrainingOptimizer(model, lr=0.1).load_state_dict(opt.state_dict(), source="ckpt.pt")
