@@ -78,14 +78,16 @@ class TrainConfig(StageConfig):
                                 "from scratch when this run would be the N-th in a row "
                                 "warm-started (0 = never)")
     optimizer: str = option("adagrad", choices=OPTIMIZERS,
-                            help="optimiser of the entity embedding table: adagrad (tuned "
-                                 "KGE's choice; a fraction of Adam's epochs on CoDEx, "
-                                 "bench_train) or adam (--preset paper). Dense weights: Adam")
-    lr: float | None = option(None, minimum=0, help="learning rate of the embedding table "
+                            help="optimiser of the entity embeddings and relation vectors: "
+                                 "adagrad (tuned KGE's choice; a fraction of Adam's epochs "
+                                 "on CoDEx, bench_train) or adam (--preset paper). The GNN's "
+                                 "weights: Adam at --dense-lr")
+    lr: float | None = option(None, minimum=0, help="learning rate of the embeddings and "
+                              "relation vectors "
                               "(default: adagrad 0.1, adam 0.001; --preset paper: rgcn 0.01, "
                               "relgnn 0.001)")
     dense_lr: float | None = option(None, minimum=0, help="Adam learning rate of the dense "
-                                    "weights (GNN layers, relation vectors; default: 0.001 "
+                                    "weights (GNN layers; default: 0.001 "
                                     "with adagrad, --lr with adam)")
     weight_decay: float | None = option(None, minimum=0, help="default 0 (--preset paper: "
                                         "relgnn 1e-4)")

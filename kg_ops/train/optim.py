@@ -1,16 +1,18 @@
-"""The optimiser of a training run: the entity embedding table is updated row-wise by Adagrad
-(the default, :class:`RowAdagrad`) or Adam (:class:`RowAdam`); every other (dense) parameter
-(GNN weights, relation vectors) by Adam.
+"""The optimisers of a training run (:class:`TrainingOptimizer`): the shallow KGE part of the
+model (entity embedding table, relation vectors) by Adagrad (the default) or Adam, the GNN's
+dense weights by Adam.
 
 The embedding table gets sparse gradients (only the rows a step's computation graph touched);
-the row-wise optimisers update only those rows, so a step costs what its batch touches, not what
-the graph holds. Weight decay applies to the dense parameters; embeddings are kept small by the
-loss's L2 / N3 terms on the embeddings a batch uses.
+the row-wise optimisers (:class:`RowAdagrad`, :class:`RowAdam`) update only those rows, so a
+step costs what its batch touches, not what the graph holds. Weight decay applies to the dense
+parameters; embeddings are kept small by the loss's L2 / N3 terms on the embeddings a batch
+uses.
 
-Why Adagrad for the table: it is what tuned KGE uses (LibKGE's searches settle on it for most
-models), and on CoDEx it reaches a given validation MRR in a fraction of Adam's epochs; the
-GNN's dense weights train better with Adam at 1e-3 than with Adagrad at the table's rate
-(``benchmarks/bench_train.py``, the optimiser rows).
+Why (``benchmarks/bench_train.py``, CoDEx-S, filtered validation MRR at epoch 5): Adagrad 0.1
+on the table and relations reaches in 5 epochs what Adam 1e-3 reaches in 10-15 (tuned KGE's
+choice too: LibKGE's searches settle on it for most models); the relation vectors need the
+table's rate (under Adam 1e-3 the shallow ComplEx lost 0.05); the GNN's weights train better
+with Adam 1e-3 than with Adagrad at the table's rate.
 """
 
 from __future__ import annotations
@@ -108,55 +110,65 @@ def sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 class TrainingOptimizer:
     """One object with ``zero_grad`` / ``step`` / ``state_dict`` / ``load_state_dict`` over
-    the dense and the sparse optimiser. ``optimizer`` (one of :data:`OPTIMIZERS`) and ``lr``
-    are the embedding table's; the dense parameters use Adam at ``dense_lr`` (default ``lr``)."""
+    the optimisers of a model's three kinds of parameters:
+
+    * ``table``: the entity embedding table (sparse rows), by ``optimizer`` at ``lr``;
+    * ``decoder``: the relation vectors, by the same optimiser at ``lr`` (they are the other
+      half of the shallow KGE model and learn at its pace);
+    * ``encoder``: every other (dense) weight, the GNN's, by Adam at ``dense_lr``."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0,
                  optimizer: str = "adagrad", dense_lr: float | None = None):
         if optimizer not in OPTIMIZERS:
             raise KGOpsError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        sparse = sparse_parameters(model)
-        ids = {id(p) for p in sparse}
-        dense = [p for p in model.parameters() if id(p) not in ids]
         self.name = optimizer
-        self.dense = torch.optim.Adam(dense, lr=lr if dense_lr is None else dense_lr,
-                                      weight_decay=weight_decay)
-        table = RowAdam if optimizer == "adam" else RowAdagrad
-        self.sparse = table(sparse, lr=lr) if sparse else None
+        table = sparse_parameters(model)
+        decoder = list(model.decoder.parameters()) if hasattr(model, "decoder") else []
+        taken = {id(p) for p in table + decoder}
+        encoder = [p for p in model.parameters() if id(p) not in taken]
+        row_opt, dense_opt = ((RowAdam, torch.optim.Adam) if optimizer == "adam"
+                              else (RowAdagrad, torch.optim.Adagrad))
+        self.parts: dict[str, torch.optim.Optimizer] = {}
+        if table:
+            self.parts["table"] = row_opt(table, lr=lr)
+        if decoder:
+            self.parts["decoder"] = dense_opt(decoder, lr=lr, weight_decay=weight_decay)
+        if encoder:
+            self.parts["encoder"] = torch.optim.Adam(
+                encoder, lr=lr if dense_lr is None else dense_lr, weight_decay=weight_decay)
 
     def zero_grad(self) -> None:
-        self.dense.zero_grad(set_to_none=True)
-        if self.sparse is not None:
-            self.sparse.zero_grad(set_to_none=True)
+        for opt in self.parts.values():
+            opt.zero_grad(set_to_none=True)
 
     def step(self) -> None:
-        self.dense.step()
-        if self.sparse is not None:
-            self.sparse.step()
+        for opt in self.parts.values():
+            opt.step()
 
     def scale_lr(self, factor: float) -> float:
         """Multiply every learning rate by ``factor`` (the plateau schedule); returns the new
-        rate of the embedding table (of the dense optimiser when there is no table). Rates live in the optimisers' state, so a resumed run
+        rate of the embedding table. Rates live in the optimisers' state, so a resumed run
         continues with the decayed rate."""
-        for opt in (self.dense, self.sparse):
-            for group in opt.param_groups if opt is not None else ():
+        for opt in self.parts.values():
+            for group in opt.param_groups:
                 group["lr"] *= factor
-        return float((self.sparse or self.dense).param_groups[0]["lr"])
+        return float(next(iter(self.parts.values())).param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dense": self.dense.state_dict(), "name": self.name,
-                "sparse": self.sparse.state_dict() if self.sparse is not None else None}
+        return {"name": self.name, "parts": {k: o.state_dict() for k, o in self.parts.items()}}
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        if not {"dense", "sparse"} <= set(state):
-            raise KGOpsError(f"{source}: optimiser state of an older kg_ops version (one "
-                             "dense Adam); it cannot continue with sparse embeddings. "
-                             "Retrain without --resume.")
-        saved = state.get("name", "adam")        # states before the choice were Adam's
-        if saved != self.name:
-            raise KGOpsError(f"{source}: the checkpoint was trained with --optimizer {saved}, "
-                             f"this run uses --optimizer {self.name}. Resume with "
-                             f"--optimizer {saved}, or retrain without --resume.")
-        self.dense.load_state_dict(state["dense"])
-        if self.sparse is not None and state["sparse"] is not None:
-            self.sparse.load_state_dict(state["sparse"])
+        if "parts" not in state:
+            raise KGOpsError(f"{source}: optimiser state of an older kg_ops version; it "
+                             "cannot continue with this version's optimisers. Retrain "
+                             "without --resume.")
+        if state["name"] != self.name:
+            raise KGOpsError(f"{source}: the checkpoint was trained with --optimizer "
+                             f"{state['name']}, this run uses --optimizer {self.name}. Resume "
+                             f"with --optimizer {state['name']}, or retrain without --resume.")
+        if set(state["parts"]) != set(self.parts):
+            raise KGOpsError(f"{source}: optimiser state for {sorted(state['parts'])}, this "
+                             f"model has {sorted(self.parts)}; it is not this model's "
+                             "checkpoint. Retrain without --resume.")
+        for k, opt in self.parts.items():
+            opt.load_state_dict(state["parts"][k])

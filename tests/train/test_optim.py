@@ -49,9 +49,10 @@ def test_state_round_trips_and_old_dense_state_is_refused():
     state = opt.state_dict()
     again = TrainingOptimizer(model, lr=0.1, optimizer="adam")
     again.load_state_dict(state)
-    assert torch.equal(again.sparse.state_dict()["state"][0]["exp_avg"],
-                       state["sparse"]["state"][0]["exp_avg"])
-    old = torch.optim.Adam(model.parameters()).state_dict()
+    assert set(state["parts"]) == {"table", "decoder", "encoder"}
+    assert torch.equal(again.parts["table"].state_dict()["state"][0]["exp_avg"],
+                       state["parts"]["table"]["state"][0]["exp_avg"])
+    old = {"dense": torch.optim.Adam(model.parameters()).state_dict(), "sparse": None}
     with pytest.raises(KGOpsError, match="older kg_ops version"):
         again.load_state_dict(old, source="ckpt.pt")
 
@@ -111,3 +112,21 @@ def test_resuming_with_another_optimizer_is_refused():
     _step(model, opt, csr, np.array([0, 2]))
     with pytest.raises(KGOpsError, match="trained with --optimizer adam"):
         TrainingOptimizer(model, lr=0.1).load_state_dict(opt.state_dict(), source="ckpt.pt")
+
+
+def test_the_three_parameter_kinds_get_their_optimisers():
+    """Adagrad (default): the table and the relation vectors at lr, the GNN weights by Adam at
+    dense_lr; one plateau step scales them all."""
+    from kg_ops.train.optim import RowAdagrad
+
+    model = LinkPredictor(ModelConfig(model="rgcn", num_nodes=5, num_relations=2))
+    opt = TrainingOptimizer(model, lr=0.1, dense_lr=0.001)
+    table, decoder, encoder = (opt.parts[k] for k in ("table", "decoder", "encoder"))
+    assert type(table) is RowAdagrad and type(decoder) is torch.optim.Adagrad
+    assert type(encoder) is torch.optim.Adam
+    ids = lambda o: {id(p) for g in o.param_groups for p in g["params"]}  # noqa: E731
+    assert ids(decoder) == {id(p) for p in model.decoder.parameters()}
+    assert ids(table) | ids(decoder) | ids(encoder) == {id(p) for p in model.parameters()}
+    assert not (ids(table) & ids(decoder) or ids(decoder) & ids(encoder))
+    assert (table.param_groups[0]["lr"], encoder.param_groups[0]["lr"]) == (0.1, 0.001)
+    assert opt.scale_lr(0.5) == 0.05 and encoder.param_groups[0]["lr"] == 0.0005
