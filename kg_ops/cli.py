@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "encode": "kg_ops.encode.cli",
     "partition": "kg_ops.partition.cli",
     "train": "kg_ops.train.cli",
+    "tune": "kg_ops.tune.cli",
     "evaluate": "kg_ops.evaluate.cli",
     "embed": "kg_ops.embed.cli",
     "serve": "kg_ops.serve.cli",

@@ -74,7 +74,8 @@ def read_manifest(uri: str, store: ArtifactStore | None = None) -> dict | None:
 
 _DESCRIBE = {"import": "a graph (kgops import / synth)", "encode": "features (kgops encode)",
              "partition": "partitions (kgops partition)", "train": "a model (kgops train)",
-             "evaluate": "an evaluation (kgops evaluate)", "validate": "a validation report"}
+             "evaluate": "an evaluation (kgops evaluate)", "validate": "a validation report",
+             "tune": "a recipe search (kgops tune)"}
 
 
 def require_manifest(uri: str, stage: str | None = None) -> dict:

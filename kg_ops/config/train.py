@@ -59,6 +59,9 @@ class TrainConfig(StageConfig):
     preset: str | None = option(None, choices=PRESETS, help="paper: the published system's "
                                 "recipe (bce, 64/64/32, DistMult, published learning rates "
                                 "and dropout) for every option left at its default")
+    tuned: str | None = option(None, recorded=False, help="a `kgops tune` output: its best "
+                               "recipe for every option left at its default (the tune run "
+                               "is recorded as an input)")
     model: str = option("rgcn", choices=MODELS, help="GNN encoder, or complex / distmult: "
                         "a shallow KGE model (no message passing)")
     workers: int | None = option(None, minimum=1, help="Ray Train workers; must equal the "

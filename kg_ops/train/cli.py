@@ -36,14 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
-          force: bool = False, train_loop: Callable[[dict], None] | None = None
-          ) -> dict[str, Any]:
+          force: bool = False, train_loop: Callable[[dict], None] | None = None,
+          callbacks: list | None = None, announce: bool = True) -> dict[str, Any]:
     """Run the train stage; returns its manifest.
 
     ``worker_env``: extra environment variables for the Ray Train workers (library switches);
     never credentials: workers use the Ray nodes' own (see the README). ``train_loop``: a
     wrapper of
-    :func:`kg_ops.train.loop.train_worker` (fault-injection tests).
+    :func:`kg_ops.train.loop.train_worker` (fault-injection tests). ``callbacks``: Ray Train
+    callbacks of the run (a ``kgops tune`` trial forwards the epochs to Ray Tune);
+    ``announce=False``: no ``KGOPS_MANIFEST`` line (a stage inside another stage).
     """
     from kg_ops.manifest import Stage
     from kg_ops.store import normalize
@@ -51,18 +53,26 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
 
     refuse_secrets(worker_env or {})
     config = config.replace(partitions=normalize(config.partitions),
-                            out=normalize(config.out)).resolved()
+                            out=normalize(config.out))
+    if config.tuned:
+        from kg_ops.tune.recipe import apply_tuned
+
+        config = apply_tuned(config)
+    config = config.resolved()
     inputs = _TrainInputs.load(config)
     mcfg = _model_config(config, inputs)
     config = _check_resume(config, mcfg)
     recorded = {**config.recorded(), "workers": inputs.parts, "model": mcfg.to_dict(),
                 "fanouts": inputs.fanouts, "sample_seed": inputs.sample_seed}
     stage_inputs = {"partitions": config.partitions}
+    if config.tuned:
+        stage_inputs["tuned"] = config.tuned
     if config.init_from:
         stage_inputs["init_from"] = config.init_from
         recorded["warm_start"] = {"max_drift": config.max_drift,
                                   "retrain_every": config.retrain_every}
-    with Stage("train", config.out, config=recorded, inputs=stage_inputs, force=force) as st:
+    with Stage("train", config.out, config=recorded, inputs=stage_inputs, force=force,
+               announce=announce) as st:
         if st.reused:
             return st.manifest
         if inputs.plan:
@@ -80,7 +90,7 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
                       if config.init_from and not config.resume else None)
         with st.phase("fit"):
             _fit(config, inputs.worker_run(mcfg, run_id, init_state, run_fp), inputs.parts,
-                 worker_env, train_loop)
+                 worker_env, train_loop, callbacks)
         with st.phase("write"):
             final = _finish(st, config, mcfg, inputs, recorded, run_id)
         st.metrics.update(final)
@@ -206,7 +216,7 @@ def _warm_start(st, config: TrainConfig, inputs: _TrainInputs, mcfg) -> str | No
 
 
 def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | None,
-         train_loop: Callable[[dict], None] | None) -> None:
+         train_loop: Callable[[dict], None] | None, callbacks: list | None = None) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -226,7 +236,7 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Ray Train's INFO lines (resources, checkpoints) would flood the relayed log.
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks,
             worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None))
     try:
         result = trainer.fit()
