@@ -35,8 +35,9 @@ from kg_ops.airflow import (
     ImportGraphOperator,
     PartitionGraphOperator,
     TrainEmbeddingsOperator,
+    TuneEmbeddingsOperator,
 )
-from kg_ops.airflow.params import stage_params
+from kg_ops.airflow.params import option_param, stage_params
 from kg_ops.airflow.published import (
     EMBEDDINGS_ASSET_NAME,
     EMBEDDINGS_ASSET_URI,
@@ -53,7 +54,7 @@ from kg_ops.airflow.runs import (
     publish_version,
     warm_start_source,
 )
-from kg_ops.config import TrainConfig
+from kg_ops.config import TrainConfig, TuneConfig
 
 DAG_ID = "kg_embedding_refresh"
 ARTIFACT_ROOT = os.environ.get("KGOPS_ARTIFACT_ROOT", "/tmp/kgops-artifacts")
@@ -112,6 +113,21 @@ with DAG(
                                         "reused); a full retrain past max_drift or every "
                                         "retrain_every runs. Off by default until measured "
                                         "to hold quality (see README)."),
+        "tune": Param(False, type="boolean",
+                      description="Search the training recipe first (kgops tune with Ray "
+                                  "Tune on this run's partitions, about tune_budget_s); "
+                                  "train then uses the best recipe. Off by default: re-tune "
+                                  "now and then (e.g. monthly) and give nightly runs the "
+                                  "winner through tuned_recipe."),
+        "tune_budget_s": option_param(TuneConfig, "budget_s"),
+        "tune_trials": option_param(TuneConfig, "trials"),
+        "tuned_recipe": Param(os.environ.get("KGOPS_TUNED_RECIPE") or None,
+                              type=["null", "string"],
+                              description="URI of a kgops tune output (a tune run's "
+                                          "<artifact_root>/<dag>/<run>/tune): train with its "
+                                          "best recipe; options on this form left at their "
+                                          "defaults take the recipe's values. Ignored when "
+                                          "tune is on (this run's search wins)."),
         "artifact_root": Param(ARTIFACT_ROOT, type="string",
                                description="Local path or s3:// prefix for all artifacts."),
         "force": Param(False, type="boolean",
@@ -178,6 +194,19 @@ with DAG(
         parts="{{ params.workers }}",
         **common,
     )
+    tune = TuneEmbeddingsOperator(
+        task_id="tune",
+        partitions_uri=planned["partitions"],
+        out_uri=planned["tune"],
+        enabled="{{ params.tune }}",
+        budget_s="{{ params.tune_budget_s }}",
+        trials="{{ params.tune_trials }}",
+        train_options={name: "{{ params." + name + " }}" for name in ("model", "epochs", "loss")},
+        deferrable=True,
+        poll_interval=5,
+        job_timeout=6 * 3600,
+        **common,
+    )
     # `train` owns its Ray job and waits for it in the triggerer: the task shows the training's
     # real state and duration, its log follows the training, and marking or clearing it stops
     # the job (a cleared train runs again; no sensor is left waiting for a stopped job). README:
@@ -189,6 +218,8 @@ with DAG(
         workers="{{ params.workers }}",
         **{name: "{{ params." + name + " }}" for name in TRAIN_PARAMS},
         init_from=previous("model_uri"),
+        tuned="{{ ti.xcom_pull(task_ids='plan', key='tune') if params.tune else "
+              "(params.tuned_recipe or '') }}",
         deferrable=True,
         poll_interval=5,
         job_timeout=6 * 3600,
@@ -227,7 +258,7 @@ with DAG(
     )
 
     gate = quality_gate(evaluate.output, planned)
-    import_graph >> encode >> partition >> train >> evaluate
+    import_graph >> encode >> partition >> tune >> train >> evaluate
     # Only a version that passed the gate and was published as the newest date is served.
     publish(gate) >> deploy
     previous_version() >> encode

@@ -14,6 +14,7 @@ from kg_ops.airflow.operators.kg import (
     KgStageOperator,
     PartitionGraphOperator,
     TrainEmbeddingsOperator,
+    TuneEmbeddingsOperator,
 )
 from kg_ops.airflow.operators.ray import SubmitRayJobOperator
 from kg_ops.airflow.sensors.ray import RayJobSensor
@@ -32,4 +33,5 @@ __all__ = [
     "RayJobTrigger",
     "SubmitRayJobOperator",
     "TrainEmbeddingsOperator",
+    "TuneEmbeddingsOperator",
 ]

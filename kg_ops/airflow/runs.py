@@ -48,6 +48,7 @@ def plan_run(context: dict) -> dict[str, str]:
     plan["run_key"] = key
     plan["base"] = base
     plan["deploy"] = join(base, "deploy")     # the serving deployment's record (not a stage)
+    plan["tune"] = join(base, "tune")         # the recipe search, when params.tune is on
     return plan
 
 

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
 from kg_ops.airflow.operators.ray import SubmitRayJobOperator
-from kg_ops.config import ConfigError, StageConfig, TrainConfig, as_bool
+from kg_ops.config import ConfigError, StageConfig, TrainConfig, TuneConfig, as_bool
+from kg_ops.config.tune import TRAIN_OPTIONS_NOT_TUNED
 from kg_ops.store import join
 
 
@@ -247,6 +248,58 @@ class TrainEmbeddingsOperator(KgStageOperator):
 
     def stage_command(self) -> list[str]:
         return ["train", *self.stage_config().to_args(exclude=("out",))]
+
+
+class TuneEmbeddingsOperator(KgStageOperator):
+    """Search the training recipe with Ray Tune (``kgops tune``): each trial a Ray Train run on
+    the same partitions, ASHA early stopping, within ``budget_s`` and ``trials``.
+
+    Takes every ``kgops tune`` option by its :class:`kg_ops.config.TuneConfig` name
+    (``budget_s``, ``trials``, ``space``, ...); ``train_options`` is the recipe trials start
+    from (``kgops train`` options by name, e.g. ``{"model": "complex", "epochs": 30}``). All
+    templated and checked before the job is submitted. The result's ``outputs.model`` is the
+    best trial's train output; ``TrainEmbeddingsOperator(tuned=<this out_uri>)`` trains with
+    the best recipe.
+
+    :param enabled: ``False`` skips the search (the task succeeds with ``{"skipped": True}``).
+    """
+
+    config_class = TuneConfig
+    uri_options = {"partitions_uri": "partitions", "out_uri": "out"}
+    driver_cpus = 0   # the trials' Ray Train workers compute
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "partitions_uri",
+                                      "train_options", "enabled",
+                                      *option_fields(TuneConfig, uri_options))
+
+    def __init__(self, *, partitions_uri: str, train_options: dict[str, Any] | None = None,
+                 enabled: bool | str = True, **kwargs):
+        options = self.take_options(kwargs)
+        super().__init__(**kwargs)
+        self.partitions_uri = partitions_uri
+        self.train_options = dict(train_options or {})
+        self.enabled = enabled
+        self.set_options(options)
+
+    def stage_command(self) -> list[str]:
+        config = self.stage_config()
+        own = set(TuneConfig.names()) | set(TRAIN_OPTIONS_NOT_TUNED)
+        not_taken = sorted(set(self.train_options) & own)
+        if not_taken:
+            raise ValueError(f"{self.task_id}: train_options {', '.join(not_taken)}: options "
+                             "of the tune run or of each trial, not of the recipe; give tune "
+                             "options to the operator itself")
+        try:
+            recipe = TrainConfig.from_dict({**self.train_options,
+                                            "partitions": config.partitions, "out": config.out})
+        except ConfigError as exc:
+            raise ValueError(f"{self.task_id}: train_options: {exc}") from exc
+        return ["tune", *config.to_args(exclude=("out",)), *recipe.to_args(exclude=own)]
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        if not as_bool(self.enabled):
+            self.log.info("recipe search disabled")
+            return {"skipped": True}
+        return super().execute(context)
 
 
 class EvaluateEmbeddingsOperator(KgStageOperator):

@@ -70,3 +70,42 @@ def test_driver_cpus_follow_where_each_stage_computes():
                     "PartitionGraphOperator": 1, "TrainEmbeddingsOperator": 0,
                     "EvaluateEmbeddingsOperator": 1}
     assert train_op(entrypoint_num_cpus=2).entrypoint_num_cpus == 2     # configurable
+
+
+def tune_op(**options):
+    from kg_ops.airflow.operators.kg import TuneEmbeddingsOperator
+
+    return TuneEmbeddingsOperator(task_id="tune", partitions_uri="/runs/p", out_uri="/runs/t",
+                                  **options)
+
+
+def test_tune_entrypoint_parses_back_to_the_tune_config_and_the_recipe():
+    from kg_ops.cli import build_parser
+    from kg_ops.config import TuneConfig
+
+    op = tune_op(budget_s="900", trials="4", space="s3://b/space.json",
+                 train_options={"model": "complex", "epochs": "12"})
+    assert op.entrypoint_num_cpus == 0
+    argv = shlex.split(op.build_entrypoint({}))
+    assert argv[:2] == ["kgops", "tune"]
+    args = build_parser().parse_args(argv[1:])
+    assert TuneConfig.from_args(args) == TuneConfig(partitions="/runs/p", out="/runs/t",
+                                                    budget_s=900, trials=4,
+                                                    space="s3://b/space.json")
+    assert (args.model, args.epochs) == ("complex", 12)
+    assert tune_op().build_entrypoint({}) == "kgops tune --partitions /runs/p --out /runs/t"
+
+
+def test_tune_operator_refuses_bad_values_before_submitting():
+    with pytest.raises(ValueError, match="tune: --budget-s must be >= 1, got 0"):
+        tune_op(budget_s=0).build_entrypoint({})
+    with pytest.raises(ValueError, match="tune: train_options: unknown train option"):
+        tune_op(train_options={"learning_rate": 0.1}).build_entrypoint({})
+    with pytest.raises(ValueError, match="train_options seed, workers: options of the tune"):
+        tune_op(train_options={"workers": 2, "seed": 1}).build_entrypoint({})
+    with pytest.raises(ValueError, match="--epochs must be >= 1"):
+        tune_op(train_options={"epochs": 0}).build_entrypoint({})
+
+
+def test_tune_operator_disabled_skips_without_a_job():
+    assert tune_op(enabled="False").execute({}) == {"skipped": True}
