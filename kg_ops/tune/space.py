@@ -41,9 +41,6 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "label_smoothing": {"choice": [0.0, 0.1]},
     "batch_size": {"choice": [512, 1024]},
 }
-if "optimizer" not in TrainConfig.names():     # until `kgops train --optimizer` lands: Adam
-    del DEFAULT_SPACE["optimizer"]
-    DEFAULT_SPACE["lr"] = {"loguniform": [0.0003, 0.003]}
 
 
 class SpaceError(KGOpsError):

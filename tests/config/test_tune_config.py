@@ -140,3 +140,18 @@ def test_the_cli_takes_the_base_recipe_as_kgops_train_does():
     assert TuneConfig.from_args(args) == TuneConfig(partitions="/p", out="/o", seed=3)
     assert (args.model, args.epochs) == ("complex", 7)
     assert not hasattr(args, "workers") and not hasattr(args, "resume")
+
+
+def test_the_default_space_draws_each_optimizers_learning_rate_around_its_default():
+    from kg_ops.config.train import DEFAULT_LR
+
+    space = SearchSpace.load("default", BASE)
+    bounds = space.domains["lr"]["loguniform"]
+    assert set(bounds) == set(space.domains["optimizer"]["choice"]) == set(DEFAULT_LR)
+    for opt, (lo, hi) in bounds.items():
+        assert lo < DEFAULT_LR[opt] < hi
+        drawn = space.resolve({**{k: v["choice"][0] for k, v in space.domains.items()
+                                  if "choice" in v}, "optimizer": opt, "lr": 0.5,
+                               "dropout": 0.1, "entity_dropout": 0.1,
+                               "relation_dropout": 0.1}, BASE)
+        assert drawn["optimizer"] == opt and drawn["lr"] == pytest.approx(math.sqrt(lo * hi))
