@@ -83,12 +83,28 @@ def small_conf(tmp_path_factory):
             "deploy": False}  # the deploy task has its own test (test_deploy_task.py)
 
 
+def _forget_published_versions() -> None:
+    """Other tests (test_deploy_task.py) publish into the same session database; the version
+    order checked here is about this test's own dates only."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete, select
+
+    from kg_ops.airflow.published import EMBEDDINGS_ASSET_NAME, PAST_EMBEDDINGS_ASSET_NAME
+
+    with create_session() as session:
+        ids = select(AssetModel.id).where(
+            AssetModel.name.in_([EMBEDDINGS_ASSET_NAME, PAST_EMBEDDINGS_ASSET_NAME]))
+        session.execute(delete(AssetEvent).where(AssetEvent.asset_id.in_(ids)))
+
+
 def test_full_dag_backfill_and_rerun(airflow_db, ray_head, small_conf):
     from airflow.utils.state import DagRunState
 
     from kg_ops.airflow.published import published_versions
 
     dag = load_dag()
+    _forget_published_versions()
     root = Path(small_conf["artifact_root"])
 
     dr1 = run_dag(dag, DAY1, small_conf)
