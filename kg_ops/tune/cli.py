@@ -66,6 +66,10 @@ def tune(config: TuneConfig, base: TrainConfig | None = None, *,
                force=force) as st:
         if st.reused:
             return st.manifest
+        removed = st.store.delete_prefix(st.uri("trials"))
+        if removed:
+            log.info("tune: removed %d file(s) of an earlier search's trials in %s", removed,
+                     config.out)
         with st.phase("search"):
             records = _search(config, base, space, parts)
         with st.phase("best"):
@@ -95,7 +99,7 @@ def _search(config: TuneConfig, base: TrainConfig, space, parts: int) -> list:
     from kg_ops.tune.trials import METRIC, recorder_and_scheduler, run_trial
 
     per_trial = parts * base.threads
-    init_ray(config.ray_address, num_cpus=max(2, per_trial))
+    init_ray(config.ray_address, num_cpus=max(os.cpu_count() or 2, per_trial))
     cpus = int(ray.cluster_resources().get("CPU", 1))
     if cpus < per_trial:
         raise KGOpsError(f"a trial needs {per_trial} CPUs ({parts} Ray Train workers x "
@@ -130,6 +134,7 @@ def _search(config: TuneConfig, base: TrainConfig, space, parts: int) -> list:
 def _settle(records: list, config: TuneConfig, base: TrainConfig):
     """Each trial's final status, and the best trial made a complete train output."""
     from kg_ops.manifest import read_manifest
+    from kg_ops.tune.space import tunable_options
 
     trials = []
     for rec in records:
@@ -156,8 +161,6 @@ def _settle(records: list, config: TuneConfig, base: TrainConfig):
     if sealed:
         _seal(best, base)
     recipe_config = base.replace(**best["options"]).resolved()
-    from kg_ops.tune.space import tunable_options
-
     return trials, {"trial_id": best["trial_id"], "valid_mrr": best["best_valid_mrr"],
                     "valid_mrr_kind": "sampled (type-constrained candidates, filtered)",
                     "epochs": best["epochs"], "status": best["status"],
