@@ -117,8 +117,10 @@ def _search(config: TuneConfig, base: TrainConfig, space, parts: int) -> list:
         trainable, param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode="max", scheduler=scheduler, num_samples=config.trials,
-            max_concurrent_trials=concurrent, time_budget_s=config.budget_s,
-            search_alg=BasicVariantGenerator(random_state=config.seed)),
+            time_budget_s=config.budget_s,
+            # (Tune ignores TuneConfig.max_concurrent_trials with this search algorithm)
+            search_alg=BasicVariantGenerator(random_state=config.seed,
+                                             max_concurrent=concurrent)),
         run_config=tune.RunConfig(name=f"kgops-tune-{uuid.uuid4().hex[:12]}",
                                   storage_path=storage, callbacks=[recorder], verbose=0))
     log.info("tune: up to %d trials, %d at a time, budget %.0fs, ASHA grace %d epochs, "

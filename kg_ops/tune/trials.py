@@ -87,8 +87,8 @@ def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduc
             options = space.resolve(trial.config, base)
             self.trials[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config),
                                                       options, trial_out(out, trial.trial_id))
-            log.info("tune: trial %s started (%d of %d started): %s", trial.trial_id,
-                     len(self.trials), len(trials), _short(options))
+            log.info("tune: trial %s started (%d so far): %s", trial.trial_id,
+                     len(self.trials), _short(options))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             rec = self.trials[trial.trial_id]
@@ -100,8 +100,8 @@ def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduc
                                 "epoch_s": result.get("epoch_s")})
             done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
             log.info("tune: trial %s epoch %d/%d: valid MRR (sampled, filtered) %.4f, best "
-                     "%.4f; trials done %d/%d", trial.trial_id, rec.epochs, base.epochs, mrr,
-                     rec.best_valid_mrr or float("nan"), done, len(trials))
+                     "%.4f; %d trial(s) ended", trial.trial_id, rec.epochs, base.epochs, mrr,
+                     rec.best_valid_mrr or float("nan"), done)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             rec = self.trials.get(trial.trial_id)
