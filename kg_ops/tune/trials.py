@@ -141,18 +141,27 @@ def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduc
 
 
 def _error_line(trial) -> str:
+    """The trial's own error in one line, from the files Tune writes beside the driver when
+    the trial fails (its storage copy is synced later)."""
+    from ray import cloudpickle
+
     from kg_ops.errors import root_cause
 
     err = None
     try:
-        err = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 -- an unreadable error file: fall back to its text
+        with open(trial.pickled_error_file, "rb") as fh:
+            err = cloudpickle.load(fh)
+    except Exception:  # noqa: BLE001 -- no or unreadable pickle: fall back to the text file
         err = None
     if isinstance(err, BaseException):
         cause = root_cause(err)
         text = str(cause).strip().splitlines()
         return f"{type(cause).__name__}: {text[0] if text else ''}"[:500]
-    text = (trial.get_error() or "").strip().splitlines()
+    try:
+        with open(trial.error_file) as fh:
+            text = fh.read().strip().splitlines()
+    except (OSError, TypeError):
+        text = []
     return (text[-1] if text else "unknown error")[:500]
 
 

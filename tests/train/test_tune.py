@@ -111,3 +111,22 @@ def test_a_best_trial_stopped_mid_run_is_sealed_into_a_complete_train_output(tun
     a = torch.load(stopped / "model.pt", weights_only=True)
     b = torch.load(Path(best["model"]) / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_search_whose_trials_all_fail_says_why_and_writes_no_manifest(planted, ray_local,
+                                                                       tmp_path):
+    """Every trial's train stage refuses its recipe (fanouts beyond the partitions'): the
+    search ends with one error carrying the trials' own message, and no manifest."""
+    from kg_ops.errors import KGOpsError
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"fanout": {"choice": ["50,50"]}}))
+    out = tmp_path / "tune"
+    with pytest.raises(KGOpsError) as err:
+        tune(TuneConfig(partitions=planted["parts"][1], out=str(out), trials=1,
+                        space=str(space), budget_s=300),
+             TrainConfig(partitions="", out="", epochs=1))
+    message = str(err.value)
+    assert "no trial finished an epoch" in message and "errors:" in message
+    assert "exceeds the fanouts [10, 5]" in message, message
+    assert not (out / "_manifest.json").exists()
