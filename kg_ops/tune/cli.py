@@ -137,6 +137,7 @@ def _settle(records: list, config: TuneConfig, base: TrainConfig):
     """Each trial's final status, and the best trial made a complete train output."""
     from kg_ops.manifest import read_manifest
     from kg_ops.tune.space import tunable_options
+    from kg_ops.tune.trials import trial_recipe
 
     trials = []
     for rec in records:
@@ -162,7 +163,7 @@ def _settle(records: list, config: TuneConfig, base: TrainConfig):
     sealed = not best["complete"]
     if sealed:
         _seal(best, base)
-    recipe_config = base.replace(**best["options"]).resolved()
+    recipe_config = trial_recipe(base, best["options"])
     return trials, {"trial_id": best["trial_id"], "valid_mrr": best["best_valid_mrr"],
                     "valid_mrr_kind": "sampled (type-constrained candidates, filtered)",
                     "epochs": best["epochs"], "status": best["status"],
@@ -177,6 +178,7 @@ def _seal(best: dict, base: TrainConfig) -> None:
     complete ``kgops train`` output."""
     from kg_ops.train.checkpoints import latest_pointer
     from kg_ops.train.cli import train
+    from kg_ops.tune.trials import trial_recipe
 
     pointer = latest_pointer(best["out"])
     if pointer is None:
@@ -184,8 +186,8 @@ def _seal(best: dict, base: TrainConfig) -> None:
                          f"{best['out']}; rerun with a larger --budget-s")
     log.info("tune: best trial %s was stopped after epoch %d; writing its train output from "
              "that checkpoint", best["trial_id"], pointer["epoch"])
-    config = base.replace(**best["options"], out=best["out"], resume=pointer["uri"],
-                          epochs=pointer["epoch"])
+    config = trial_recipe(base, best["options"]).replace(
+        out=best["out"], resume=pointer["uri"], epochs=pointer["epoch"])
     train(config, announce=False)
     best["complete"] = True
 

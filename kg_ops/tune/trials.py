@@ -28,9 +28,17 @@ def trial_out(out: str, trial_id: str) -> str:
     return join(out, "trials", trial_id)
 
 
+def trial_recipe(base: TrainConfig, options: dict[str, Any]) -> TrainConfig:
+    """The full, explicit recipe of a trial: the base with its preset and per-model defaults
+    resolved, then the sampled options on top (a preset fills options "left at their
+    default", and would take a sampled value that equals the default for one)."""
+    return base.replace(**options).resolved().replace(preset=None, **options)
+
+
 def trial_config(base: TrainConfig, space, sample: dict[str, Any], out: str,
                  trial_id: str) -> TrainConfig:
-    return base.replace(**space.resolve(sample, base), out=trial_out(out, trial_id))
+    options = space.resolve(sample, base.resolved())
+    return trial_recipe(base, options).replace(out=trial_out(out, trial_id))
 
 
 def run_trial(sample: dict[str, Any], *, base: TrainConfig, space, out: str) -> None:
@@ -84,7 +92,7 @@ def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduc
             self.trials: dict[str, TrialRecord] = {}
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            options = space.resolve(trial.config, base)
+            options = space.resolve(trial.config, base.resolved())
             self.trials[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config),
                                                       options, trial_out(out, trial.trial_id))
             log.info("tune: trial %s started (%d so far): %s", trial.trial_id,
