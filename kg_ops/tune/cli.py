@@ -110,9 +110,12 @@ def _search(config: TuneConfig, base: TrainConfig, space, parts: int) -> list:
                                                  config.reduction_factor)
     storage = config.ray_storage or os.path.join(tempfile.gettempdir(), "kgops-ray-tune")
     # The trial itself only drives its Ray Train run: the training workers hold the CPUs, as
-    # with the train stage's driver (Tune refuses an empty request: a token 1/100 CPU).
+    # with the train stage's driver. Tune refuses an empty request, and any fraction of a CPU
+    # would keep the last whole CPU from a worker (2 CPUs ran 1 trial at a time): a token
+    # 1 MiB of Ray's memory resource instead.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base, space=space, out=config.out), {"cpu": 0.01})
+        tune.with_parameters(run_trial, base=base, space=space, out=config.out),
+        {"cpu": 0, "memory": 1 << 20})
     tuner = tune.Tuner(
         trainable, param_space=space.param_space(),
         tune_config=tune.TuneConfig(
