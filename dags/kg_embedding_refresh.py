@@ -132,12 +132,13 @@ with DAG(
                                description="Local path or s3:// prefix for all artifacts."),
         "force": Param(False, type="boolean",
                        description="Recompute stages even if identical results exist."),
-        # Measured on `make run` (CoDEx-S, RGCN softmax, 8 epochs, 2 workers): filtered test
-        # MRR 0.29; softmax runs in bench_train 0.33-0.40, tuned BCE 0.19. A broken or random
-        # model is far below (random ranking ~0.004, the synthetic graph 0.03 by construction).
+        # Measured on `make run` (CoDEx-S, the default recipe, 8 epochs, 2 workers, attributes):
+        # filtered test MRR 0.28; bench_train's default rows 0.41-0.44, the paper preset 0.175.
+        # A broken or random model is far below (random ranking ~0.004, the synthetic graph
+        # 0.03 by construction).
         "min_mrr": Param(0.15, type="number", minimum=0,
                          description="Gate: fail the run below this filtered test MRR (the "
-                                     "default CoDEx-S run measures 0.29; set ~0.01 for "
+                                     "default CoDEx-S run measures 0.28; set ~0.01 for "
                                      "source=synth)."),
         "max_mrr_drop": Param(0.05, type="number", minimum=0,
                               description="Gate: fail if MRR drops more than this below the "
