@@ -83,9 +83,9 @@ def small_conf(tmp_path_factory):
             "deploy": False}  # the deploy task has its own test (test_deploy_task.py)
 
 
-def _forget_published_versions() -> None:
-    """Other tests (test_deploy_task.py) publish into the same session database; the version
-    order checked here is about this test's own dates only."""
+def forget_published_versions() -> None:
+    """Other tests (test_deploy_task.py, test_tune_dag.py) publish into the same session
+    database; a test that checks the version order or a warm start's source starts from none."""
     from airflow.models.asset import AssetEvent, AssetModel
     from airflow.utils.session import create_session
     from sqlalchemy import delete, select
@@ -104,7 +104,7 @@ def test_full_dag_backfill_and_rerun(airflow_db, ray_head, small_conf):
     from kg_ops.airflow.published import published_versions
 
     dag = load_dag()
-    _forget_published_versions()
+    forget_published_versions()
     root = Path(small_conf["artifact_root"])
 
     dr1 = run_dag(dag, DAY1, small_conf)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from test_kg_embedding_refresh import load_dag, run_dag, tree
+from test_kg_embedding_refresh import forget_published_versions, load_dag, run_dag, tree
 
 from kg_ops.manifest import read_manifest
 
@@ -32,6 +32,7 @@ def test_second_run_warm_starts_and_drift_forces_full_retrain(airflow_db, ray_he
             "epochs": 2, "artifact_root": str(root), "min_mrr": 0.0, "max_mrr_drop": 1.0,
             "warm_start": True, "deploy": False}
     dag = load_dag()
+    forget_published_versions()   # other tests (test_tune_dag.py: 11-25) publish later dates
     assert run_dag(dag, DAY_A, conf).state == DagRunState.SUCCESS
     first = published_versions()[0]
     assert first["model_uri"] == str(tree(root, DAY_A) / "model")
