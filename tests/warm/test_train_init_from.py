@@ -1,6 +1,6 @@
 """``kgops train --init-from``: real Ray Train runs on two versions of a keyed graph.
 
-With ``lr=1e-9`` (SparseAdam refuses 0) training cannot move a weight by more than ~1e-9 per
+With ``lr=dense_lr=1e-9`` (the row optimisers refuse 0) training cannot move a weight by more than ~1e-9 per
 step, so the trained model is its initial state to 1e-6: that shows exactly what the warm start
 loaded (rows mapped by key, new rows at the type mean, every other weight copied)."""
 
@@ -50,8 +50,8 @@ def versions(ray_local, tmp_path_factory):
                                   fanout="3,2", seed=0))
         out[name] = g
     first = train(config(root, "v1", "m1", epochs=2))
-    warm = train(config(root, "v2", "m2", epochs=1, lr=1e-9, init_from=first["uri"]))
-    forced = train(config(root, "v2", "m3", epochs=1, lr=1e-9, init_from=first["uri"],
+    warm = train(config(root, "v2", "m2", epochs=1, lr=1e-9, dense_lr=1e-9, init_from=first["uri"]))
+    forced = train(config(root, "v2", "m3", epochs=1, lr=1e-9, dense_lr=1e-9, init_from=first["uri"],
                           max_drift=0.01))
     return {"root": root, **out, "first": first, "warm": warm, "forced": forced}
 
