@@ -179,17 +179,16 @@ class TrainConfig(StageConfig):
             return self.replace(**recipe)._fill(PAPER_MODEL_DEFAULTS)
         return self._fill(MODEL_DEFAULTS)
 
-    def _fill(self, table: dict[str, dict[str, float]]) -> TrainConfig:
+    def _fill(self, table: dict[str, dict[str, float | None]]) -> TrainConfig:
         model = table[self.model]
-        fill: dict[str, Any] = {k: model[k] for k in ("lr", "weight_decay", "regularization")
+        fill: dict[str, Any] = {k: model[k] for k in ("weight_decay", "regularization")
                                 if getattr(self, k) is None}
-        if fill.get("lr", 0.0) is None:
-            fill["lr"] = DEFAULT_LR[self.optimizer]
-        if self.dense_lr is None:
-            fill["dense_lr"] = (DEFAULT_LR["adam"] if self.optimizer == "adagrad"
-                                else fill.get("lr", self.lr))
+        lr = self.lr if self.lr is not None else model["lr"] or DEFAULT_LR[self.optimizer]
+        fill["lr"] = lr
+        if self.dense_lr is None:       # the GNN's Adam: its own rate beside Adagrad
+            fill["dense_lr"] = DEFAULT_LR["adam"] if self.optimizer == "adagrad" else lr
         if self.negatives is None:
             fill["negatives"] = DEFAULT_NEGATIVES[self.loss]
         if self.num_blocks is not None:
             fill["num_bases"] = None
-        return self.replace(**fill) if fill else self
+        return self.replace(**fill)

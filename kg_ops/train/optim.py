@@ -123,7 +123,7 @@ class TrainingOptimizer:
             raise KGOpsError(f"optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
         self.name = optimizer
         table = sparse_parameters(model)
-        decoder = list(model.decoder.parameters()) if hasattr(model, "decoder") else []
+        decoder = list(model.decoder.parameters())
         taken = {id(p) for p in table + decoder}
         encoder = [p for p in model.parameters() if id(p) not in taken]
         row_opt, dense_opt = ((RowAdam, torch.optim.Adam) if optimizer == "adam"
