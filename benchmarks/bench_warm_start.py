@@ -173,7 +173,7 @@ def _mrr(trained, graph: str) -> float:
 def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
     import ray
 
-    from kg_ops.config import TrainConfig
+    from kg_ops.config import EncodeConfig, TrainConfig
     from kg_ops.config.partition import PartitionConfig
     from kg_ops.encode.cli import encode
     from kg_ops.graph.split_entities import split_entities
@@ -189,7 +189,8 @@ def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
     g_train, g_full = split["outputs"]["train_graph"], split["outputs"]["full_graph"]
     init_ray(num_cpus=2)
     features = str(work / "split-features")
-    encode(g_train, features, workers=1, threads=2, tabular_min_cells=1)
+    encode(EncodeConfig(graph=g_train, out=features, workers=1, threads_per_worker=2,
+                        tabular_min_cells=1))
     ray.shutdown()
     runs = {"gnn with attributes": {"features": features},
             "gnn without attributes": {"features": None}}

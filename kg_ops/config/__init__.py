@@ -3,10 +3,12 @@
 Standard library only: DAG files import it, and must parse in milliseconds.
 """
 
+from kg_ops.config.encode import EncodeConfig
+from kg_ops.config.evaluate import EvaluateConfig
 from kg_ops.config.options import ConfigError, Option, StageConfig, as_bool, option
 from kg_ops.config.partition import PartitionConfig
 from kg_ops.config.train import TrainConfig
 from kg_ops.config.tune import TuneConfig
 
-__all__ = ["ConfigError", "Option", "PartitionConfig", "StageConfig", "TrainConfig", "TuneConfig",
-           "as_bool", "option"]
+__all__ = ["ConfigError", "EncodeConfig", "EvaluateConfig", "Option", "PartitionConfig",
+           "StageConfig", "TrainConfig", "TuneConfig", "as_bool", "option"]

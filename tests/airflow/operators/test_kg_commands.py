@@ -51,6 +51,63 @@ def test_every_train_option_is_a_template_field():
     assert set(TrainConfig.names()) - {"partitions", "out"} <= fields
 
 
+def encode_op(**options):
+    from kg_ops.airflow.operators.kg import EncodeAttributesOperator
+
+    return EncodeAttributesOperator(task_id="encode", graph_uri="/runs/g", out_uri="/runs/f",
+                                    **options)
+
+
+def evaluate_op(**options):
+    from kg_ops.airflow.operators.kg import EvaluateEmbeddingsOperator
+
+    return EvaluateEmbeddingsOperator(task_id="evaluate", model_uri="/runs/m",
+                                      graph_uri="/runs/g", out_uri="/runs/e", **options)
+
+
+@pytest.mark.parametrize("make", [encode_op, evaluate_op])
+def test_encode_and_evaluate_operators_take_their_config_with_its_defaults(make):
+    op = make()
+    uris = set(op.uri_options.values())
+    for name, default in op.config_class.defaults().items():
+        assert getattr(op, name) == default, name
+    assert set(op.config_class.names()) - uris <= set(type(op).template_fields)
+
+
+def test_encode_entrypoint_parses_back_to_the_same_config():
+    from kg_ops.cli import build_parser
+    from kg_ops.config import EncodeConfig
+
+    assert encode_op().build_entrypoint({}) == "kgops encode --graph /runs/g --out /runs/f"
+    op = encode_op(workers="2", text_model="/models/minilm", on_bad="skip",
+                   extra_args=["--encoders=/runs/old-f"])
+    argv = shlex.split(op.build_entrypoint({}))
+    assert EncodeConfig.from_args(build_parser().parse_args(argv[1:])) == EncodeConfig(
+        graph="/runs/g", out="/runs/f", workers=2, text_model="/models/minilm", on_bad="skip",
+        encoders="/runs/old-f")
+    # a template that renders empty (no earlier encoders, no text model) is "not given"
+    assert encode_op(text_model="", encoders="").stage_config() == EncodeConfig(
+        graph="/runs/g", out="/runs/f")
+    with pytest.raises(ValueError, match="encode: --bins must be >= 2, got 1"):
+        encode_op(bins="1").build_entrypoint({})
+
+
+def test_evaluate_entrypoint_parses_back_to_the_same_config():
+    from kg_ops.cli import build_parser
+    from kg_ops.config import EvaluateConfig
+
+    assert (evaluate_op().build_entrypoint({})
+            == "kgops evaluate --model /runs/m --graph /runs/g --out /runs/e")
+    op = evaluate_op(split="valid", max_queries="500", inductive="True", force=True)
+    argv = shlex.split(op.build_entrypoint({}))
+    assert argv[:3] == ["kgops", "--force", "evaluate"]
+    assert EvaluateConfig.from_args(build_parser().parse_args(argv[1:])) == EvaluateConfig(
+        model="/runs/m", graph="/runs/g", out="/runs/e", split="valid", max_queries=500,
+        inductive=True)
+    with pytest.raises(ValueError, match="evaluate: --split must be one of test, valid"):
+        evaluate_op(split="train").build_entrypoint({})
+
+
 def test_driver_cpus_follow_where_each_stage_computes():
     from kg_ops.airflow.operators.kg import (
         EncodeAttributesOperator,

@@ -1,0 +1,48 @@
+"""``kgops evaluate`` options."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kg_ops.config.options import ConfigError, StageConfig, option
+
+SPLITS = ("test", "valid")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(StageConfig):
+    """Evaluate a trained model: filtered ranking, ROC-AUC, report, embeddings export."""
+
+    stage = "evaluate"
+
+    model: str = option(help="URI of a `kgops train` output directory", recorded=False)
+    graph: str = option(help="URI of the graph the model was trained on", recorded=False)
+    out: str = option(help="output URI (local path, file:// or s3://)", recorded=False)
+    inductive: bool = option(False, recorded=False,
+                             help="--graph is another version of the model's graph (e.g. the "
+                                  "full_graph of `kgops split-entities`): entities are matched "
+                                  "by key and new ones embedded from their attributes and "
+                                  "neighbours, as `kgops embed` does (the protocol records it)")
+    features: str | None = option(None, recorded=False,
+                                  help="with --inductive: --graph's features encoded with the "
+                                       "model's encoders (default: the model's encoders "
+                                       "applied here)")
+    split: str = option("test", choices=SPLITS, help="split to rank")
+    batch_size: int | None = option(None, minimum=1, recorded=False,
+                                    help="ranking queries per batch (default: from "
+                                         "--memory-mib)")
+    memory_mib: float = option(256.0, minimum=1, recorded=False,
+                               help="working-memory budget for one batch of scores")
+    embed_batch_size: int = option(65536, minimum=1, recorded=False,
+                                   help="entities per batch during full-graph inference")
+    max_queries: int | None = option(None, minimum=1, help="evaluate a seeded random subset "
+                                     "of this many triples (recorded)")
+    auc_negatives: int = option(1, minimum=1, help="type-constrained negatives per positive "
+                                "for ROC-AUC")
+    seed: int = option(0, help="seed of the query subset and the AUC negatives")
+    threads: int = option(0, minimum=0, recorded=False,
+                          help="torch CPU threads (0: torch default)")
+
+    def validate(self) -> None:
+        if self.features and not self.inductive:
+            raise ConfigError("--features is only read with --inductive")
