@@ -19,6 +19,7 @@ MODELS = GNN_MODELS + SHALLOW_MODELS
 DECODERS = ("distmult", "complex")
 LOSSES = ("bce", "softmax", "1vsall")
 OPTIMIZERS = ("adagrad", "adam")
+ATTRIBUTE_INPUTS = ("add", "replace")     # how encoded attributes enter (models/attributes.py)
 PRESETS = ("paper",)
 
 # The learning rate of each optimiser in the default recipe (benchmarks/bench_train.py).
@@ -43,7 +44,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "out_dim": 32, "decoder": "distmult", "dropout": 0.2, "residual": False,
     "residual_gate": False, "reciprocal": False, "entity_dropout": 0.0,
     "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0, "lr_decay": 1.0,
-    "lr_patience": 0, "patience": 5, "epochs": 20,
+    "lr_patience": 0, "patience": 5, "epochs": 20, "attribute_input": "replace",
 }
 
 
@@ -137,6 +138,11 @@ class TrainConfig(StageConfig):
                                   "(1 = constant)")
     lr_patience: int = option(0, minimum=0, help="epochs without improvement before each "
                               "--lr-decay (0 = off)")
+    attribute_input: str = option(
+        "add", choices=ATTRIBUTE_INPUTS,
+        help="with encoded attributes: add their projection to each entity's learned "
+             "embedding (bench_attributes), or replace it (--preset paper; the learned "
+             "embedding only for entities without attributes)")
     num_bases: int | None = option(4, minimum=1, help="RGCN basis decomposition")
     num_blocks: int | None = option(None, minimum=1, help="RGCN block decomposition instead "
                                     "of bases (PyG RGCNConv; slower)")

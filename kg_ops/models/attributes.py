@@ -1,10 +1,20 @@
-"""The input layer: an entity's first representation, from its attributes or learned.
+"""The input layer: an entity's first representation, from its attributes and a learned row.
 
 The published system's attribute-embedding layer is a 1-hop aggregation over the entity's
 attribute "neighbours" without a self-loop: every attribute type (a ``node_type/attribute``
-block of encoded features) has its own weight matrix, and an entity's input is the mean of its
-transformed attribute blocks. Entities that have no attribute at all get a learned embedding
-instead (with no features given, every entity does: plain learned embeddings, as for CoDEx).
+block of encoded features) has its own weight matrix, and the mean of an entity's transformed
+attribute blocks is its attribute vector. Two ways of using it (``ATTRIBUTE_INPUTS``):
+
+* ``add`` (the default): input = learned row + attribute vector. The learned row keeps what the
+  entity's own edges taught (a shallow KGE model's whole input); the attribute vector adds what
+  entities with similar attributes share, and is all a new entity has beyond its type's mean row
+  (:mod:`kg_ops.models.inductive`).
+* ``replace`` (the published system): input = attribute vector, the learned row only for an
+  entity without attributes. Where every entity has attributes (CoDEx's types, Debian's
+  sections) no entity has a parameter of its own, and entities with the same attributes are
+  indistinguishable before message passing (bench_attributes measures what that costs).
+
+With no features given, every entity's input is its learned row.
 
 Features are data, not parameters: :class:`NodeFeatures` aligns the encoded blocks to an id
 space (a partition's local ids, or the graph's global ids for inference) and is passed in.
@@ -22,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kg_ops.config.train import ATTRIBUTE_INPUTS
 from kg_ops.errors import KGOpsError
 
 
@@ -100,8 +111,8 @@ class NodeFeatures:
 
 
 class AttributeEmbedding(nn.Module):
-    """Input features of entities: mean of per-attribute-type linear maps of their attribute
-    blocks (1-hop, no self-loop), or a learned embedding when an entity has no attribute.
+    """Input features of entities: a learned row plus (``add``) or instead of (``replace``) the
+    mean of per-attribute-type linear maps of their attribute blocks (see the module docstring).
 
     The embedding table has sparse gradients: a training step touches only the rows of its
     computation graph, and with millions of entities a dense gradient and a dense Adam update
@@ -109,9 +120,12 @@ class AttributeEmbedding(nn.Module):
     ``SparseAdam``). Training pairs it with ``torch.optim.SparseAdam`` (see
     :mod:`kg_ops.train.optim`)."""
 
-    def __init__(self, num_nodes: int, dim: int, block_dims: dict[str, int] | None = None):
+    def __init__(self, num_nodes: int, dim: int, block_dims: dict[str, int] | None = None,
+                 mode: str = "add"):
         super().__init__()
-        self.num_nodes, self.dim = int(num_nodes), int(dim)
+        if mode not in ATTRIBUTE_INPUTS:
+            raise ValueError(f"attribute input must be one of {ATTRIBUTE_INPUTS}, not {mode!r}")
+        self.num_nodes, self.dim, self.mode = int(num_nodes), int(dim), mode
         self.block_dims = dict(block_dims or {})
         self.embedding = nn.Embedding(self.num_nodes, self.dim, sparse=True)
         self.names = {k: _module_name(k) for k in self.block_dims}
@@ -152,5 +166,7 @@ class AttributeEmbedding(nn.Module):
                 sel = has.nonzero(as_tuple=True)[0]
                 acc = acc.index_add(0, sel, self.blocks[self.names[key]](values[r[sel]]))
                 count = count + has.to(out.dtype)
-        with_attrs = (count > 0).unsqueeze(1)
-        return torch.where(with_attrs, acc / count.clamp(min=1).unsqueeze(1), out)
+        attrs = acc / count.clamp(min=1).unsqueeze(1)       # zero rows without attributes
+        if self.mode == "add":
+            return out + attrs
+        return torch.where((count > 0).unsqueeze(1), attrs, out)

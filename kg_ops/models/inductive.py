@@ -7,10 +7,9 @@ parameters are reused unchanged except the learned-embedding table, whose rows a
 * a **new** entity's row starts at ``NEW_ROW_INIT``: the mean learned row of its node type in
   the trained model (the mean of all rows for a node type the model never saw). The mean is the
   "typical entity" of that type: it has the scale of the rows the GNN was trained on and no
-  information about any particular entity. The learned row is only the input of entities
-  *without* attributes; an entity with attributes gets its input from its encoded attributes
-  (the attribute-embedding layer ignores its learned row), so a new attributed entity is
-  embedded from its own attributes and its neighbours' through the trained GNN;
+  information about any particular entity. A new entity with attributes adds its own encoded
+  attributes to that row (``attribute_input`` ``add``, the default) or is embedded from them
+  alone (``replace``), and then its neighbours' through the trained GNN;
 * a **removed** entity's row is dropped.
 
 Features of the new graph come from the encoders fitted for the model's run, never refitted:

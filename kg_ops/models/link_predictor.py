@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kg_ops.config.train import MODELS, SHALLOW_MODELS
-from kg_ops.models.attributes import AttributeEmbedding, NodeFeatures
+from kg_ops.models.attributes import ATTRIBUTE_INPUTS, AttributeEmbedding, NodeFeatures
 from kg_ops.models.decoders import DECODERS
 from kg_ops.models.objective import candidate_cross_entropy, n3_penalty
 
@@ -53,6 +53,9 @@ class ModelConfig:
     decoder: str = "distmult"
     regularization: float = 0.01
     feature_dims: dict[str, int] = field(default_factory=dict)
+    # How encoded attributes enter: added to the entity's learned row, or replacing it
+    # (kg_ops.models.attributes). Configs saved before this field existed mean "replace".
+    attribute_input: str = "add"
     # Add each node's input representation to the encoder's output (a skip connection around
     # the whole encoder): the decoder then sees the node's own embedding as well as its
     # neighbourhood's, as a shallow KGE model would. Needs embedding_dim == out_dim.
@@ -82,6 +85,9 @@ class ModelConfig:
                              f"{self.embedding_dim} and {self.out_dim}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {tuple(DECODERS)}, not {self.decoder!r}")
+        if self.attribute_input not in ATTRIBUTE_INPUTS:
+            raise ValueError(f"attribute_input must be one of {ATTRIBUTE_INPUTS}, "
+                             f"not {self.attribute_input!r}")
 
     @property
     def shallow(self) -> bool:
@@ -93,7 +99,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{"attribute_input": "replace", **{k: v for k, v in d.items() if k in names}})
 
 
 def build_encoder(cfg: ModelConfig) -> nn.Module | None:
@@ -114,7 +120,8 @@ class LinkPredictor(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.inputs = AttributeEmbedding(cfg.num_nodes, cfg.embedding_dim, cfg.feature_dims)
+        self.inputs = AttributeEmbedding(cfg.num_nodes, cfg.embedding_dim, cfg.feature_dims,
+                                         cfg.attribute_input)
         self.encoder = build_encoder(cfg)
         self.decoder = DECODERS[cfg.decoder](cfg.num_relations, cfg.out_dim,
                                              reciprocal=cfg.reciprocal,

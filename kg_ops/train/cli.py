@@ -156,7 +156,8 @@ def _model_config(config: TrainConfig, inputs: _TrainInputs):
             num_layers=len(inputs.fanouts), num_bases=config.num_bases,
             num_blocks=config.num_blocks, dropout=config.dropout, heads=config.heads,
             decoder=config.decoder, regularization=config.regularization,
-            feature_dims=feature_dims(inputs.features), residual=config.residual,
+            feature_dims=feature_dims(inputs.features),
+            attribute_input=config.attribute_input, residual=config.residual,
             residual_gate=config.residual_gate, reciprocal=config.reciprocal,
             entity_dropout=config.entity_dropout, relation_dropout=config.relation_dropout,
             n3=config.n3, label_smoothing=config.label_smoothing)

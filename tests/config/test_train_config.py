@@ -98,7 +98,7 @@ def test_default_recipe_is_the_documented_one():
             "decoder": "complex", "reciprocal": True, "dropout": 0.2, "entity_dropout": 0.1,
             "relation_dropout": 0.1, "n3": 0.0, "label_smoothing": 0.0, "optimizer": "adagrad",
             "lr": 0.1, "dense_lr": 0.001, "weight_decay": 0.0, "regularization": 0.0, "lr_decay": 1.0, "epochs": 40,
-            "patience": 10, "preset": None}
+            "patience": 10, "preset": None, "attribute_input": "add"}
     assert {k: getattr(cfg, k) for k in want} == want
 
 
@@ -115,7 +115,8 @@ def test_preset_paper_is_the_published_system(model, lr, weight_decay, regulariz
             "entity_dropout": 0.0, "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0,
             "lr_decay": 1.0, "patience": 5, "epochs": 20, "optimizer": "adam", "lr": lr,
             "dense_lr": lr,
-            "weight_decay": weight_decay, "regularization": regularization}
+            "weight_decay": weight_decay, "regularization": regularization,
+            "attribute_input": "replace"}
     assert {k: getattr(cfg, k) for k in want} == want
     assert cfg.preset == "paper" and cfg.resolved() == cfg          # idempotent
 

@@ -104,24 +104,41 @@ class Block:
         self.dim = self.values.shape[1]
 
 
-def test_attribute_inputs_mean_of_per_attribute_maps_else_learned():
+@pytest.mark.parametrize("mode", ["add", "replace"])
+def test_attribute_inputs_mean_of_per_attribute_maps_with_learned_rows(mode):
     torch.manual_seed(3)
     blocks = [Block("item", "price", [10, 12], [[1.0], [2.0]]),
               Block("item", "tags", [12, 13], [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])]
     space = np.array([13, 12, 11, 10])               # e.g. a partition's local -> global ids
     feats = NodeFeatures.from_blocks(blocks, space)
-    layer = AttributeEmbedding(20, 4, {"item/price": 1, "item/tags": 3})
+    layer = AttributeEmbedding(20, 4, {"item/price": 1, "item/tags": 3}, mode)
     layer.check(feats)
     out = layer(torch.arange(4), torch.from_numpy(space), feats)
     lin_p = layer.blocks[layer.names["item/price"]]
     lin_t = layer.blocks[layer.names["item/tags"]]
     with torch.no_grad():
-        want13 = lin_t(torch.tensor([0.0, 1.0, 0.0]))                      # tags only
-        want12 = (lin_p(torch.tensor([2.0])) + lin_t(torch.tensor([1.0, 0.0, 1.0]))) / 2
-        want10 = lin_p(torch.tensor([1.0]))                                # price only
-        want11 = layer.embedding.weight[11]                                # no attribute
-    for got, want in zip(out.detach(), [want13, want12, want11, want10], strict=True):
-        assert torch.allclose(got, want, atol=1e-6)
+        attrs = {13: lin_t(torch.tensor([0.0, 1.0, 0.0])),                    # tags only
+                 12: (lin_p(torch.tensor([2.0])) + lin_t(torch.tensor([1.0, 0.0, 1.0]))) / 2,
+                 10: lin_p(torch.tensor([1.0]))}                               # price only
+        row = layer.embedding.weight
+        want = {g: (row[g] + a if mode == "add" else a) for g, a in attrs.items()}
+        want[11] = row[11]                                                     # no attribute
+    for got, g in zip(out.detach(), space, strict=True):
+        assert torch.allclose(got, want[int(g)], atol=1e-6), (mode, g)
+
+
+def test_model_configs_saved_before_attribute_input_mean_replace():
+    """A model saved before the option existed was trained with attributes replacing the
+    learned rows: loading it must rebuild that model, not today's default."""
+    from kg_ops.models.link_predictor import ModelConfig
+
+    fresh = ModelConfig(model="rgcn", num_nodes=5, num_relations=2)
+    assert fresh.attribute_input == "add"
+    assert ModelConfig.from_dict(fresh.to_dict()).attribute_input == "add"
+    old = {k: v for k, v in fresh.to_dict().items() if k != "attribute_input"}
+    assert ModelConfig.from_dict(old).attribute_input == "replace"
+    with pytest.raises(ValueError, match="attribute_input must be one of"):
+        ModelConfig(model="rgcn", num_nodes=5, num_relations=2, attribute_input="concat")
 
 
 def test_feature_dimension_mismatch_is_a_clear_error():
