@@ -20,7 +20,8 @@ from kg_ops.store import get_store, join
 
 HEADLINE = ("mrr", "hits@1", "hits@3", "hits@10", "auc", "mean_rank", "mrr_tail", "mrr_head",
             "mrr_optimistic", "mrr_pessimistic", "tc_mrr", "tc_hits@1", "tc_hits@3",
-            "tc_hits@10", "auc_hard_negatives", "queries")
+            "tc_hits@10", "auc_hard_negatives", "cold_mrr", "cold_hits@1", "cold_hits@10",
+            "cold_queries", "queries")
 LABELS = {
     "mrr": "MRR (filtered, realistic ties)", "mean_rank": "mean rank",
     "mrr_tail": "MRR, tail queries (h, r, ?)", "mrr_head": "MRR, head queries (?, r, t)",
@@ -28,6 +29,8 @@ LABELS = {
     "mrr_pessimistic": "MRR with pessimistic ties (bound)",
     "auc": "ROC-AUC vs sampled type-constrained negatives (seeded; see protocol)",
     "queries": "ranking queries",
+    "cold_mrr": "MRR, cold triples (an entity with <= 3 training edges; see protocol)",
+    "cold_queries": "ranking queries on cold triples",
     "auc_hard_negatives": "ROC-AUC vs the dataset's shipped negatives",
     "tc_mrr": "MRR, type-constrained candidates", "tc_hits@1": "Hits@1, type-constrained",
     "tc_hits@3": "Hits@3, type-constrained", "tc_hits@10": "Hits@10, type-constrained",

@@ -18,9 +18,11 @@ from kg_ops.errors import KGOpsError
 from kg_ops.evaluate.auc import evaluate_auc, negatives_policy, roc_auc
 from kg_ops.evaluate.filters import FilterIndex
 from kg_ops.evaluate.ranking import (
+    COLD_DEGREE,
     KS,
     TIE_POLICY,
     candidate_ranges,
+    cold_metrics,
     overall_metrics,
     per_relation_metrics,
     rank_queries,
@@ -34,7 +36,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "auc", "mean_rank", "mrr_tail",
                     "mrr_head", "mrr_optimistic", "mrr_pessimistic", "tc_mrr", "tc_hits@1",
-                    "tc_hits@3", "tc_hits@10", "auc_hard_negatives")
+                    "tc_hits@3", "tc_hits@10", "auc_hard_negatives", "cold_mrr",
+                    "cold_hits@1", "cold_hits@10", "cold_queries")
 
 
 def pair_scorer(trained, emb):
@@ -133,7 +136,8 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
                                ranges=ranges if typed else None, batch_size=batch_size,
                                memory_mib=memory_mib)
         names = [r.name for r in schema.relations]
-        metrics = overall_metrics(res)
+        metrics = overall_metrics(res) | cold_metrics(res, triples, edges["train"],
+                                                      schema.num_nodes)
         per_rel = per_relation_metrics(res, names, labels=[r.label for r in schema.relations])
         with st.phase("auc"):
             auc = evaluate_auc(pair_scorer(trained, emb), triples, filters, ranges,
@@ -162,6 +166,8 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
             | {"unique": filters.num_triples},
             "ties": TIE_POLICY,
             "hits_at": list(KS),
+            "cold": f"cold_* metrics: the triples whose head or tail has at most {COLD_DEGREE} "
+                    "training edges, both directions",
             "type_constrained": ("tc_* metrics rank among entities of the node type the "
                                  "relation expects on the query side" if typed else
                                  "not computed: the graph has one node type"),

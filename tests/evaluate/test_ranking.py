@@ -12,6 +12,7 @@ from kg_ops.evaluate.filters import FilterIndex
 from kg_ops.evaluate.ranking import (
     HEAD,
     TAIL,
+    cold_metrics,
     overall_metrics,
     per_relation_metrics,
     rank_queries,
@@ -127,6 +128,26 @@ def test_overall_and_per_relation_metrics_equal_brute_force():
             assert table[r]["mrr_head"] == pytest.approx(sum(1 / x for x in heads) / len(heads))
         else:
             assert np.isnan(table[r]["mrr"])
+
+
+def test_cold_metrics_cover_exactly_the_triples_with_a_sparse_entity():
+    trip, emb, model = random_graph(7, n=20, num_rel=3, m=90)
+    test, train = trip[:30], trip[30:]
+    fi = FilterIndex(trip, num_nodes=len(emb), num_relations=3)
+    res = rank_queries(emb, model, test, fi, batch_size=5)
+    rows = brute_ranks(lambda h, r, t: model.one(emb, h, r, t), len(emb),
+                       [tuple(map(int, x)) for x in test], {tuple(map(int, x)) for x in trip})
+    degree = {e: 0 for e in range(len(emb))}          # training edges touching each entity
+    for h, _, t in train:
+        degree[int(h)] += 1
+        degree[int(t)] += 1
+    cold = [(o + p) / 2 for _, h, _, t, o, p in rows if min(degree[h], degree[t]) <= 3]
+    assert 0 < len(cold) < len(rows)                  # the graph has both kinds
+    m = cold_metrics(res, test, train, len(emb))
+    assert m["cold_queries"] == len(cold)
+    assert m["cold_mrr"] == pytest.approx(sum(1 / x for x in cold) / len(cold))
+    assert m["cold_hits@10"] == pytest.approx(sum(x <= 10 for x in cold) / len(cold))
+    assert cold_metrics(res, test, train, len(emb), max_degree=-1)["cold_queries"] == 0
 
 
 def test_constant_scores_give_the_middle_of_the_unfiltered_candidates():
