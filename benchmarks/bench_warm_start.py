@@ -16,6 +16,11 @@ Sections (``--sections warm,inductive``):
   attributes, and the shallow baseline (a ComplEx table: a new entity gets its type's mean
   row, the best a model without inputs can do), next to each model's transductive test MRR.
 
+Graphs (``--graph``): ``codex-s``, ``codex-m``, or ``debian``: the seeded Debian slice of
+``bench_attributes`` (``--packages``; text, categorical, numeric and multilabel attributes).
+Recipe: ``kgops train``'s defaults, 2 threads (``results/bench_warm_start_s_*.json`` are older
+runs with the session-4 softmax recipe: RGCN 64/64/32, 2,048 candidates, Adam, patience 5).
+
 Run under the CPU lock: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_warm_start.py``.
 """
 
@@ -41,13 +46,23 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def import_codex(work: Path, size: str) -> str:
+def import_graph(work: Path, name: str, packages: int = 5000) -> str:
+    """The graph ``name`` (codex-s, codex-m, debian) imported under ``work``."""
     import subprocess
 
-    out = work / f"codex-{size}"
+    if name == "debian":
+        from benchmarks.bench_attributes import debian_slice
+
+        full = work / "debian-full"
+        if not (full / "_manifest.json").exists():
+            subprocess.run([sys.executable, "-m", "kg_ops.cli", "import", "debian", "--root",
+                            str(DATASETS / "debian"), "--out", str(full)], check=True,
+                           stdout=subprocess.DEVNULL)
+        return debian_slice(str(full), work / f"debian-{packages}", packages, seed=0)
+    out = work / name
     subprocess.run([sys.executable, "-m", "kg_ops.cli", "import", "codex", "--root",
-                    str(DATASETS / "codex"), "--size", size, "--out", str(out)], check=True,
-                   stdout=subprocess.DEVNULL)
+                    str(DATASETS / "codex"), "--size", name.split("-")[1], "--out", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
     return str(out)
 
 
@@ -108,14 +123,13 @@ def checkpoint_curve(model_uri: str, graph: str, extra_s: float = 0.0) -> list[d
     return rows
 
 
-def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
+def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int) -> None:
     from kg_ops.config import TrainConfig
     from kg_ops.config.partition import PartitionConfig
     from kg_ops.partition.cli import partition
     from kg_ops.train.cli import train
 
-    today = import_codex(work, size)
-    yest = yesterday(today, str(work / f"codex-{size}-yesterday"))
+    yest = yesterday(today, str(work / f"{name}-yesterday"))
     parts = {}
     for name, g in (("today", today), ("yesterday", yest)):
         parts[name] = str(work / f"{name}-p1")
@@ -136,7 +150,7 @@ def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
     best = next(r for r in s_curve if r["epoch"] == scratch["metrics"]["best_epoch"])
     s_time = best["train_s"]
     reach = next((r for r in w_curve if r["test_mrr"] >= best["test_mrr"] - 0.01), None)
-    RESULTS[f"codex-{size} warm start vs from scratch"] = {
+    RESULTS[f"{name} warm start vs from scratch"] = {
         "recipe": common, "yesterday": {"train_wall_s": round(y_wall, 1),
                                         "epochs": y["metrics"]["epochs"]},
         "warm_start": {k: ws[k] for k in ("used", "entities", "entity_change", "edges")},
@@ -149,7 +163,7 @@ def section_warm(work: Path, size: str, recipe: dict, epochs: int) -> None:
         "time_ratio_warm_to_scratch": round(reach["train_s"] / s_time, 3) if reach else None,
         "warm_best_test_mrr": max(r["test_mrr"] for r in w_curve),
         "curve_scratch": s_curve, "curve_warm": w_curve}
-    print(f"\ncodex-{size}: from scratch best epoch {best['epoch']} test MRR "
+    print(f"\n{name}: from scratch best epoch {best['epoch']} test MRR "
           f"{best['test_mrr']:.4f} after {s_time:.1f}s; warm start reaches "
           f"{best['test_mrr'] - 0.01:.4f} "
           + (f"at epoch {reach['epoch']} after {reach['train_s']:.1f}s "
@@ -170,7 +184,7 @@ def _mrr(trained, graph: str) -> float:
     return round(float(overall_metrics(res)["mrr"]), 4)
 
 
-def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
+def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: int) -> None:
     import ray
 
     from kg_ops.config import EncodeConfig, TrainConfig
@@ -184,7 +198,6 @@ def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
     from kg_ops.raycluster import init_ray
     from kg_ops.train.cli import train
 
-    today = import_codex(work, size)
     split = split_entities(today, str(work / "split"), fraction=0.1, revealed=0.5, seed=0)
     g_train, g_full = split["outputs"]["train_graph"], split["outputs"]["full_graph"]
     init_ray(num_cpus=2)
@@ -216,13 +229,14 @@ def section_inductive(work: Path, size: str, recipe: dict, epochs: int) -> None:
               f"{out[name]['inductive_test_mrr']:.4f}", flush=True)
     if not shallow:
         out["shallow baseline"] = "not measured: no shallow model in this build"
-    RESULTS[f"codex-{size} inductive entities (10% held out)"] = out
+    RESULTS[f"{name} inductive entities (10% held out)"] = out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default="warm,inductive")
-    ap.add_argument("--size", default="s", choices=("s", "m"))
+    ap.add_argument("--graph", default="codex-s", choices=("codex-s", "codex-m", "debian"))
+    ap.add_argument("--packages", type=int, default=5000, help="Debian slice size")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--work", default="/tmp/kgops-bench-warm")
     args = ap.parse_args()
@@ -233,16 +247,17 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    recipe = {"model": "rgcn", "loss": "softmax", "decoder": "complex", "batch_size": 1024,
-              "negatives": 2048 if args.size == "s" else 1024, "patience": 5, "threads": 2}
+    recipe = {"threads": 2}                 # kgops train's defaults
     sections = args.sections.split(",")
+    today = import_graph(work, args.graph, args.packages)
     if "warm" in sections:
-        section_warm(work, args.size, recipe, args.epochs)
+        section_warm(work, args.graph, today, recipe, args.epochs)
     if "inductive" in sections:
-        section_inductive(work, args.size, recipe, args.epochs)
+        section_inductive(work, args.graph, today, recipe, args.epochs)
     RESULTS["notes"] = ("measured one job at a time under /tmp/kgops-cpu.lock on the shared "
-                        f"2-core machine; CoDEx-{args.size.upper()}, epochs {args.epochs}")
-    write_results(f"bench_warm_start_{args.size}_{'_'.join(sections)}", RESULTS)
+                        f"2-core machine; {args.graph}, kgops train defaults, epochs "
+                        f"{args.epochs}")
+    write_results(f"bench_warm_start_{args.graph}_{'_'.join(sections)}", RESULTS)
 
 
 if __name__ == "__main__":
