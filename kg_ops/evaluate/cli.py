@@ -32,9 +32,5 @@ def run(args: argparse.Namespace) -> int:
         from kg_ops.models.inductive import for_graph
 
         trained, _ = for_graph(trained, config.graph, config.features)
-    evaluate_model(trained, model_uri=config.model, graph_uri=config.graph, out=config.out,
-                   split=config.split, batch_size=config.batch_size,
-                   memory_mib=config.memory_mib, max_queries=config.max_queries,
-                   seed=config.seed, auc_negatives=config.auc_negatives,
-                   embed_batch_size=config.embed_batch_size, force=args.force)
+    evaluate_model(trained, config, force=args.force)
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from kg_ops.config import EvaluateConfig
 from kg_ops.errors import KGOpsError
 from kg_ops.evaluate.auc import evaluate_auc, negatives_policy, roc_auc
 from kg_ops.evaluate.filters import FilterIndex
@@ -86,122 +87,29 @@ def _neighbourhoods(trained) -> str:
             "(the model never saw other neighbourhoods)")
 
 
-def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
-                   split: str = "test", batch_size: int | None = None,
-                   memory_mib: float = 256.0, max_queries: int | None = None, seed: int = 0,
-                   auc_negatives: int = 1, embed_batch_size: int = 65536,
-                   force: bool = False) -> dict:
+def evaluate_model(trained: Any, config: EvaluateConfig, *, force: bool = False) -> dict:
     """Evaluate ``trained`` (anything with ``embed_all``, ``score_tails``, ``score_heads``,
-    ``score`` and ``history``) on ``graph_uri``'s ``split``; returns the manifest."""
-    from kg_ops.evaluate.export import export_embeddings
-    from kg_ops.evaluate.report import write_report
-
-    if split not in ("test", "valid"):
-        raise KGOpsError(f"--split must be 'test' or 'valid', not {split!r}")
-    require_manifest(graph_uri, "import")  # a clearer message than the fingerprint's "not found"
-    config = {"split": split, "max_queries": max_queries, "seed": seed,
-              "auc_negatives_per_positive": auc_negatives, "ks": list(KS)}
-    with Stage("evaluate", out, config=config,
-               inputs={"model": model_uri, "graph": graph_uri}, force=force) as st:
+    ``score`` and ``history``) on ``config.graph``'s ``config.split``; returns the manifest."""
+    require_manifest(config.graph, "import")  # a clearer message than the fingerprint's
+    recorded = {"split": config.split, "max_queries": config.max_queries, "seed": config.seed,
+                "auc_negatives_per_positive": config.auc_negatives, "ks": list(KS)}
+    with Stage("evaluate", config.out, config=recorded,
+               inputs={"model": config.model, "graph": config.graph}, force=force) as st:
         if st.reused:
             return st.manifest
-        schema = load_schema(graph_uri)
-        trained_on = (getattr(trained, "config", None) or {}).get("graph")
-        if trained_on and normalize(trained_on) != normalize(graph_uri):
-            log.warning("the model was trained on %s but is evaluated on %s; the numbers only "
-                        "mean something if that is a copy of the same graph", trained_on,
-                        graph_uri)
-        with st.phase("filters"):
-            edges = {s: load_edges(graph_uri, s) for s in SPLITS}
-            filters = FilterIndex(np.concatenate([edges[s] for s in SPLITS]), schema.num_nodes,
-                                  schema.num_relations)
-        triples = edges[split]
-        if not len(triples):
-            raise KGOpsError(f"{graph_uri}: the '{split}' split has no edges to evaluate")
-        if max_queries and max_queries < len(triples):
-            pick = np.sort(np.random.default_rng(seed).choice(len(triples), max_queries,
-                                                              replace=False))
-            triples = triples[pick]
-        typed = len(schema.node_types) > 1
-        ranges = candidate_ranges(schema)
-
+        schema = load_schema(config.graph)
+        _warn_if_another_graph(trained, config.graph)
+        edges, filters, triples = _queries(st, config, schema)
         with st.phase("embed"):
-            emb = trained.embed_all(batch_size=embed_batch_size)
+            emb = trained.embed_all(batch_size=config.embed_batch_size)
         if tuple(emb.shape)[:1] != (schema.num_nodes,):
-            raise KGOpsError(f"{model_uri}: the model embeds {emb.shape[0]} entities but "
-                             f"{graph_uri} has {schema.num_nodes}; evaluate against the graph "
-                             "the model was trained on")
-        with st.phase("rank"):
-            res = rank_queries(emb, trained, triples, filters,
-                               ranges=ranges if typed else None, batch_size=batch_size,
-                               memory_mib=memory_mib)
-        names = [r.name for r in schema.relations]
-        metrics = overall_metrics(res) | cold_metrics(res, triples, edges["train"],
-                                                      schema.num_nodes)
-        per_rel = per_relation_metrics(res, names, labels=[r.label for r in schema.relations])
-        with st.phase("auc"):
-            auc = evaluate_auc(pair_scorer(trained, emb), triples, filters, ranges,
-                               schema.num_relations, k=auc_negatives, seed=seed)
-        metrics["auc"] = auc.auc
-        hard = _hard_negatives_auc(graph_uri, split, pair_scorer(trained, emb), triples)
-        if hard is not None:
-            metrics["auc_hard_negatives"] = hard["auc"]
-        for row in per_rel:
-            row["auc"] = float(auc.per_relation[row["relation_id"]])
-        # Undefined numbers (a relation without test triples) are null, not NaN: strict JSON.
-        metrics, per_rel = _nan_to_none(metrics), _nan_to_none(per_rel)
-
-        protocol = {
-            "split": split,
-            "model_trained_on": trained_on,
-            "queries": "both directions of every triple: tail (h, r, ?) and head (?, r, t)",
-            "triples_evaluated": int(len(triples)),
-            "subsample": (f"{len(triples)} of {len(edges[split])} triples, seeded "
-                          f"(seed {seed})" if len(triples) < len(edges[split]) else "none"),
-            "candidates": f"all {schema.num_nodes} entities",
-            "neighbourhoods": _neighbourhoods(trained),
-            "filter": "known true triples of train+valid+test removed from the candidates "
-                      "(the query's own answer is kept)",
-            "filter_triples": {s: int(len(edges[s])) for s in SPLITS}
-            | {"unique": filters.num_triples},
-            "ties": TIE_POLICY,
-            "hits_at": list(KS),
-            "cold": f"cold_* metrics: the triples whose head or tail has at most {COLD_DEGREE} "
-                    "training edges, both directions",
-            "type_constrained": ("tc_* metrics rank among entities of the node type the "
-                                 "relation expects on the query side" if typed else
-                                 "not computed: the graph has one node type"),
-            "auc_negatives": negatives_policy(auc_negatives, seed, 50)
-            | {"positives": auc.positives, "negatives": auc.negatives,
-               "dropped": auc.dropped},
-        }
-        if hard is not None:
-            protocol["auc_hard_negatives"] = hard["policy"]
-        inductive = (getattr(trained, "config", None) or {}).get("inductive")
-        if inductive:
-            protocol["inductive"] = inductive | {
-                "embeddings": "entities matched by key to the model's graph; new ones embedded "
-                              "from their attributes and neighbours (kgops embed)"}
-
-        with st.phase("write"):
-            import pyarrow as pa
-
-            st.outputs["metrics"] = st.uri("metrics.json")
-            st.store.write_json(st.outputs["metrics"], {"metrics": metrics, "protocol": protocol,
-                                                         "per_relation": per_rel})
-            st.outputs["per_relation"] = st.uri("per_relation.parquet")
-            st.store.write_parquet(st.outputs["per_relation"], pa.Table.from_pylist(per_rel))
-            st.outputs["embeddings"] = st.uri("embeddings.parquet")
-            export_embeddings(st.outputs["embeddings"], graph_uri, schema,
-                              emb.detach().cpu().numpy())
-            context = {"model": model_uri, "graph": f"{graph_uri} ({schema.name})",
-                       "split": split, "entities": schema.num_nodes,
-                       "relations": schema.num_relations}
-            st.outputs.update(write_report(out, metrics=metrics, protocol=protocol,
-                                           per_relation=per_rel,
-                                           history=list(getattr(trained, "history", []) or []),
-                                           context=context,
-                                           model_config=getattr(trained, "config", None)))
+            raise KGOpsError(f"{config.model}: the model embeds {emb.shape[0]} entities but "
+                             f"{config.graph} has {schema.num_nodes}; evaluate against the "
+                             "graph the model was trained on")
+        metrics, per_rel, auc, hard = _score(st, trained, emb, edges, triples, filters, schema,
+                                             config)
+        protocol = _protocol(config, trained, schema, edges, filters, triples, auc, hard)
+        _write(st, config, trained, schema, emb, metrics, protocol, per_rel)
         st.metrics.update({k: metrics[k] for k in MANIFEST_METRICS if k in metrics})
         st.counts.update({"queries": metrics["queries"], "triples": int(len(triples)),
                           "entities": schema.num_nodes, "relations": schema.num_relations,
@@ -210,6 +118,123 @@ def evaluate_model(trained: Any, *, model_uri: str, graph_uri: str, out: str,
         st.extra["per_relation"] = per_rel
     print_table(st.manifest)
     return st.manifest
+
+
+def _trained_on(trained: Any) -> str | None:
+    """The graph the model says it was trained on (models other than ours: None)."""
+    return (getattr(trained, "config", None) or {}).get("graph")
+
+
+def _warn_if_another_graph(trained: Any, graph_uri: str) -> None:
+    trained_on = _trained_on(trained)
+    if trained_on and normalize(trained_on) != normalize(graph_uri):
+        log.warning("the model was trained on %s but is evaluated on %s; the numbers only mean "
+                    "something if that is a copy of the same graph", trained_on, graph_uri)
+
+
+def _queries(st, config: EvaluateConfig, schema):
+    """Every split's edges, the filter index over all of them, and the triples to rank."""
+    with st.phase("filters"):
+        edges = {s: load_edges(config.graph, s) for s in SPLITS}
+        filters = FilterIndex(np.concatenate([edges[s] for s in SPLITS]), schema.num_nodes,
+                              schema.num_relations)
+    triples = edges[config.split]
+    if not len(triples):
+        raise KGOpsError(f"{config.graph}: the '{config.split}' split has no edges to evaluate")
+    if config.max_queries and config.max_queries < len(triples):
+        pick = np.sort(np.random.default_rng(config.seed).choice(
+            len(triples), config.max_queries, replace=False))
+        triples = triples[pick]
+    return edges, filters, triples
+
+
+def _score(st, trained, emb, edges: dict, triples: np.ndarray, filters, schema,
+           config: EvaluateConfig):
+    """Filtered ranking metrics (overall, cold entities, per relation) and ROC-AUC."""
+    typed = len(schema.node_types) > 1
+    ranges = candidate_ranges(schema)
+    with st.phase("rank"):
+        res = rank_queries(emb, trained, triples, filters, ranges=ranges if typed else None,
+                           batch_size=config.batch_size, memory_mib=config.memory_mib)
+    metrics = overall_metrics(res) | cold_metrics(res, triples, edges["train"],
+                                                  schema.num_nodes)
+    per_rel = per_relation_metrics(res, [r.name for r in schema.relations],
+                                   labels=[r.label for r in schema.relations])
+    with st.phase("auc"):
+        auc = evaluate_auc(pair_scorer(trained, emb), triples, filters, ranges,
+                           schema.num_relations, k=config.auc_negatives, seed=config.seed)
+    metrics["auc"] = auc.auc
+    hard = _hard_negatives_auc(config.graph, config.split, pair_scorer(trained, emb), triples)
+    if hard is not None:
+        metrics["auc_hard_negatives"] = hard["auc"]
+    for row in per_rel:
+        row["auc"] = float(auc.per_relation[row["relation_id"]])
+    # Undefined numbers (a relation without test triples) are null, not NaN: strict JSON.
+    return _nan_to_none(metrics), _nan_to_none(per_rel), auc, hard
+
+
+def _protocol(config: EvaluateConfig, trained, schema, edges: dict, filters,
+              triples: np.ndarray, auc, hard: dict | None) -> dict:
+    """Everything needed to reproduce the numbers."""
+    split, seed, typed = config.split, config.seed, len(schema.node_types) > 1
+    protocol = {
+        "split": split,
+        "model_trained_on": _trained_on(trained),
+        "queries": "both directions of every triple: tail (h, r, ?) and head (?, r, t)",
+        "triples_evaluated": int(len(triples)),
+        "subsample": (f"{len(triples)} of {len(edges[split])} triples, seeded (seed {seed})"
+                      if len(triples) < len(edges[split]) else "none"),
+        "candidates": f"all {schema.num_nodes} entities",
+        "neighbourhoods": _neighbourhoods(trained),
+        "filter": "known true triples of train+valid+test removed from the candidates "
+                  "(the query's own answer is kept)",
+        "filter_triples": {s: int(len(edges[s])) for s in SPLITS}
+        | {"unique": filters.num_triples},
+        "ties": TIE_POLICY,
+        "hits_at": list(KS),
+        "cold": f"cold_* metrics: the triples whose head or tail has at most {COLD_DEGREE} "
+                "training edges, both directions",
+        "type_constrained": ("tc_* metrics rank among entities of the node type the relation "
+                             "expects on the query side" if typed else
+                             "not computed: the graph has one node type"),
+        "auc_negatives": negatives_policy(config.auc_negatives, seed, 50)
+        | {"positives": auc.positives, "negatives": auc.negatives, "dropped": auc.dropped},
+    }
+    if hard is not None:
+        protocol["auc_hard_negatives"] = hard["policy"]
+    inductive = (getattr(trained, "config", None) or {}).get("inductive")
+    if inductive:
+        protocol["inductive"] = inductive | {
+            "embeddings": "entities matched by key to the model's graph; new ones embedded "
+                          "from their attributes and neighbours (kgops embed)"}
+    return protocol
+
+
+def _write(st, config: EvaluateConfig, trained, schema, emb, metrics: dict, protocol: dict,
+           per_rel: list[dict]) -> None:
+    """metrics.json, per_relation.parquet, embeddings.parquet and the HTML report."""
+    import pyarrow as pa
+
+    from kg_ops.evaluate.export import export_embeddings
+    from kg_ops.evaluate.report import write_report
+
+    with st.phase("write"):
+        st.outputs["metrics"] = st.uri("metrics.json")
+        st.store.write_json(st.outputs["metrics"], {"metrics": metrics, "protocol": protocol,
+                                                     "per_relation": per_rel})
+        st.outputs["per_relation"] = st.uri("per_relation.parquet")
+        st.store.write_parquet(st.outputs["per_relation"], pa.Table.from_pylist(per_rel))
+        st.outputs["embeddings"] = st.uri("embeddings.parquet")
+        export_embeddings(st.outputs["embeddings"], config.graph, schema,
+                          emb.detach().cpu().numpy())
+        context = {"model": config.model, "graph": f"{config.graph} ({schema.name})",
+                   "split": config.split, "entities": schema.num_nodes,
+                   "relations": schema.num_relations}
+        st.outputs.update(write_report(config.out, metrics=metrics, protocol=protocol,
+                                       per_relation=per_rel,
+                                       history=list(getattr(trained, "history", []) or []),
+                                       context=context,
+                                       model_config=getattr(trained, "config", None)))
 
 
 def _num(v: float | None, digits: int) -> str:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from kg_ops.config import EvaluateConfig
 from kg_ops.errors import KGOpsError
 from kg_ops.evaluate.auc import sample_negatives
 from kg_ops.evaluate.filters import FilterIndex
@@ -83,8 +84,8 @@ def tiny_graph(root: str, seed: int = 0):
 def test_stage_numbers_equal_brute_force_and_outputs_are_complete(artifact_root, capsys):
     graph_uri, model_uri, schema, edges, model = tiny_graph(artifact_root)
     out = join(artifact_root, "eval")
-    man = evaluate_model(model, model_uri=model_uri, graph_uri=graph_uri, out=out,
-                         batch_size=4, auc_negatives=3, seed=5)
+    man = evaluate_model(model, EvaluateConfig(model=model_uri, graph=graph_uri, out=out,
+                                               batch_size=4, auc_negatives=3, seed=5))
 
     # Ranking numbers against the brute force (all entities and type-constrained).
     alltrip = np.concatenate([edges[s] for s in ("train", "valid", "test")])
@@ -164,16 +165,17 @@ def test_stage_numbers_equal_brute_force_and_outputs_are_complete(artifact_root,
     assert read_manifest(out)["stage"] == "evaluate"
 
     # Same inputs and config: the complete run is reused, not recomputed.
-    again = evaluate_model(model, model_uri=model_uri, graph_uri=graph_uri, out=out,
-                           batch_size=4, auc_negatives=3, seed=5)
+    again = evaluate_model(model, EvaluateConfig(model=model_uri, graph=graph_uri, out=out,
+                                                 batch_size=4, auc_negatives=3, seed=5))
     assert again["created_at"] == man["created_at"] and again["metrics"] == met
 
 
 def test_subsample_valid_split_and_no_history(tmp_path):
     graph_uri, model_uri, _, edges, model = tiny_graph(str(tmp_path), seed=1)
     model.history = []
-    man = evaluate_model(model, model_uri=model_uri, graph_uri=graph_uri,
-                         out=str(tmp_path / "eval"), split="valid", max_queries=1)
+    man = evaluate_model(model, EvaluateConfig(model=model_uri, graph=graph_uri,
+                                               out=str(tmp_path / "eval"), split="valid",
+                                               max_queries=1))
     assert man["counts"]["triples"] == 1 and man["counts"]["queries"] == 2
     assert man["protocol"]["subsample"].startswith("1 of 15 triples")
     assert "auc_hard_negatives" not in man["metrics"]  # the graph ships none for valid
@@ -196,8 +198,8 @@ def test_bad_inputs_fail_clearly_without_a_manifest(tmp_path):
     small = HandModel(model.emb[:10], model.bil.mats)
     out = str(tmp_path / "eval")
     with pytest.raises(KGOpsError, match="embeds 10 entities but .* has 18"):
-        evaluate_model(small, model_uri=model_uri, graph_uri=graph_uri, out=out)
+        evaluate_model(small, EvaluateConfig(model=model_uri, graph=graph_uri, out=out))
     assert read_manifest(out) is None
     with pytest.raises(KGOpsError, match="has no _manifest.json"):
-        evaluate_model(model, model_uri=model_uri, graph_uri=str(tmp_path / "nograph"),
-                       out=out)
+        evaluate_model(model, EvaluateConfig(model=model_uri, graph=str(tmp_path / "nograph"),
+                                             out=out))

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from kg_ops.config import EncodeConfig, PartitionConfig
+from kg_ops.config import EncodeConfig, EvaluateConfig, PartitionConfig
 from kg_ops.embed.cli import embed
 from kg_ops.encode.cli import encode
 from kg_ops.evaluate.run import evaluate_model
@@ -72,8 +72,8 @@ def _emb(out: str) -> dict:
 
 def test_unchanged_graph_equals_evaluate_export(setup):
     ev = join(setup["root"], "evaluation")
-    evaluate_model(load_trained(setup["model"]), model_uri=setup["model"],
-                   graph_uri=setup["graph"], out=ev)
+    evaluate_model(load_trained(setup["model"]),
+                   EvaluateConfig(model=setup["model"], graph=setup["graph"], out=ev))
     out = join(setup["root"], "embed-same")
     manifest = embed(setup["model"], setup["graph"], out)
     a = pq.read_table(join(ev, "embeddings.parquet"))
