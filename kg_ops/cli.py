@@ -82,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     2 (bad input or environment) or 1 (a bug); ``--debug`` adds the traceback."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose or args.debug)
-    if args.force:
-        os.environ["KGOPS_FORCE"] = "1"  # read by kg_ops.manifest.Stage
     if args.ray_timeout is not None:
         os.environ["KGOPS_RAY_CONNECT_TIMEOUT"] = str(args.ray_timeout)  # kg_ops.raycluster
     try:

@@ -15,8 +15,8 @@ Usage::
         st.counts["nodes"] = n
         st.metrics["nodes_per_s"] = ...
 
-``kgops --force <stage>`` (or ``KGOPS_FORCE=1``) recomputes even when a complete identical run
-exists.
+``kgops --force <stage>`` (every stage function takes ``force=``) recomputes even when a
+complete identical run exists.
 
 The manifest lists every file of the stage with its size (and the SHA-256 of small files) and
 carries a checksum of its own content. Reuse and every consumer (:func:`require_manifest`)
@@ -199,7 +199,7 @@ class Stage:
         self.store = get_store(self.out)
         self.config = dict(config or {})
         self.input_uris = dict(inputs or {})
-        self.force = force or os.environ.get("KGOPS_FORCE") == "1"
+        self.force = force
         self.announce = announce
         self.inputs: dict[str, dict[str, str]] = {}
         self.outputs: dict[str, Any] = {}

@@ -7,8 +7,9 @@ from kg_ops.config.encode import EncodeConfig
 from kg_ops.config.evaluate import EvaluateConfig
 from kg_ops.config.options import ConfigError, Option, StageConfig, as_bool, option
 from kg_ops.config.partition import PartitionConfig
+from kg_ops.config.synth import SynthConfig
 from kg_ops.config.train import TrainConfig
 from kg_ops.config.tune import TuneConfig
 
 __all__ = ["ConfigError", "EncodeConfig", "EvaluateConfig", "Option", "PartitionConfig",
-           "StageConfig", "TrainConfig", "TuneConfig", "as_bool", "option"]
+           "StageConfig", "SynthConfig", "TrainConfig", "TuneConfig", "as_bool", "option"]

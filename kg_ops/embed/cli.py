@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     m = embed(args.model, args.graph, args.out, features=args.features,
-              batch_size=args.batch_size)
+              batch_size=args.batch_size, force=args.force)
     c = m["counts"]
     print(f"embedded {c['new_entities']} entities: {c['kept']} kept, {c['new']} new "
           f"(inductive), {c['removed']} of the model's removed -> {m['outputs']['embeddings']}")

@@ -149,7 +149,7 @@ def split_entities(graph: str, out: str, *, fraction: float = 0.1, revealed: flo
 
 def run(args: argparse.Namespace) -> int:
     m = split_entities(args.graph, args.out, fraction=args.fraction, revealed=args.revealed,
-                       seed=args.seed)
+                       seed=args.seed, force=args.force)
     c = m["counts"]
     print(f"held out {c['held_out']} of {c['entities']} entities: {c['revealed_edges']} of "
           f"their edges revealed, {c['ranked_edges']} to rank -> {m['outputs']['full_graph']}")

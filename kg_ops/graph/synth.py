@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kg_ops.config.synth import MIN_NODES, SynthConfig
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.kg import KnowledgeGraph
 from kg_ops.graph.schema import Attribute, GraphSchema, NodeType, Relation
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 HELP = ("Generate a synthetic enterprise knowledge graph: typed attributes of all five kinds, "
         "5 relations, latent communities; seeded and split 80/10/10.")
 
-MIN_NODES = 50
 TEXT_CHUNK = 500_000          # nodes per text batch: bounds the transient word array
 MAX_ROUNDS = 30               # top-up rounds of edge sampling (duplicates are re-drawn)
 MAX_FILL = 0.5                # a relation may use at most this share of its possible pairs
@@ -427,71 +427,18 @@ def synthesize(nodes: int, edges: int, seed: int = 0, *, communities: int | None
     _check(nodes, edges, C, within, text_fraction, missing_fraction)
     counts_t = _apportion(nodes, np.array([t.share for t in NODE_TYPES]), minimum=1)
     offsets = np.concatenate([[0], np.cumsum(counts_t)])
-    names = [t.name for t in NODE_TYPES]
     rel_m = _apportion(edges, np.array([r[3] for r in RELATIONS]))
-    for (name, h, t, _, _), m in zip(RELATIONS, rel_m, strict=True):
-        nh, nt = counts_t[names.index(h)], counts_t[names.index(t)]
-        pairs = nh * (nt - 1 if h == t else nt)
-        if m > MAX_FILL * pairs:
-            raise SynthError(
-                f"--edges {edges} is too dense for --nodes {nodes}: relation {name} ({h}->{t}) "
-                f"would need {m:,} distinct edges among {pairs:,} possible pairs (at most "
-                f"{MAX_FILL:.0%} can be used). Ask for fewer edges or more nodes.")
-
-    # Communities: skewed sizes, same distribution for every node type.
-    rng = _rng(seed, "communities")
-    share = rng.lognormal(0.0, 0.5, C)
-    cum = np.cumsum(share / share.sum())
-    comm = np.minimum(np.searchsorted(cum, rng.random(nodes), side="right"), C - 1)
-    comm = comm.astype(np.int32)
-
-    node_types, tables, missing = [], {}, {}
+    _check_density(nodes, edges, counts_t, rel_m)
+    comm = _communities(seed, nodes, C)
     with phase("nodes"):
-        prog = Progress("synth/nodes", total=nodes, unit="nodes")
-        for t, n, off in zip(NODE_TYPES, counts_t, offsets[:-1], strict=True):
-            node_types.append(NodeType(
-                name=t.name, count=int(n), offset=int(off), description=t.description,
-                attributes=[Attribute(a.name, a.kind, a.description) for a in t.attributes]))
-            tables[t.name], miss = _node_table(seed, t, int(off), comm[off:off + n], C,
-                                               text_fraction, missing_fraction)
-            missing.update(miss)
-            prog.update(int(n))
-        prog.done()
-
-    total = int(rel_m.sum())
-    all_edges = np.empty((total, 3), dtype=np.int64)
-    rel_counts, stats_total = {}, {"sampled": 0, "self_loops_redrawn": 0, "duplicates_redrawn": 0}
+        node_types, tables, missing = _nodes(seed, counts_t, offsets, comm, C, text_fraction,
+                                             missing_fraction)
     with phase("edges"):
-        prog = Progress("synth/edges", total=total, unit="edges")
-        pools = {t.name: _Pool(_rng(seed, "weights", t.name), comm[off:off + n], C, degree_alpha)
-                 for t, n, off in zip(NODE_TYPES, counts_t, offsets[:-1], strict=True)}
-        filled = 0
-        for r, ((name, h, t, _, _), m) in enumerate(zip(RELATIONS, rel_m, strict=True)):
-            hi, ti = names.index(h), names.index(t)
-            head_comm = comm[offsets[hi]:offsets[hi + 1]]
-            hs, ts, st = _relation_edges(_rng(seed, "edges", name), int(m), pools[h], pools[t],
-                                         head_comm, within, no_self=h == t)
-            k = len(hs)
-            all_edges[filled:filled + k, 0] = hs + offsets[hi]
-            all_edges[filled:filled + k, 1] = r
-            all_edges[filled:filled + k, 2] = ts + offsets[ti]
-            filled += k
-            rel_counts[name] = k
-            for key in stats_total:
-                stats_total[key] += st[key]
-            if k < m:
-                log.warning("synth: relation %s reached %d of %d edges after %d rounds (the "
-                            "pairs its communities allow are nearly used up)", name, k, m,
-                            MAX_ROUNDS)
-            prog.update(k, relation=name)
-            del hs, ts
-        prog.done()
-    all_edges = all_edges[:filled]
-
+        all_edges, rel_counts, sampling = _edges(seed, counts_t, offsets, rel_m, comm, C,
+                                                 within, degree_alpha)
     with phase("split"):
         splits, moved = split_edges(all_edges, nodes, len(RELATIONS), seed=seed)
         del all_edges
-
     schema = GraphSchema(
         name=f"synth-n{nodes}-e{edges}-s{seed}",
         node_types=node_types,
@@ -503,22 +450,95 @@ def synthesize(nodes: int, edges: int, seed: int = 0, *, communities: int | None
     schema.validate()
     graph = KnowledgeGraph(schema=schema, edges=splits, nodes=tables)
     within_frac, baseline = _community_edge_fractions(splits, comm, C)
+    filled = sum(rel_counts.values())
     counts = {
         # the keys every import writes (see kg_ops.graph.info.summarize), then synth's own
         "nodes": nodes, "relations": len(RELATIONS),
         "edges": {s: int(len(e)) for s, e in splits.items()},
-        "node_types": dict(zip(names, map(int, counts_t), strict=True)),
+        "node_types": {t.name: int(n) for t, n in zip(NODE_TYPES, counts_t, strict=True)},
         "relation_types": rel_counts, "moved_to_train": moved,
         "communities": C, "edges_requested": edges, "edges_total": filled,
         "edges_shortfall": edges - filled,
-        "candidate_edges_sampled": stats_total["sampled"],
-        "duplicate_candidates_redrawn": stats_total["duplicates_redrawn"],
-        "self_loop_candidates_redrawn": stats_total["self_loops_redrawn"],
+        "candidate_edges_sampled": sampling["sampled"],
+        "duplicate_candidates_redrawn": sampling["duplicates_redrawn"],
+        "self_loop_candidates_redrawn": sampling["self_loops_redrawn"],
         "missing_values": missing,
     }
     metrics = {"within_community_edge_fraction": within_frac,
                "within_community_random_baseline": baseline}
     return SynthResult(graph=graph, communities=comm, counts=counts, metrics=metrics)
+
+
+def _check_density(nodes: int, edges: int, counts_t: np.ndarray, rel_m: np.ndarray) -> None:
+    """Every relation's edge count fits in MAX_FILL of its possible (head, tail) pairs."""
+    names = [t.name for t in NODE_TYPES]
+    for (name, h, t, _, _), m in zip(RELATIONS, rel_m, strict=True):
+        nh, nt = counts_t[names.index(h)], counts_t[names.index(t)]
+        pairs = nh * (nt - 1 if h == t else nt)
+        if m > MAX_FILL * pairs:
+            raise SynthError(
+                f"--edges {edges} is too dense for --nodes {nodes}: relation {name} ({h}->{t}) "
+                f"would need {m:,} distinct edges among {pairs:,} possible pairs (at most "
+                f"{MAX_FILL:.0%} can be used). Ask for fewer edges or more nodes.")
+
+
+def _communities(seed: int, nodes: int, C: int) -> np.ndarray:
+    """The community of each node: skewed sizes, same distribution for every node type."""
+    rng = _rng(seed, "communities")
+    share = rng.lognormal(0.0, 0.5, C)
+    cum = np.cumsum(share / share.sum())
+    comm = np.minimum(np.searchsorted(cum, rng.random(nodes), side="right"), C - 1)
+    return comm.astype(np.int32)
+
+
+def _nodes(seed: int, counts_t: np.ndarray, offsets: np.ndarray, comm: np.ndarray, C: int,
+           text_fraction: float, missing_fraction: float):
+    """Node types, their attribute tables, and the missing values per attribute."""
+    node_types, tables, missing = [], {}, {}
+    prog = Progress("synth/nodes", total=int(counts_t.sum()), unit="nodes")
+    for t, n, off in zip(NODE_TYPES, counts_t, offsets[:-1], strict=True):
+        node_types.append(NodeType(
+            name=t.name, count=int(n), offset=int(off), description=t.description,
+            attributes=[Attribute(a.name, a.kind, a.description) for a in t.attributes]))
+        tables[t.name], miss = _node_table(seed, t, int(off), comm[off:off + n], C,
+                                           text_fraction, missing_fraction)
+        missing.update(miss)
+        prog.update(int(n))
+    prog.done()
+    return node_types, tables, missing
+
+
+def _edges(seed: int, counts_t: np.ndarray, offsets: np.ndarray, rel_m: np.ndarray,
+           comm: np.ndarray, C: int, within: float, degree_alpha: float):
+    """All edges as global (head, relation, tail) ids, the edges per relation, and how many
+    candidates were drawn and redrawn."""
+    names = [t.name for t in NODE_TYPES]
+    all_edges = np.empty((int(rel_m.sum()), 3), dtype=np.int64)
+    rel_counts, sampling = {}, {"sampled": 0, "self_loops_redrawn": 0, "duplicates_redrawn": 0}
+    prog = Progress("synth/edges", total=len(all_edges), unit="edges")
+    pools = {t.name: _Pool(_rng(seed, "weights", t.name), comm[off:off + n], C, degree_alpha)
+             for t, n, off in zip(NODE_TYPES, counts_t, offsets[:-1], strict=True)}
+    filled = 0
+    for r, ((name, h, t, _, _), m) in enumerate(zip(RELATIONS, rel_m, strict=True)):
+        hi, ti = names.index(h), names.index(t)
+        hs, ts, st = _relation_edges(_rng(seed, "edges", name), int(m), pools[h], pools[t],
+                                     comm[offsets[hi]:offsets[hi + 1]], within, no_self=h == t)
+        k = len(hs)
+        all_edges[filled:filled + k, 0] = hs + offsets[hi]
+        all_edges[filled:filled + k, 1] = r
+        all_edges[filled:filled + k, 2] = ts + offsets[ti]
+        filled += k
+        rel_counts[name] = k
+        for key in sampling:
+            sampling[key] += st[key]
+        if k < m:
+            log.warning("synth: relation %s reached %d of %d edges after %d rounds (the "
+                        "pairs its communities allow are nearly used up)", name, k, m,
+                        MAX_ROUNDS)
+        prog.update(k, relation=name)
+        del hs, ts
+    prog.done()
+    return all_edges[:filled], rel_counts, sampling
 
 
 def generate(nodes: int, edges: int, seed: int = 0, **options: Any) -> KnowledgeGraph:
@@ -543,58 +563,67 @@ def _community_edge_fractions(splits: dict[str, np.ndarray], comm: np.ndarray, C
 
 # --- command --------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=int, required=True, help="number of nodes (>= 50)")
-    p.add_argument("--edges", type=int, required=True, help="number of distinct edges")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, help="output graph URI (path, file:// or s3://)")
-    p.add_argument("--communities", type=int, default=None,
-                   help="latent communities (default: nodes/2000, between 4 and 2000)")
-    p.add_argument("--within", type=float, default=0.8,
-                   help="probability that an edge stays inside its head's community (0.8)")
-    p.add_argument("--text-fraction", type=float, default=1.0,
-                   help="share of nodes that get a text value; the rest are null (default 1.0; "
-                        "lower it to bound text-encoding time on huge graphs)")
-    p.add_argument("--missing-fraction", type=float, default=0.02,
-                   help="share of missing (null) values per attribute (default 0.02)")
+    SynthConfig.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from kg_ops.graph.validate import GraphInvalidError, validate_graph
-    from kg_ops.manifest import Stage
-    from kg_ops.store import get_store
+    synth(SynthConfig.from_args(args), force=args.force)
+    return 0
 
-    C = default_communities(args.nodes) if args.communities is None else args.communities
-    config = {"source": "synth", "nodes": args.nodes, "edges": args.edges, "seed": args.seed,
-              "communities": C, "within": args.within, "text_fraction": args.text_fraction,
-              "missing_fraction": args.missing_fraction}
-    with Stage("import", args.out, config=config) as st:  # `kgops --force synth` recomputes
+
+def synth(config: SynthConfig, *, force: bool = False) -> dict:
+    """The synth stage: generate, validate, write the graph and its true communities; returns
+    the manifest (an import's: the graph is the import stage's artifact)."""
+    from kg_ops.manifest import Stage
+
+    C = default_communities(config.nodes) if config.communities is None else config.communities
+    recorded = {"source": "synth", "nodes": config.nodes, "edges": config.edges,
+                "seed": config.seed, "communities": C, "within": config.within,
+                "text_fraction": config.text_fraction,
+                "missing_fraction": config.missing_fraction}
+    with Stage("import", config.out, config=recorded, force=force) as st:
         if st.reused:
-            return 0
-        res = synthesize(args.nodes, args.edges, args.seed, communities=C, within=args.within,
-                         text_fraction=args.text_fraction, missing_fraction=args.missing_fraction,
-                         phase=st.phase)
-        with st.phase("validate"):
-            report = validate_graph(res.graph.schema, res.graph.edges, res.graph.nodes,
-                                    where=st.out)
-        if not report.ok:  # the generator built something inconsistent: a bug, not bad input
-            raise GraphInvalidError("the synthetic graph failed validation: "
-                                    + " | ".join(report.errors))
-        with st.phase("write"):
-            prog = Progress("synth/write", total=res.graph.schema.num_nodes, unit="nodes")
-            st.outputs = res.graph.save(st.out)
-            truth = st.uri("truth", "communities.parquet")
-            get_store(st.out).write_parquet(truth, pa.table({
-                "id": np.arange(len(res.communities), dtype=np.int64),
-                "community": res.communities}))
-            st.outputs["truth/communities"] = truth
-            prog.update(res.graph.schema.num_nodes)
-            prog.done()
+            return st.manifest
+        res = synthesize(config.nodes, config.edges, config.seed, communities=C,
+                         within=config.within, text_fraction=config.text_fraction,
+                         missing_fraction=config.missing_fraction, phase=st.phase)
+        report = _validated(st, res.graph)
+        _write(st, res)
         st.counts.update(res.counts)
         st.metrics.update(res.metrics)
         st.extra["validation"] = {"bad_rows": 0, **report.to_dict()}
         log.info("synth: %s nodes, %s edges (train/valid/test %s), %d moved to train, "
-                 "within-community edges %.3f (random %.3f)", f"{args.nodes:,}",
+                 "within-community edges %.3f (random %.3f)", f"{config.nodes:,}",
                  f"{res.counts['edges_total']:,}", res.counts["edges"], res.counts["moved_to_train"],
                  res.metrics["within_community_edge_fraction"],
                  res.metrics["within_community_random_baseline"])
-    return 0
+    return st.manifest
+
+
+def _validated(st, graph: KnowledgeGraph):
+    """The validation report; the generator building something inconsistent is a bug, not bad
+    input."""
+    from kg_ops.graph.validate import GraphInvalidError, validate_graph
+
+    with st.phase("validate"):
+        report = validate_graph(graph.schema, graph.edges, graph.nodes, where=st.out)
+    if not report.ok:
+        raise GraphInvalidError("the synthetic graph failed validation: "
+                                + " | ".join(report.errors))
+    return report
+
+
+def _write(st, res: SynthResult) -> None:
+    """The graph, then the true community of every node (truth/communities.parquet)."""
+    from kg_ops.store import get_store
+
+    with st.phase("write"):
+        prog = Progress("synth/write", total=res.graph.schema.num_nodes, unit="nodes")
+        st.outputs = res.graph.save(st.out)
+        truth = st.uri("truth", "communities.parquet")
+        get_store(st.out).write_parquet(truth, pa.table({
+            "id": np.arange(len(res.communities), dtype=np.int64),
+            "community": res.communities}))
+        st.outputs["truth/communities"] = truth
+        prog.update(res.graph.schema.num_nodes)
+        prog.done()

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "offending rows with reasons to the report and exit 0")
     p.add_argument("--report", help="where to write the validation report "
                                     "(default: {uri}/validation)")
-    p.add_argument("--force", action="store_true", help="re-validate even if a report exists")
+    p.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
+                   help="re-validate even if a report exists (as `kgops --force validate`)")
 
 
 def require_graph(uri: str) -> None:

@@ -8,7 +8,7 @@ import argparse
 
 import pytest
 
-from kg_ops.config import ConfigError, EncodeConfig, EvaluateConfig
+from kg_ops.config import ConfigError, EncodeConfig, EvaluateConfig, SynthConfig
 
 
 def parse(config_class, *argv: str):
@@ -81,3 +81,18 @@ def test_encode_keeps_its_flags_and_defaults():
 def test_encode_refuses_bad_values_naming_the_option(options, message):
     with pytest.raises(ConfigError, match=message):
         EncodeConfig(graph="/g", out="/o", **options)
+
+
+SYNTH_BEFORE = {"seed": 0, "communities": None, "within": 0.8, "text_fraction": 1.0,
+                "missing_fraction": 0.02}
+
+
+def test_synth_keeps_its_flags_and_defaults():
+    cfg = parse(SynthConfig, "--nodes", "100", "--edges", "300", "--out", "/o")
+    assert {k: getattr(cfg, k) for k in SYNTH_BEFORE} == SYNTH_BEFORE
+    argv = ["--nodes", "100", "--edges", "300", "--seed", "4", "--out", "/o",
+            "--communities", "5", "--within", "0.5", "--text-fraction", "0.25",
+            "--missing-fraction", "0.1"]
+    cfg = parse(SynthConfig, *argv)
+    assert cfg.to_args() == argv
+    assert (cfg.nodes, cfg.communities, cfg.within) == (100, 5, 0.5)

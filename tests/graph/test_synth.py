@@ -176,9 +176,13 @@ def test_a_shortfall_is_reported_not_hidden(caplog):
 
 @pytest.mark.parametrize("argv, words", [
     (["--nodes", "100", "--edges", "100000"], ["too dense", "works_in", "fewer edges"]),
-    (["--nodes", "10", "--edges", "10"], ["--nodes 10", "at least 50"]),
-    (["--nodes", "1000", "--edges", "100", "--text-fraction", "1.5"], ["--text-fraction 1.5"]),
-    (["--nodes", "1000", "--edges", "100", "--communities", "0"], ["--communities 0"]),
+    (["--nodes", "10", "--edges", "10"], ["--nodes must be >= 50, got 10"]),
+    (["--nodes", "1000", "--edges", "100", "--text-fraction", "1.5"],
+     ["--text-fraction must be <= 1, got 1.5"]),
+    (["--nodes", "1000", "--edges", "100", "--communities", "0"],
+     ["--communities must be >= 1, got 0"]),
+    (["--nodes", "100", "--edges", "100", "--communities", "101"],
+     ["--communities 101: must be between 1 and --nodes (100)"]),
 ])
 def test_bad_requests_are_clear_errors(tmp_path, capsys, argv, words):
     out = tmp_path / "g"

@@ -32,6 +32,7 @@ from kg_ops.config import (
     EncodeConfig,
     EvaluateConfig,
     StageConfig,
+    SynthConfig,
     TrainConfig,
     TuneConfig,
     as_bool,
@@ -96,8 +97,12 @@ class KgStageOperator(SubmitRayJobOperator):
         values = {n: getattr(self, n) for n in option_fields(self.config_class,
                                                               self.uri_options)}
         values.update({opt: str(getattr(self, arg)) for arg, opt in self.uri_options.items()})
+        return self.checked(self.config_class, **values)
+
+    def checked(self, config_class: type[StageConfig], **values: Any) -> StageConfig:
+        """``config_class(**values)``; a bad value fails the task before anything is submitted."""
         try:
-            return self.config_class(**values)
+            return config_class(**values)
         except ConfigError as exc:
             raise ValueError(f"{self.task_id}: {exc}") from exc
 
@@ -143,8 +148,9 @@ class ImportGraphOperator(KgStageOperator):
         bad = self._bad_rows()
         source = str(self.source)
         if source == "synth":
-            return ["synth", "--nodes", str(self.synth_nodes), "--edges", str(self.synth_edges),
-                    "--seed", str(self.synth_seed)]
+            config = self.checked(SynthConfig, nodes=self.synth_nodes, edges=self.synth_edges,
+                                  seed=self.synth_seed, out=str(self.out_uri))
+            return ["synth", *config.to_args(exclude=("out",))]
         if source in ("codex-s", "codex-m"):
             # Without datasets_root, CoDEx-S comes from the copy shipped in kg_ops.
             root = (["--root", join(str(self.datasets_root), "codex")]

@@ -14,7 +14,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-bad-rows", choices=ON_BAD_ROWS, default="fail",
                    help="fail (default): stop at the first bad input row; quarantine: set bad "
                         "rows aside in {out}/quarantine/ with reasons, counted in the manifest")
-    p.add_argument("--force", action="store_true",
+    # SUPPRESS: when not given here, `kgops --force import ...`'s value stands
+    p.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                    help="recompute even if a complete import with the same inputs exists")
 
 

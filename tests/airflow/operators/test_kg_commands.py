@@ -108,6 +108,20 @@ def test_evaluate_entrypoint_parses_back_to_the_same_config():
         evaluate_op(split="train").build_entrypoint({})
 
 
+def test_import_synth_entrypoint_is_checked_by_the_synth_config():
+    from kg_ops.airflow.operators.kg import ImportGraphOperator
+
+    def synth(**options) -> str:
+        return ImportGraphOperator(task_id="import", out_uri="/runs/g", source="synth",
+                                   **options).build_entrypoint({})
+
+    assert synth() == "kgops synth --nodes 3000 --edges 24000 --out /runs/g"
+    assert (synth(synth_nodes="400", synth_edges="2400", synth_seed="3")
+            == "kgops synth --nodes 400 --edges 2400 --seed 3 --out /runs/g")
+    with pytest.raises(ValueError, match="import: --nodes must be >= 50, got 10"):
+        synth(synth_nodes=10)
+
+
 def test_driver_cpus_follow_where_each_stage_computes():
     from kg_ops.airflow.operators.kg import (
         EncodeAttributesOperator,
