@@ -41,6 +41,9 @@ MANIFEST_METRICS = ("mrr", "hits@1", "hits@3", "hits@10", "auc", "mean_rank", "m
                     "cold_hits@1", "cold_hits@10", "cold_queries")
 
 
+_OPTION_NAMES = {"model_uri": "model", "graph_uri": "graph"}
+
+
 def pair_scorer(trained, emb):
     """``(B, 3)`` id triples -> scores, through the model's own ``score`` on embeddings."""
     import torch
@@ -87,9 +90,16 @@ def _neighbourhoods(trained) -> str:
             "(the model never saw other neighbourhoods)")
 
 
-def evaluate_model(trained: Any, config: EvaluateConfig, *, force: bool = False) -> dict:
+def evaluate_model(trained: Any, config: EvaluateConfig | None = None, *, force: bool = False,
+                   **options: Any) -> dict:
     """Evaluate ``trained`` (anything with ``embed_all``, ``score_tails``, ``score_heads``,
-    ``score`` and ``history``) on ``config.graph``'s ``config.split``; returns the manifest."""
+    ``score`` and ``history``) on ``config.graph``'s ``config.split``; returns the manifest.
+    Without ``config``, ``options`` are its options by name (``model_uri`` and ``graph_uri``
+    for ``model`` and ``graph``, as the benchmarks call it)."""
+    if config is None:
+        config = EvaluateConfig(**{_OPTION_NAMES.get(k, k): v for k, v in options.items()})
+    elif options:
+        raise TypeError(f"evaluate_model: config and options {sorted(options)}; give one")
     require_manifest(config.graph, "import")  # a clearer message than the fingerprint's
     recorded = {"split": config.split, "max_queries": config.max_queries, "seed": config.seed,
                 "auc_negatives_per_positive": config.auc_negatives, "ks": list(KS)}

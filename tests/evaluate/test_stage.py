@@ -165,8 +165,9 @@ def test_stage_numbers_equal_brute_force_and_outputs_are_complete(artifact_root,
     assert read_manifest(out)["stage"] == "evaluate"
 
     # Same inputs and config: the complete run is reused, not recomputed.
-    again = evaluate_model(model, EvaluateConfig(model=model_uri, graph=graph_uri, out=out,
-                                                 batch_size=4, auc_negatives=3, seed=5))
+    # (the options as keywords, as the benchmarks call it, are the same config)
+    again = evaluate_model(model, model_uri=model_uri, graph_uri=graph_uri, out=out,
+                           batch_size=4, auc_negatives=3, seed=5)
     assert again["created_at"] == man["created_at"] and again["metrics"] == met
 
 
