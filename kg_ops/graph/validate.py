@@ -155,53 +155,77 @@ def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] |
     keys, attribute storage types); plus warnings for duplicate edges and split overlap.
     ``where`` prefixes file names in messages (the graph URI). ``node_schemas`` (Arrow schemas
     per node type) lets a caller check attribute storage types without reading the columns."""
-    from kg_ops.graph.builder import ARROW_TYPES
-    from kg_ops.graph.schema import SPLITS
-
     rep = Report()
     pre = f"{where.rstrip('/')}/" if where else ""
     schema.validate()
-
     for t in schema.node_types:
         table = (nodes or {}).get(t.name)
-        if table is None:
-            continue
-        file = f"{pre}nodes/{t.name}.parquet"
-        if table.num_rows != t.count:
-            rep.record("node_count", abs(table.num_rows - t.count),
-                       f"{file}: {table.num_rows} rows but schema.json says {t.count} "
-                       f"{t.name} nodes. Re-import the graph; the files do not belong together.")
-            continue
-        ids = table.column("id").to_numpy()
-        wrong = np.flatnonzero(ids != np.arange(t.offset, t.offset + t.count))
-        rep.record("node_ids", len(wrong),
-                   f"{file} row {wrong[0] if len(wrong) else 0}: id "
-                   f"{ids[wrong[0]] if len(wrong) else 0} but ids of {t.name} must run "
-                   f"{t.offset}..{t.offset + t.count - 1} in order. Re-import the graph.")
-        keys = table.column("key").to_pandas()
-        dup = np.flatnonzero(keys.duplicated().to_numpy())
-        rep.record("duplicate_node_key", len(dup),
-                   f"{file} row {dup[0] if len(dup) else 0}: duplicate {t.name} key "
-                   f"{keys.iloc[dup[0]] if len(dup) else ''!r} ({len(dup)} duplicates). "
-                   "Keys must be unique per node type; fix the input and re-import.")
-        rep.bad_rows.add("duplicate_node_key", file, dup, keys.iloc[dup].to_numpy(dtype=object),
-                         f"duplicate {t.name} key", "Fix the input and re-import", unit="row")
-        null = np.flatnonzero(keys.isna().to_numpy())
-        rep.record("null_node_key", len(null),
-                   f"{file} row {null[0] if len(null) else 0}: {t.name} node without a key. "
-                   "Fix the input and re-import.")
-        arrow_schema = (node_schemas or {}).get(t.name, table.schema)
-        for a in t.attributes:
-            if a.name not in arrow_schema.names:
-                rep.record("attribute_missing", 1,
-                           f"{file}: attribute column {a.name!r} ({a.kind}) declared in "
-                           "schema.json is missing. Re-import the graph.")
-            elif not storage_ok(a.kind, arrow_schema.field(a.name).type):
-                rep.record("attribute_type", 1,
-                           f"{file}: column {a.name!r} is stored as "
-                           f"{arrow_schema.field(a.name).type} but a {a.kind} attribute must be "
-                           f"{ARROW_TYPES[a.kind]} (unparsed numbers or dates?). Re-import "
-                           "the graph.")
+        if table is not None:
+            file = f"{pre}nodes/{t.name}.parquet"
+            if _check_node_table(rep, t, table, file):
+                _check_attributes(rep, t, (node_schemas or {}).get(t.name, table.schema), file)
+    encoded = _check_splits(rep, schema, edges, pre)
+    if "train" in encoded:
+        for split in ("valid", "test"):
+            if split in encoded and len(encoded[split]):
+                leak = _count_in(encoded[split], encoded["train"])
+                rep.record(f"{split}_in_train", leak,
+                           f"{pre}edges/{split}.parquet: {leak} edges also occur in train "
+                           "(test leakage)", warning=True)
+    return rep
+
+
+def _check_node_table(rep: Report, t, table, file: str) -> bool:
+    """Row count, ids in order, unique non-null keys; False when the row count is wrong (the
+    other checks would only repeat it)."""
+    if table.num_rows != t.count:
+        rep.record("node_count", abs(table.num_rows - t.count),
+                   f"{file}: {table.num_rows} rows but schema.json says {t.count} "
+                   f"{t.name} nodes. Re-import the graph; the files do not belong together.")
+        return False
+    ids = table.column("id").to_numpy()
+    wrong = np.flatnonzero(ids != np.arange(t.offset, t.offset + t.count))
+    rep.record("node_ids", len(wrong),
+               f"{file} row {wrong[0] if len(wrong) else 0}: id "
+               f"{ids[wrong[0]] if len(wrong) else 0} but ids of {t.name} must run "
+               f"{t.offset}..{t.offset + t.count - 1} in order. Re-import the graph.")
+    keys = table.column("key").to_pandas()
+    dup = np.flatnonzero(keys.duplicated().to_numpy())
+    rep.record("duplicate_node_key", len(dup),
+               f"{file} row {dup[0] if len(dup) else 0}: duplicate {t.name} key "
+               f"{keys.iloc[dup[0]] if len(dup) else ''!r} ({len(dup)} duplicates). "
+               "Keys must be unique per node type; fix the input and re-import.")
+    rep.bad_rows.add("duplicate_node_key", file, dup, keys.iloc[dup].to_numpy(dtype=object),
+                     f"duplicate {t.name} key", "Fix the input and re-import", unit="row")
+    null = np.flatnonzero(keys.isna().to_numpy())
+    rep.record("null_node_key", len(null),
+               f"{file} row {null[0] if len(null) else 0}: {t.name} node without a key. "
+               "Fix the input and re-import.")
+    return True
+
+
+def _check_attributes(rep: Report, t, arrow_schema, file: str) -> None:
+    """Every declared attribute column exists with its kind's storage type."""
+    from kg_ops.graph.builder import ARROW_TYPES
+
+    for a in t.attributes:
+        if a.name not in arrow_schema.names:
+            rep.record("attribute_missing", 1,
+                       f"{file}: attribute column {a.name!r} ({a.kind}) declared in "
+                       "schema.json is missing. Re-import the graph.")
+        elif not storage_ok(a.kind, arrow_schema.field(a.name).type):
+            rep.record("attribute_type", 1,
+                       f"{file}: column {a.name!r} is stored as "
+                       f"{arrow_schema.field(a.name).type} but a {a.kind} attribute must be "
+                       f"{ARROW_TYPES[a.kind]} (unparsed numbers or dates?). Re-import "
+                       "the graph.")
+
+
+def _check_splits(rep: Report, schema, edges: dict[str, np.ndarray], pre: str,
+                  ) -> dict[str, np.ndarray]:
+    """Each split's edges (present, in range, typed, duplicates, entities unseen in train);
+    returns each split's sorted edge codes for the leakage check."""
+    from kg_ops.graph.schema import SPLITS
 
     seen_train: np.ndarray | None = None
     encoded: dict[str, np.ndarray] = {}
@@ -233,14 +257,7 @@ def validate_graph(schema, edges: dict[str, np.ndarray], nodes: dict[str, Any] |
             rep.record(f"unseen_in_train_{split}", unseen,
                        f"{file}: {unseen} edges have an entity that never occurs in train "
                        "(a model cannot rank it)", warning=True)
-    if "train" in encoded:
-        for split in ("valid", "test"):
-            if split in encoded and len(encoded[split]):
-                leak = _count_in(encoded[split], encoded["train"])
-                rep.record(f"{split}_in_train", leak,
-                           f"{pre}edges/{split}.parquet: {leak} edges also occur in train "
-                           "(test leakage)", warning=True)
-    return rep
+    return encoded
 
 
 def _check_edges(rep: Report, schema, e: np.ndarray, file: str) -> np.ndarray:

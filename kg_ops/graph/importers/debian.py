@@ -225,10 +225,34 @@ def build_debian_graph(dump: str, origin: str, translations: dict[str, str], bad
     names = pkgs["Package"].to_numpy(dtype=object)
     b = GraphBuilder("debian", bad_rows=bad, source=source)
     counts: dict[str, int] = {"stanzas": len(pkgs)}
-
     desc, counts["long_descriptions"] = descriptions(pkgs, translations, bad)
     tags = pkgs["Tag"].str.split(",").explode().str.strip()
     tags = tags[tags.notna() & (tags != "")]
+    _add_packages(b, pkgs, lines, names, desc, tags, origin)
+    deps = {f: dependency_targets(pkgs[f], lines[f], origin, f, names, bad)
+            for f in DEPENDENCY_FIELDS}
+    built_using = dependency_targets(pkgs["Built-Using"], lines["Built-Using"], origin,
+                                     "Built-Using", names, bad)
+    is_pkg = pd.Index(pd.unique(names), dtype=object)
+    _add_virtuals(b, deps, is_pkg)
+    _add_maintainers(b, pkgs)
+    src = pkgs["Source"].str.replace(r"\s*\(.*\)\s*$", "", regex=True).fillna(pkgs["Package"])
+    sources = pd.unique(np.concatenate([src.to_numpy(dtype=object),
+                                        built_using["target"].to_numpy(dtype=object)]))
+    b.add_node_type("source", sources, description="source packages")
+    sections = pd.unique(pkgs["Section"].dropna().to_numpy())
+    b.add_node_type("section", sections, description="archive sections")
+    tag_keys = pd.unique(tags.to_numpy())
+    b.add_node_type("tag", tag_keys, {"facet": pd.Series(tag_keys, dtype=object)
+                                      .str.split("::").str[0]}, TAG_SPECS, "debtags")
+    _add_dependency_edges(b, deps, is_pkg, lines, origin, counts)
+    _add_package_edges(b, pkgs, lines, built_using, src, tags, origin)
+    return b, counts
+
+
+def _add_packages(b: GraphBuilder, pkgs: pd.DataFrame, lines: pd.DataFrame, names: np.ndarray,
+                  desc: pd.Series, tags: pd.Series, origin: str) -> None:
+    """The package nodes and their attributes (bad values reported at their lines)."""
     tag_lists = list_column(tags.index.to_numpy(), tags.to_numpy(dtype=object), len(pkgs))
     host = (pkgs["Homepage"].str.extract(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:www\.)?([^/:?#]+)",
                                          expand=False).str.lower())
@@ -241,11 +265,9 @@ def build_debian_graph(dump: str, origin: str, translations: dict[str, str], bad
         {"key": lines["Package"], "installed_size": lines["Installed-Size"],
          "download_size": lines["Size"]})
 
-    deps = {f: dependency_targets(pkgs[f], lines[f], origin, f, names, bad)
-            for f in DEPENDENCY_FIELDS}
-    built_using = dependency_targets(pkgs["Built-Using"], lines["Built-Using"], origin,
-                                     "Built-Using", names, bad)
-    is_pkg = pd.Index(pd.unique(names), dtype=object)
+
+def _add_virtuals(b: GraphBuilder, deps: dict[str, pd.DataFrame], is_pkg: pd.Index) -> None:
+    """Dependency targets that are no package here, and whether some package provides them."""
     all_targets = pd.concat([d["target"] for d in deps.values()], ignore_index=True)
     virtual = pd.unique(all_targets[is_pkg.get_indexer(all_targets) < 0].to_numpy())
     provided = pd.Index(virtual, dtype=object).isin(deps["Provides"]["target"])
@@ -253,6 +275,9 @@ def build_debian_graph(dump: str, origin: str, translations: dict[str, str], bad
                     VIRTUAL_SPECS, "names depended on, conflicted with or provided that are no "
                     "package here: virtual names, removed or other-archive packages")
 
+
+def _add_maintainers(b: GraphBuilder, pkgs: pd.DataFrame) -> None:
+    """One node per Maintainer value: its name, e-mail domain, and person or team."""
     maint = pd.Series(pd.unique(pkgs["Maintainer"].dropna().to_numpy()), dtype=object)
     parts = maint.str.extract(r"^\s*(?P<name>.*?)\s*<(?P<email>[^>]*)>\s*$")
     mname = parts["name"].fillna(maint).str.strip('"')
@@ -264,46 +289,48 @@ def build_debian_graph(dump: str, origin: str, translations: dict[str, str], bad
         "kind": np.where(team.to_numpy(dtype=bool), "team", "person")}, MAINTAINER_SPECS,
         "Maintainer field values (a person or a team address)")
 
-    src = pkgs["Source"].str.replace(r"\s*\(.*\)\s*$", "", regex=True).fillna(pkgs["Package"])
-    sources = pd.unique(np.concatenate([src.to_numpy(dtype=object),
-                                        built_using["target"].to_numpy(dtype=object)]))
-    b.add_node_type("source", sources, description="source packages")
-    sections = pd.unique(pkgs["Section"].dropna().to_numpy())
-    b.add_node_type("section", sections, description="archive sections")
-    tag_keys = pd.unique(tags.to_numpy())
-    b.add_node_type("tag", tag_keys, {"facet": pd.Series(tag_keys, dtype=object)
-                                      .str.split("::").str[0]}, TAG_SPECS, "debtags")
 
-    def edges(rel: str, head_pos, tail, tail_type: str, label: str, line) -> None:
-        if not len(head_pos):
-            return
-        b.add_relation(rel, "package", tail_type, label=label)
-        b.add_edges("train", np.asarray(head_pos, np.int64), np.asarray(tail, object), rel,
-                    origin=origin, lines=line, fix="Fix the field")
+def _edges(b: GraphBuilder, origin: str, rel: str, head_pos, tail, tail_type: str, label: str,
+           line) -> None:
+    """Training edges package -> ``tail_type`` of relation ``rel`` (declared on first use)."""
+    if not len(head_pos):
+        return
+    b.add_relation(rel, "package", tail_type, label=label)
+    b.add_edges("train", np.asarray(head_pos, np.int64), np.asarray(tail, object), rel,
+                origin=origin, lines=line, fix="Fix the field")
 
+
+def _add_dependency_edges(b: GraphBuilder, deps: dict[str, pd.DataFrame], is_pkg: pd.Index,
+                          lines: pd.DataFrame, origin: str, counts: dict[str, int]) -> None:
+    """Each dependency field: to packages, and (``<rel>_virtual``) to virtual names."""
     for field, rel in DEPENDENCY_FIELDS.items():
         d = deps[field]
         real = is_pkg.get_indexer(d["target"]) >= 0
         fl = lines[field].to_numpy()
-        edges(rel, d["pos"][real], d["target"][real], "package", f"{field} (on a package)",
-              fl[d["pos"][real]])
-        edges(f"{rel}_virtual", d["pos"][~real], d["target"][~real], "virtual",
-              f"{field} (on a virtual or missing name)", fl[d["pos"][~real]])
+        _edges(b, origin, rel, d["pos"][real], d["target"][real], "package",
+               f"{field} (on a package)", fl[d["pos"][real]])
+        _edges(b, origin, f"{rel}_virtual", d["pos"][~real], d["target"][~real], "virtual",
+               f"{field} (on a virtual or missing name)", fl[d["pos"][~real]])
         counts[f"edges_{rel}_total"] = len(d)
-    edges("built_using", built_using["pos"], built_using["target"], "source",
-          LABELS["built_using"], lines["Built-Using"].to_numpy()[built_using["pos"]])
+
+
+def _add_package_edges(b: GraphBuilder, pkgs: pd.DataFrame, lines: pd.DataFrame,
+                       built_using: pd.DataFrame, src: pd.Series, tags: pd.Series,
+                       origin: str) -> None:
+    """Built-Using, maintainer, source, section and debtags edges."""
+    _edges(b, origin, "built_using", built_using["pos"], built_using["target"], "source",
+           LABELS["built_using"], lines["Built-Using"].to_numpy()[built_using["pos"]])
     has = pkgs["Maintainer"].notna().to_numpy()
-    edges("maintained_by", np.flatnonzero(has), pkgs["Maintainer"][has], "maintainer",
-          LABELS["maintained_by"], lines["Maintainer"][has])
-    edges("built_from", np.arange(len(pkgs)), src, "source", LABELS["built_from"],
-          lines["Package"])
+    _edges(b, origin, "maintained_by", np.flatnonzero(has), pkgs["Maintainer"][has],
+           "maintainer", LABELS["maintained_by"], lines["Maintainer"][has])
+    _edges(b, origin, "built_from", np.arange(len(pkgs)), src, "source", LABELS["built_from"],
+           lines["Package"])
     has = pkgs["Section"].notna().to_numpy()
-    edges("in_section", np.flatnonzero(has), pkgs["Section"][has], "section",
-          LABELS["in_section"], lines["Section"][has])
+    _edges(b, origin, "in_section", np.flatnonzero(has), pkgs["Section"][has], "section",
+           LABELS["in_section"], lines["Section"][has])
     tag_pairs = tags.reset_index().drop_duplicates()
-    edges("tagged", tag_pairs["index"].to_numpy(), tag_pairs["Tag"].to_numpy(), "tag",
-          LABELS["tagged"], lines["Tag"].to_numpy()[tag_pairs["index"].to_numpy()])
-    return b, counts
+    _edges(b, origin, "tagged", tag_pairs["index"].to_numpy(), tag_pairs["Tag"].to_numpy(),
+           "tag", LABELS["tagged"], lines["Tag"].to_numpy()[tag_pairs["index"].to_numpy()])
 
 
 def import_debian(out: str, *, root: str | None = None, from_apt: bool = False, seed: int = 0,
