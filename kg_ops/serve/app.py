@@ -1,26 +1,31 @@
-"""The Ray Serve side of ``kgops serve``: three pieces per service ``NAME``.
+"""The Ray Serve side of ``kgops serve``: two pieces per service ``NAME``.
 
-* ``LinkPredictionModel``, one Serve application per model version (``NAME--<version id>``,
-  not routed over HTTP): replicas holding a :class:`~kg_ops.serve.index.LinkIndex`; top-k
-  queries from concurrent requests are batched with ``@serve.batch`` into one matrix product
-  per candidate type.
-* ``LinkPredictionGateway``, the application ``NAME`` at the route prefix: validates HTTP input
-  (pydantic models, bounded ``k``, bounded body size), forwards to the live version and maps
-  query errors to 404/422 with the service's message.
-* a registry actor (detached, ``kgops-serve`` namespace) recording the live and the previous
-  version. The gateway reads it at most every ``REFRESH_S``, so switching versions is a
-  registry write: the new version is fully up before any request reaches it, and the old one
-  keeps answering until then (see :mod:`kg_ops.serve.deploy`).
+* ``LinkPredictionService``, the Serve application ``NAME`` at the route prefix: a FastAPI
+  ingress whose replicas hold the live model version's
+  :class:`~kg_ops.serve.index.LinkIndex`, so a request is one Serve hop (proxy -> replica).
+  It validates HTTP input (pydantic models, bounded ``k``, bounded body size), maps query
+  errors to 404/422 with the service's message, and batches the top-k queries of concurrent
+  requests with ``@serve.batch`` into one matrix product per candidate type.
+* a registry actor (detached, ``kgops-serve`` namespace) recording the live, the staged and the
+  previous version, and what each replica holds.
+
+Version swaps happen inside the replicas, driven by the registry: each replica re-reads it
+every ``REFRESH_S`` on a background thread; a *staged* version is loaded beside the live one
+(requests keep being answered meanwhile) and checked with a probe query, then the replica
+reports it ready (or the load error). Once every replica is ready the deployer records the
+staged version as live, and each replica switches with one assignment; requests already
+running finish on the index they started with. See :mod:`kg_ops.serve.deploy`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
 import ray
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -28,34 +33,42 @@ from ray import serve
 log = logging.getLogger(__name__)
 
 NAMESPACE = "kgops-serve"
-MODEL_DEPLOYMENT = "LinkPredictionModel"
-GATEWAY_DEPLOYMENT = "LinkPredictionGateway"
+SERVICE_DEPLOYMENT = "LinkPredictionService"
 K_MAX = 1000              # answers per query
 MAX_TRIPLES = 10_000      # triples per /score request
 MAX_BODY_BYTES = 1 << 20  # request bodies above this are refused (413) before parsing
 MAX_NAME = 512            # characters in a key or relation name
 BATCH_SIZE = 32           # top-k queries per batch (one product per candidate type)
 BATCH_WAIT_S = 0.002      # how long a batch waits to fill; bounds the added latency
-REFRESH_S = 0.2           # how stale the gateway's view of the live version may be
-
-
-def version_app_name(name: str, version_id: str) -> str:
-    return f"{name}--{version_id}"
+REFRESH_S = 0.25          # how often a replica re-reads the registry (version swaps)
+REPORT_TTL_S = 5.0        # a replica report older than this is from a replica that is gone
 
 
 # --- the registry -----------------------------------------------------------------------------
 @ray.remote(num_cpus=0, max_restarts=-1)
 class ServiceRegistry:
-    """``{"live": spec | None, "previous": spec | None, "history": [...]}`` of one service."""
+    """The record of one service: ``{"live", "staged", "previous": spec | None, "history":
+    [...], "route_prefix", "config"}``, and per replica what it holds (its last report)."""
 
     def __init__(self) -> None:
-        self.state: dict[str, Any] = {"live": None, "previous": None, "history": []}
+        self.state: dict[str, Any] = {"live": None, "staged": None, "previous": None,
+                                      "history": []}
+        self.replicas: dict[str, dict[str, Any]] = {}
 
     def get(self) -> dict[str, Any]:
         return self.state
 
     def put(self, state: dict[str, Any]) -> None:
         self.state = state
+
+    def report(self, replica: str, held: dict[str, Any]) -> None:
+        self.replicas[replica] = {**held, "at": time.time()}
+
+    def reports(self, max_age_s: float = REPORT_TTL_S) -> dict[str, dict[str, Any]]:
+        """The reports of replicas heard from within ``max_age_s``."""
+        now = time.time()
+        self.replicas = {r: v for r, v in self.replicas.items() if now - v["at"] < 60}
+        return {r: v for r, v in self.replicas.items() if now - v["at"] <= max_age_s}
 
 
 def registry(name: str, create: bool = False):
@@ -70,60 +83,7 @@ def registry(name: str, create: bool = False):
                                    get_if_exists=True).remote()
 
 
-# --- model replicas ---------------------------------------------------------------------------
-def _error(exc) -> dict[str, Any]:
-    return {"status": exc.status, "detail": str(exc)}
-
-
-@serve.deployment(name=MODEL_DEPLOYMENT, max_ongoing_requests=256, health_check_period_s=10,
-                  graceful_shutdown_timeout_s=30)
-class LinkPredictionModel:
-    """One model version. Methods answer ``{"status": 200, "body": ...}`` or a query error
-    (``{"status": 404|422, "detail": message}``): bad input is an answer, not an exception."""
-
-    def __init__(self, version: dict[str, Any], threads: int = 1, memory_mib: float = 256.0):
-        import torch
-
-        from kg_ops.serve.index import LinkIndex
-        from kg_ops.serve.version import ModelVersion
-
-        torch.set_num_threads(max(1, int(threads)))
-        self.index = LinkIndex(ModelVersion.from_dict(version), memory_mib=memory_mib)
-        self.version_id = self.index.version.id
-
-    async def predict(self, body: dict[str, Any]) -> dict[str, Any]:
-        from kg_ops.serve.index import QueryError
-
-        try:
-            query = self.index.query(**body)
-        except QueryError as exc:
-            return _error(exc)
-        answers = await self._topk(query)
-        side = "tail" if query.tail_side else "head"
-        return {"status": 200, "body": {"predict": side, "query": body, "answers": answers,
-                                        "version": self.version_id}}
-
-    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def _topk(self, queries: list) -> list[list[dict[str, Any]]]:
-        return self.index.topk(queries)
-
-    def score(self, triples: list[list[str]]) -> dict[str, Any]:
-        from kg_ops.serve.index import QueryError
-
-        try:
-            scored = self.index.score([tuple(t) for t in triples])
-        except QueryError as exc:
-            return _error(exc)
-        return {"status": 200, "body": {"scores": scored, "version": self.version_id}}
-
-    def health(self) -> dict[str, Any]:
-        return {"status": 200, "body": {"status": "ok", "version": self.version_id}}
-
-    def info(self) -> dict[str, Any]:
-        return {"status": 200, "body": self.index.info()}
-
-
-# --- the HTTP gateway -------------------------------------------------------------------------
+# --- HTTP input -------------------------------------------------------------------------------
 class PredictRequest(BaseModel):
     """``head`` (predict tails) or ``tail`` (predict heads), by entity key."""
 
@@ -147,99 +107,187 @@ class ScoreRequest(BaseModel):
     triples: list[Triple] = Field(min_length=1, max_length=MAX_TRIPLES)
 
 
+class BoundedBody:
+    """ASGI middleware refusing bodies over MAX_BODY_BYTES before anything reads them (a plain
+    ASGI wrapper: Starlette's ``@app.middleware("http")`` costs a task and a stream per
+    request)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length")
+            refusal = None
+            if length is None:
+                refusal = (411, "send a Content-Length header (chunked request bodies are not "
+                                "accepted)")
+            elif not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                refusal = (413, f"request body of {length.decode(errors='replace')} bytes is "
+                                f"over the {MAX_BODY_BYTES} byte limit")
+            if refusal:
+                await JSONResponse({"detail": refusal[1]}, status_code=refusal[0])(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 api = FastAPI(title="kg_ops link prediction",
               description="Top-k link prediction and triple scoring over a published KG "
                           "embedding version.")
+api.add_middleware(BoundedBody)
 
 
-@api.middleware("http")
-async def bounded_body(request: Request, call_next):
-    """Refuse bodies over MAX_BODY_BYTES before anything reads them."""
-    if request.method in ("POST", "PUT", "PATCH"):
-        length = request.headers.get("content-length")
-        if length is None:
-            return JSONResponse({"detail": "send a Content-Length header (chunked request "
-                                           "bodies are not accepted)"}, status_code=411)
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": f"request body of {length} bytes is over the "
-                                           f"{MAX_BODY_BYTES} byte limit"}, status_code=413)
-    return await call_next(request)
+def _refusal(exc) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
 
-@serve.deployment(name=GATEWAY_DEPLOYMENT, max_ongoing_requests=512,
-                  ray_actor_options={"num_cpus": 0})
+# --- the replicas -----------------------------------------------------------------------------
+def load_index(version: dict[str, Any], memory_mib: float):
+    """A :class:`LinkIndex` of ``version`` that has answered a probe top-1 query."""
+    from kg_ops.serve.index import LinkIndex
+    from kg_ops.serve.version import ModelVersion
+
+    index = LinkIndex(ModelVersion.from_dict(version), memory_mib=memory_mib)
+    index.probe()
+    return index
+
+
+@serve.deployment(name=SERVICE_DEPLOYMENT, max_ongoing_requests=256, health_check_period_s=10,
+                  graceful_shutdown_timeout_s=30)
 @serve.ingress(api)
-class LinkPredictionGateway:
-    def __init__(self, name: str):
-        self.name = name
-        self.live: dict[str, Any] | None = None
-        self._handle = None
-        self._registry = None
-        self._checked = float("-inf")
+class LinkPredictionService:
+    """One replica: the live index, a staged one while a swap is under way, and the thread
+    that follows the registry (see the module docstring)."""
 
-    async def serving(self) -> dict[str, Any] | None:
-        """The live version this gateway routes to, re-read from the registry now."""
-        await self._refresh()
-        return self.live
+    def __init__(self, name: str, boot: dict[str, Any], threads: int = 1,
+                 memory_mib: float = 256.0):
+        import torch
 
-    async def _refresh(self) -> None:
-        self._checked = time.monotonic()
-        if self._registry is None:  # looked up once it exists (a GCS call; it never moves)
-            self._registry = registry(self.name)
-        reg = self._registry
-        live = (await reg.get.remote())["live"] if reg is not None else None
-        if live and (self.live is None or live["app"] != self.live["app"]):
-            self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, live["app"])
-            log.info("routing to model version %s (%s)", live["version"]["id"], live["app"])
-        self.live = live
+        torch.set_num_threads(max(1, int(threads)))
+        self.name, self.memory_mib = name, float(memory_mib)
+        self._registry = registry(name)
+        state = ray.get(self._registry.get.remote()) if self._registry is not None else {}
+        self.index = load_index((state.get("live") or {}).get("version") or boot, memory_mib)
+        self.staged = None
+        self._failed: dict[str, str] = {}  # version id -> why it could not be staged
+        self._broken: dict[str, str] = {}  # the same for a live version loaded without staging
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._stop = threading.Event()
+        self._follower = threading.Thread(target=self._follow, name="kgops-version-follower",
+                                          daemon=True)
+        self._follower.start()
 
-    async def _call(self, method: str, *args: Any):
-        if time.monotonic() - self._checked > REFRESH_S:
-            await self._refresh()
-        if self._handle is None:
-            return JSONResponse({"detail": f"service {self.name!r} has no live model version; "
-                                           "deploy one with `kgops serve --model URI`"},
-                                status_code=503)
-        handle = self._handle
+    # --- following the registry (background thread) -----------------------------------------
+    def _follow(self) -> None:
+        while not self._stop.wait(REFRESH_S):
+            try:
+                if self._registry is None:
+                    self._registry = registry(self.name)
+                    continue
+                self._step(ray.get(self._registry.get.remote(), timeout=30))
+                self._registry.report.remote(self._replica, self.held())
+            except Exception:  # the registry restarting, say: try again next round
+                log.exception("following the registry of service %s", self.name)
+
+    def _step(self, state: dict[str, Any]) -> None:
+        live = (state.get("live") or {}).get("version")
+        staged = (state.get("staged") or {}).get("version")
+        if live and live["id"] != self.index.version.id and live["id"] not in self._broken:
+            self._switch(live)
+        if not staged or staged["id"] == self.index.version.id:
+            self.staged = None  # nothing to stage: the swap is done, or it was called off
+            self._failed.clear()
+        elif (self.staged is None or self.staged.version.id != staged["id"]) \
+                and staged["id"] not in self._failed:
+            self._stage(staged)
+
+    def _stage(self, version: dict[str, Any]) -> None:
+        self.staged = None  # at most one version beside the live one
         try:
-            result = await getattr(handle, method).remote(*args)
-        except Exception:
-            # The version this request went to was replaced and removed meanwhile: once more
-            # on the live one (the deployer drains before removing, so this is rare).
-            await self._refresh()
-            if self._handle is handle:
-                raise
-            result = await getattr(self._handle, method).remote(*args)
-        if result["status"] != 200:
-            return JSONResponse({"detail": result["detail"]}, status_code=result["status"])
-        return result["body"]
+            self.staged = load_index(version, self.memory_mib)
+            log.info("staged version %s beside live %s", version["id"], self.index.version.id)
+        except Exception as exc:
+            self._failed[version["id"]] = f"{type(exc).__name__}: {exc}"[-2000:]
+            log.exception("could not stage version %s", version["id"])
 
+    def _switch(self, live: dict[str, Any]) -> None:
+        """Serve ``live`` from now on (staged already, or loaded now: a replica that missed
+        the staging); requests running on the old index finish on it."""
+        new = self.staged
+        if new is None or new.version.id != live["id"]:
+            try:
+                new = load_index(live, self.memory_mib)
+            except Exception as exc:
+                self._broken[live["id"]] = f"{type(exc).__name__}: {exc}"[-2000:]
+                raise
+        old, self.index, self.staged = self.index, new, None
+        log.info("now serving version %s (was %s)", new.version.id, old.version.id)
+
+    def held(self) -> dict[str, Any]:
+        """What this replica holds: ``{"live": id, "staged": id | None, "failed": {id: why}}``."""
+        return {"live": self.index.version.id,
+                "staged": self.staged.version.id if self.staged is not None else None,
+                "failed": {**self._broken, **self._failed}}
+
+    def check_health(self) -> None:
+        if not self._follower.is_alive():
+            raise RuntimeError("the registry follower thread stopped")
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    # --- HTTP ---------------------------------------------------------------------------------
     @api.post("/predict")
     async def predict(self, req: PredictRequest):
         """Top-k tails of ``(head, relation, ?)`` or heads of ``(?, relation, tail)``."""
-        return await self._call("predict", req.model_dump(exclude_none=True))
+        from kg_ops.serve.index import QueryError
+
+        body = req.model_dump(exclude_none=True)
+        index = self.index  # one version per request, even across a swap
+        try:
+            query = index.query(**body)
+        except QueryError as exc:
+            return _refusal(exc)
+        answers = await self._topk((index, query))
+        return JSONResponse({"predict": "tail" if query.tail_side else "head", "query": body,
+                       "answers": answers, "version": index.version.id})
+
+    @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def _topk(self, items: list) -> list[list[dict[str, Any]]]:
+        out: list = [None] * len(items)
+        for index in {id(ix): ix for ix, _ in items}.values():  # one group per version
+            rows = [i for i, (ix, _) in enumerate(items) if ix is index]
+            for i, answers in zip(rows, index.topk([items[i][1] for i in rows]), strict=True):
+                out[i] = answers
+        return out
 
     @api.post("/score")
     async def score(self, req: ScoreRequest):
         """Score and probability of each triple."""
-        return await self._call("score", [[t.head, t.relation, t.tail] for t in req.triples])
+        from kg_ops.serve.index import QueryError
+
+        index = self.index
+        try:
+            scored = index.score([(t.head, t.relation, t.tail) for t in req.triples])
+        except QueryError as exc:
+            return _refusal(exc)
+        return JSONResponse({"scores": scored, "version": index.version.id})
 
     @api.get("/health")
     async def health(self):
-        return await self._call("health")
+        return JSONResponse({"status": "ok", "version": self.index.version.id})
 
     @api.get("/version")
     async def version(self):
-        return await self._call("info")
+        return JSONResponse(self.index.info())
 
 
-def model_app(version: dict[str, Any], *, replicas: int = 1, num_cpus: float = 1.0,
-              memory_mib: float = 256.0):
+def service_app(name: str, boot: dict[str, Any], *, replicas: int = 1, num_cpus: float = 1.0,
+                memory_mib: float = 256.0):
+    """The application of service ``name``; a replica starts with the registry's live version
+    (``boot`` where the registry has none yet)."""
     threads = max(1, int(num_cpus))
-    return LinkPredictionModel.options(
+    return LinkPredictionService.options(
         num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus},
-    ).bind(version, threads=threads, memory_mib=memory_mib)
-
-
-def gateway_app(name: str, replicas: int = 1):
-    return LinkPredictionGateway.options(num_replicas=replicas).bind(name)
+    ).bind(name, boot, threads=threads, memory_mib=memory_mib)

@@ -1,20 +1,24 @@
 """Zero-downtime deploys and rollback of a link-prediction service on the Ray cluster.
 
-``deploy(version_uri, name)``:
+A service ``NAME`` is one Serve application at the route prefix whose replicas hold the live
+model version (:mod:`kg_ops.serve.app`). ``deploy(version_uri, name)``:
 
-1. start the new version as its own Serve application (``NAME--<version id>``, no route)
-   and wait until Serve reports it running and it answers ``health`` with its version id;
-   a version that fails to load or answer is removed and the live one is left untouched;
-2. make sure the gateway application ``NAME`` serves the route prefix;
-3. record the new version as live (the old one becomes ``previous``) in the service's
-   registry, and wait until the gateway routes to it, and then until ``GET {prefix}/health``
-   over HTTP answers with the new version id;
-4. wait ``drain_s`` for requests still running on the old version, then remove it.
+* first deploy (no application yet): start it with the version and wait until Serve reports
+  it running and ``GET {prefix}/health`` answers the version id; if it does not come up, it
+  is removed and the registry is left as it was;
+* a new version of a running service: record it as *staged*; every replica loads it beside
+  the live one and checks it with a probe query, while answering requests with the live one;
+  once every replica reports it ready, record it as live (the old one becomes ``previous``)
+  and wait until every replica and ``GET {prefix}/health`` answer with it. A version that any
+  replica cannot load is unstaged and :class:`DeployError` says why; the live version never
+  changed. Requests running during the switch finish on the version they started with, so no
+  request fails; nothing restarts, so nothing waits.
 
-Requests keep flowing to the old version until step 3, and to the new one after it: no
-request fails during the swap. ``rollback(name)`` deploys the recorded previous version the
-same way. Each deploy writes a ``serve`` stage manifest (live and previous version, timings,
-the HTTP endpoint) to ``out``.
+Changing ``--replicas``/``--num-cpus``/``--memory-mib`` or the route prefix of a running
+service redeploys its application (Serve's rolling update, which stops a replica before its
+successor is up); a version swap never does. ``rollback(name)`` deploys the recorded previous
+version the same way. Each deploy writes a ``serve`` stage manifest (live and previous
+version, timings, the HTTP endpoint) to ``out``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 from kg_ops.errors import KGOpsError
 from kg_ops.manifest import Stage
-from kg_ops.serve.version import ModelVersion, open_version
+from kg_ops.serve.version import open_version
 from kg_ops.store import join
 
 log = logging.getLogger(__name__)
@@ -95,117 +99,145 @@ def _wait(what: str, check, timeout_s: float, interval_s: float = 0.2):
         time.sleep(interval_s)
 
 
-def _start_version(version: ModelVersion, app: str, *, replicas: int, num_cpus: float,
-                   memory_mib: float, timeout_s: float) -> None:
-    """Run the version's application and wait for its health answer; on failure remove it."""
+def _service_running(name: str) -> bool:
     from ray import serve
 
-    from kg_ops.serve.app import model_app
-
-    t0 = time.monotonic()
-    try:
-        handle = serve._run(model_app(version.to_dict(), replicas=replicas, num_cpus=num_cpus,
-                                      memory_mib=memory_mib), name=app, route_prefix=None)
-        health = handle.health.remote().result(timeout_s=max(1.0, timeout_s -
-                                                             (time.monotonic() - t0)))
-    except Exception as exc:
-        serve.delete(app)
-        raise DeployError(f"model version {version.id} ({version.uri}) did not come up, so "
-                          f"the live version is unchanged: {str(exc).strip()[-2000:]}") from exc
-    got = health.get("body", {}).get("version")
-    if got != version.id:
-        serve.delete(app)
-        raise DeployError(f"{app} answered health with version {got!r}, expected "
-                          f"{version.id!r}; the live version is unchanged")
+    app = serve.status().applications.get(name)
+    return app is not None and str(app.status).rsplit(".", 1)[-1] == "RUNNING"
 
 
-def _ensure_gateway(name: str, route_prefix: str, state: dict[str, Any]) -> None:
+def _running_replicas(name: str) -> int:
     from ray import serve
 
-    from kg_ops.serve.app import gateway_app
+    from kg_ops.serve.app import SERVICE_DEPLOYMENT
 
-    apps = serve.status().applications
-    running = name in apps and str(apps[name].status) in ("RUNNING",
-                                                           "ApplicationStatus.RUNNING")
-    if running and state.get("route_prefix") == route_prefix:
-        return
-    if running:
-        log.warning("moving service %s from route prefix %s to %s: requests to the old "
-                    "prefix stop now", name, state.get("route_prefix"), route_prefix)
-    serve._run(gateway_app(name), name=name, route_prefix=route_prefix)
+    app = serve.status().applications.get(name)
+    dep = app.deployments.get(SERVICE_DEPLOYMENT) if app is not None else None
+    if dep is None:
+        return 0
+    return sum(n for s, n in dep.replica_states.items() if str(s).rsplit(".", 1)[-1] ==
+               "RUNNING")
 
 
-def _switch(name: str, reg, state: dict[str, Any], spec: dict[str, Any],
-            timeout_s: float) -> dict[str, Any]:
-    """Record ``spec`` as live (the live one becomes previous) and wait for the gateway."""
+def _start_service(name: str, route_prefix: str, reg, state: dict[str, Any],
+                   spec: dict[str, Any], url: str, timeout_s: float) -> None:
+    """(Re)deploy the service's application with ``spec`` live (its config and route prefix)
+    and wait for its health answer; on failure remove it and restore the registry."""
     import ray
     from ray import serve
 
-    from kg_ops.serve.app import GATEWAY_DEPLOYMENT
+    from kg_ops.serve.app import service_app
 
+    cfg, vid = spec["config"], spec["version"]["id"]
+    ray.get(reg.put.remote(_recorded(state, spec)))
+    try:
+        serve._run(service_app(name, spec["version"], replicas=cfg["replicas"],
+                               num_cpus=cfg["num_cpus"], memory_mib=cfg["memory_mib"]),
+                   name=name, route_prefix=route_prefix)
+        _wait(f"{url}/health to answer version {vid}",
+              lambda: (_get_json(f"{url}/health") or {}).get("version") == vid, timeout_s)
+    except Exception as exc:
+        ray.get(reg.put.remote(state))
+        if not state.get("live"):
+            serve.delete(name)
+        raise DeployError(f"model version {vid} ({spec['version']['uri']}) did not come up, "
+                          f"so the live version is unchanged: {str(exc).strip()[-2000:]}"
+                          ) from exc
+
+
+def _replicas_holding(name: str, reg, vid: str, key: str, timeout_s: float) -> None:
+    """Wait until every running replica reports ``vid`` as its ``key`` ("staged" or "live");
+    a replica that could not load it ends the wait with :class:`DeployError`."""
+    import ray
+
+    def holds(r: dict[str, Any]) -> bool:  # a staged version may be live already
+        return r["live"] == vid or (key == "staged" and r["staged"] == vid)
+
+    def check():
+        reports = ray.get(reg.reports.remote())
+        failed = [r["failed"][vid] for r in reports.values() if vid in r.get("failed", {})]
+        if failed:
+            raise DeployError(f"a replica of service {name!r} could not load version {vid}: "
+                              f"{failed[0]}")
+        holding = sum(map(holds, reports.values()))
+        return holding >= max(1, _running_replicas(name)) and holding == len(reports)
+
+    _wait(f"every replica of {name!r} to hold version {vid} as {key}", check, timeout_s)
+
+
+def _swap(name: str, reg, state: dict[str, Any], spec: dict[str, Any], timeout_s: float,
+          ) -> None:
+    """Stage ``spec`` in the running replicas, then make it live (module docstring)."""
+    import ray
+
+    vid = spec["version"]["id"]
+    ray.get(reg.put.remote({**state, "staged": spec}))
+    try:
+        _replicas_holding(name, reg, vid, "staged", timeout_s)
+    except DeployError as exc:
+        ray.get(reg.put.remote({**state, "staged": None}))
+        raise DeployError(f"model version {vid} ({spec['version']['uri']}) did not load, so "
+                          f"the live version is unchanged: {exc}") from exc
+    ray.get(reg.put.remote(_recorded(state, spec)))
+    _replicas_holding(name, reg, vid, "live", timeout_s)
+
+
+def _recorded(state: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The registry record with ``spec`` live (the live one becomes previous)."""
     old = state.get("live")
     history = [*state.get("history", []), {k: spec[k] for k in ("app", "deployed_at")}
                | {"version": spec["version"]["id"], "uri": spec["version"]["uri"]}]
-    new_state = {"live": spec, "previous": old if old and old["app"] != spec["app"]
-                 else state.get("previous"), "history": history[-HISTORY:],
-                 "route_prefix": spec["route_prefix"]}
-    ray.get(reg.put.remote(new_state))
-    gateway = serve.get_deployment_handle(GATEWAY_DEPLOYMENT, name)
-    _wait(f"the gateway of {name!r} to route to {spec['app']}",
-          lambda: (gateway.serving.remote().result(timeout_s=10) or {}).get("app") == spec["app"],
-          timeout_s)
-    return new_state
+    return {"live": spec, "staged": None,
+            "previous": old if old and old["version"]["id"] != spec["version"]["id"]
+            else state.get("previous"), "history": history[-HISTORY:],
+            "route_prefix": spec["route_prefix"], "config": spec["config"]}
 
 
 def deploy(version_uri: str, *, name: str = DEFAULT_NAME,
            route_prefix: str = DEFAULT_ROUTE_PREFIX, out: str | None = None,
            http_host: str = "127.0.0.1", http_port: int = 8000, replicas: int = 1,
            num_cpus: float = 1.0, memory_mib: float = 256.0, timeout_s: float = 600.0,
-           drain_s: float = 2.0, action: str = "deploy") -> dict[str, Any]:
+           action: str = "deploy") -> dict[str, Any]:
     """Make the version at ``version_uri`` live as service ``name`` (see the module
     docstring); returns the deployment manifest."""
     import ray
-    from ray import serve
 
-    from kg_ops.serve.app import registry, version_app_name
+    from kg_ops.serve.app import registry
 
     if not route_prefix.startswith("/"):
         raise DeployError(f"--route-prefix must start with '/', got {route_prefix!r}")
     version = open_version(version_uri)
     out = out or default_out(version.uri, name)
-    config = {"name": name, "route_prefix": route_prefix, "replicas": replicas,
-              "num_cpus": num_cpus, "memory_mib": memory_mib, "action": action}
-    with Stage("serve", out, config=config, inputs={"version": version.uri},
-               force=True) as st:
+    config = {"replicas": replicas, "num_cpus": num_cpus, "memory_mib": memory_mib}
+    with Stage("serve", out, config={"name": name, "route_prefix": route_prefix, **config,
+                                     "action": action},
+               inputs={"version": version.uri}, force=True) as st:
         endpoint = start_serve(http_host, http_port)
+        url = http_url(endpoint, route_prefix)
         reg = registry(name, create=True)
         state = ray.get(reg.get.remote())
-        app = version_app_name(name, version.id)
-        live = state.get("live")
-        with st.phase("start"):
-            if live and live["app"] == app and app in serve.status().applications:
-                log.info("version %s is already live as %s; checking it", version.id, app)
-            else:
-                _start_version(version, app, replicas=replicas, num_cpus=num_cpus,
-                               memory_mib=memory_mib, timeout_s=timeout_s)
-        spec = {"app": app, "version": version.to_dict(), "route_prefix": route_prefix,
+        spec = {"app": name, "version": version.to_dict(), "route_prefix": route_prefix,
                 "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "config": config}
-        with st.phase("switch"):
-            _ensure_gateway(name, route_prefix, state)
-            new_state = _switch(name, reg, state, spec, timeout_s)
-            url = http_url(endpoint, route_prefix)
+        running = _service_running(name)
+        with st.phase("swap"):
+            if running:
+                _swap(name, reg, state, spec, timeout_s)
+        with st.phase("start"):
+            if not running or (state.get("config"), state.get("route_prefix")) != (
+                    config, route_prefix):
+                if running:
+                    log.warning("service %s: new config %s at %s (was %s at %s): Serve "
+                                "redeploys its replicas", name, config, route_prefix,
+                                state.get("config"), state.get("route_prefix"))
+                _start_service(name, route_prefix, reg, state, spec, url, timeout_s)
             _wait(f"{url}/health to answer version {version.id}",
                   lambda: (_get_json(f"{url}/health") or {}).get("version") == version.id,
                   timeout_s)
-        with st.phase("retire"):
-            if live and live["app"] != app and live["app"] in serve.status().applications:
-                time.sleep(drain_s)
-                serve.delete(live["app"])
-                log.info("retired version %s (%s)", live["version"]["id"], live["app"])
+        new_state = ray.get(reg.get.remote())
         previous = new_state["previous"] or {}
-        st.outputs.update({"url": url, "health": f"{url}/health", "app": app,
-                           "gateway_app": name, "service": name, "version": version.id,
+        st.outputs.update({"url": url, "health": f"{url}/health", "app": name,
+                           "service": name, "version": version.id,
                            "version_uri": version.uri,
                            "previous_version": previous.get("version", {}).get("id"),
                            "previous_version_uri": previous.get("version", {}).get("uri")})
@@ -214,12 +246,13 @@ def deploy(version_uri: str, *, name: str = DEFAULT_NAME,
         st.metrics.update(version.metrics)
         st.counts["deploys_recorded"] = len(new_state["history"])
     log.info("service %s: version %s is live at %s (previous: %s)", name, version.id, url,
-             (new_state["previous"] or {}).get("version", {}).get("id"))
+             previous.get("version", {}).get("id"))
     return st.manifest
 
 
 def service_state(name: str) -> dict[str, Any]:
-    """The registry record of service ``name`` (live, previous, history)."""
+    """The registry record of service ``name`` (live, staged, previous, history) and what each
+    replica holds (``replicas``)."""
     import ray
 
     from kg_ops.serve.app import registry
@@ -228,7 +261,7 @@ def service_state(name: str) -> dict[str, Any]:
     if reg is None:
         raise DeployError(f"no service named {name!r} on this Ray cluster; deploy one with "
                           "`kgops serve --model URI`")
-    return ray.get(reg.get.remote())
+    return {**ray.get(reg.get.remote()), "replicas": ray.get(reg.reports.remote())}
 
 
 def rollback(*, name: str = DEFAULT_NAME, out: str | None = None,
@@ -239,9 +272,9 @@ def rollback(*, name: str = DEFAULT_NAME, out: str | None = None,
     if not previous:
         raise DeployError(f"service {name!r} has no previous version to roll back to "
                           f"(live: {(state.get('live') or {}).get('app')})")
-    spec_cfg = previous.get("config", {})
-    for key in ("replicas", "num_cpus", "memory_mib"):
-        kwargs.setdefault(key, spec_cfg.get(key, 1))
+    for key, value in previous.get("config", {}).items():
+        if key in ("replicas", "num_cpus", "memory_mib"):
+            kwargs.setdefault(key, value)
     kwargs.setdefault("route_prefix", state.get("route_prefix") or previous["route_prefix"])
     log.info("rolling service %s back to version %s (%s)", name, previous["version"]["id"],
              previous["version"]["uri"])

@@ -243,6 +243,13 @@ class LinkIndex:
                 for (h, r, t), v, p, kn in zip(triples, s.tolist(), torch.sigmoid(s).tolist(),
                                                known, strict=True)]
 
+    def probe(self) -> None:
+        """Answer one top-1 query (the first relation, from its first head-type entity): a
+        version that loads but cannot score fails here, before it is served."""
+        lo, hi = self.candidate_range(0, tail_side=False)
+        if hi > lo:
+            self.topk([Query(anchor=lo, rel=0, tail_side=True, k=1, filter_known=False)])
+
     def info(self) -> dict[str, Any]:
         """What ``GET /version`` answers: the version, its metrics and its graph."""
         return {**self.version.to_dict(),

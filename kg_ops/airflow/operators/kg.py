@@ -350,7 +350,7 @@ class DeployLinkPredictionServiceOperator(KgStageOperator):
     --rollback``.
 
     :param version_uri: the evaluate stage's output directory.
-    :param name: service name (one gateway per name; default ``kg``).
+    :param name: service name (one Serve application per name; default ``kg``).
     :param route_prefix: HTTP route prefix of the service (default ``/kg``).
     :param enabled: ``False`` skips the task (nothing is deployed, the live version stays).
     :param http_host / http_port: where Serve's HTTP proxy binds if Serve is not yet running
