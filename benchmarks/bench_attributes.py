@@ -1,7 +1,8 @@
 """Do encoded attributes earn their place? Filtered test MRR overall and on cold triples, with
 and without attributes, for the default GNN and the shallow ComplEx baseline.
 
-Rows per graph (``kgops train`` defaults otherwise; 1 partition, 1 worker with 2 threads):
+Rows per graph (``kgops train`` defaults otherwise; ``--parts`` partitions, one worker each,
+one thread per worker; with 1 partition the worker gets 2 threads):
 
 * ``none``: no attributes (partitions built without ``--features``): learned rows only;
 * ``add``: attributes encoded by ``kgops encode``, their projection added to each entity's
@@ -100,18 +101,18 @@ def _bfs_packages(edges: np.ndarray, is_pkg: np.ndarray, limit: int, seed: int) 
     return keep
 
 
-def prepare(graph: str, work: Path) -> dict:
-    """Encode the graph's attributes and build 1-partition outputs with and without them."""
+def prepare(graph: str, work: Path, parts: int) -> dict:
+    """Encode the graph's attributes and build partitions with and without them."""
     t = time.perf_counter()
     feats = work / "features"
     kgops("encode", "--graph", graph, "--out", str(feats))
     encode_s = time.perf_counter() - t
-    parts = {"none": work / "p1", "attrs": work / "p1-features"}
-    kgops("partition", "--graph", graph, "--parts", "1", "--out", str(parts["none"]))
-    kgops("partition", "--graph", graph, "--parts", "1", "--out", str(parts["attrs"]),
+    out = {"none": work / f"p{parts}", "attrs": work / f"p{parts}-features"}
+    kgops("partition", "--graph", graph, "--parts", str(parts), "--out", str(out["none"]))
+    kgops("partition", "--graph", graph, "--parts", str(parts), "--out", str(out["attrs"]),
           "--features", str(feats))
     manifest = json.loads((feats / "_manifest.json").read_text())
-    return {"features": str(feats), "parts": {k: str(v) for k, v in parts.items()},
+    return {"features": str(feats), "parts": {k: str(v) for k, v in out.items()}, "n": parts,
             "encode": {"wall_s": round(encode_s, 1), "dims": manifest["metrics"].get("dims"),
                        "texts": manifest["counts"].get("texts")}}
 
@@ -126,12 +127,12 @@ def evaluate(model_uri: str, graph: str, out: str) -> dict:
 
 
 def rows(graph: str, work: Path, prep: dict, models: list[str], modes: list[str],
-         epochs: int | None) -> list[dict]:
+         epochs: int | None, threads: int) -> list[dict]:
     out = []
     for model in models:
         for mode in modes:
-            name = f"{model}-{mode}"
-            kw = {"model": model, "threads": 2, "seed": 0}
+            name = f"{model}-{mode}-p{prep['n']}"
+            kw = {"model": model, "threads": threads, "seed": 0}
             if epochs:
                 kw["epochs"] = epochs
             if mode != "none":
@@ -167,6 +168,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/bench_attributes")
     ap.add_argument("--packages", type=int, default=5000, help="Debian slice size")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", type=int, default=2, help="partitions = workers")
     ap.add_argument("--models", default="rgcn,complex")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--epochs", type=int, default=None,
@@ -178,8 +180,9 @@ def main() -> None:
     previous = RESULTS / "bench_attributes.json"
     results = json.loads(previous.read_text())["results"] if previous.exists() else {}
     results["protocol"] = {
-        "rows": "kgops train defaults, 1 partition, 1 worker (2 threads); only --model and "
-                "--attribute-input differ; attributes from kgops encode defaults",
+        "rows": f"kgops train defaults, {args.parts} partition(s), one worker each; only "
+                "--model and --attribute-input differ (and --epochs when capped); attributes "
+                "from kgops encode defaults",
         "metrics": "kgops evaluate: filtered test ranking, both directions, all entities",
         "cold": "test triples whose head or tail has at most 3 training edges"}
     models, modes = args.models.split(","), args.modes.split(",")
@@ -199,9 +202,11 @@ def main() -> None:
                   "--out", graph)
         else:
             raise SystemExit(f"unknown section {section!r}")
-        prep = prepare(graph, w)
+        prep = prepare(graph, w, args.parts)
+        threads = 2 if args.parts == 1 else 1
         results[section] = {"graph": graph_stats(graph), "encode": prep["encode"],
-                            "rows": rows(graph, w, prep, models, modes, args.epochs),
+                            "parts": args.parts, "epochs_cap": args.epochs,
+                            "rows": rows(graph, w, prep, models, modes, args.epochs, threads),
                             "section_wall_s": round(time.perf_counter() - t0, 1),
                             "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         print(json.dumps(results[section], indent=1), flush=True)
