@@ -204,9 +204,6 @@ def replication_cover(h: np.ndarray, t: np.ndarray, ph: np.ndarray, pt: np.ndarr
     replicating ``h`` into ``pt`` and ``t`` into ``ph`` (cost / the node's edges into that
     part), and whether the cover holds both replications (the edge may then go either way).
     """
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
-
     head_key, head_inv = unique_inverse(h * parts + pt)   # h made a core node of pt
     tail_key, tail_inv = unique_inverse(t * parts + ph)   # t made a core node of ph
     w_head = replication_cost(head_key // parts, head_key % parts)
@@ -224,24 +221,9 @@ def replication_cover(h: np.ndarray, t: np.ndarray, ph: np.ndarray, pt: np.ndarr
     left = home < cand % parts
     a = np.where(left[ci_head], ci_head, ci_tail)
     b = np.where(left[ci_head], ci_tail, ci_head)
-    pairs = unique_int(a * len(cand) + b)
-    a, b = pairs // len(cand), pairs % len(cand)
-    src, sink = len(cand), len(cand) + 1
-    cap = np.maximum(np.round(weight * scale), 1).astype(np.int64)
-    big = int(min(cap.sum() + 1, np.iinfo(np.int32).max))
-    rows = np.concatenate([np.full(int(left.sum()), src), a, np.flatnonzero(~left)])
-    cols = np.concatenate([np.flatnonzero(left), b, np.full(int((~left).sum()), sink)])
-    caps = np.concatenate([cap[left], np.full(len(a), big), cap[~left]]).astype(np.int32)
-    graph = sp.csr_array((caps, (rows, cols)), shape=(len(cand) + 2,) * 2)
     log.info("partition: vertex cover of %d cut edges over %d candidate replications",
              len(h), len(cand))
-    flow = maximum_flow(graph, src, sink).flow
-    residual = sp.csr_array(graph - flow)          # reverse arcs carry +flow
-    residual.data = (residual.data > 0).astype(np.int8)
-    residual.eliminate_zeros()
-    reach = np.zeros(len(cand) + 2, dtype=bool)
-    reach[breadth_first_order(residual, src, directed=True, return_predecessors=False)] = True
-    chosen = np.where(left, ~reach[:len(cand)], reach[:len(cand)])
+    chosen = _min_weight_cover(a, b, left, weight, scale)
     # Per-edge costs, amortised over the node's edges into that part.
     n_head = np.bincount(head_inv, minlength=len(head_key))
     n_tail = np.bincount(tail_inv, minlength=len(tail_key))
@@ -250,6 +232,33 @@ def replication_cover(h: np.ndarray, t: np.ndarray, ph: np.ndarray, pt: np.ndarr
     to_tail_part = chosen[ci_head]
     both = chosen[ci_head] & chosen[ci_tail]
     return to_tail_part, cost_head, cost_tail, both
+
+
+def _min_weight_cover(a: np.ndarray, b: np.ndarray, left: np.ndarray, weight: np.ndarray,
+                      scale: float) -> np.ndarray:
+    """Minimum-weight vertex cover of the bipartite graph with edges ``a[i] - b[i]`` (``a`` on
+    the left side): left vertices not reachable from the source in the max flow's residual
+    graph, right vertices that are (weights rounded to integers after ``* scale``)."""
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+    n = len(weight)
+    pairs = unique_int(a * n + b)
+    a, b = pairs // n, pairs % n
+    src, sink = n, n + 1
+    cap = np.maximum(np.round(weight * scale), 1).astype(np.int64)
+    big = int(min(cap.sum() + 1, np.iinfo(np.int32).max))
+    rows = np.concatenate([np.full(int(left.sum()), src), a, np.flatnonzero(~left)])
+    cols = np.concatenate([np.flatnonzero(left), b, np.full(int((~left).sum()), sink)])
+    caps = np.concatenate([cap[left], np.full(len(a), big), cap[~left]]).astype(np.int32)
+    graph = sp.csr_array((caps, (rows, cols)), shape=(n + 2,) * 2)
+    flow = maximum_flow(graph, src, sink).flow
+    residual = sp.csr_array(graph - flow)          # reverse arcs carry +flow
+    residual.data = (residual.data > 0).astype(np.int8)
+    residual.eliminate_zeros()
+    reach = np.zeros(n + 2, dtype=bool)
+    reach[breadth_first_order(residual, src, directed=True, return_predecessors=False)] = True
+    return np.where(left, ~reach[:n], reach[:n])
 
 
 def unique_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -84,8 +84,14 @@ class TrialRecord:
 def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduction: int):
     """A Tune callback that records and logs every trial, and the ASHA scheduler whose early
     stops it tells apart from the time budget's."""
+    recorder = _recorder(base, space, out)
+    return recorder, _recording_asha(base, recorder, grace, reduction)
+
+
+def _recorder(base: TrainConfig, space, out: str):
+    """A Tune callback keeping a :class:`TrialRecord` per trial (``.trials``) and logging
+    each trial's start, epochs and end."""
     from ray.tune import Callback
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class Recorder(Callback):
         def __init__(self) -> None:
@@ -126,7 +132,12 @@ def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduc
                 rec.error = _error_line(trial)
                 log.warning("tune: trial %s failed: %s", trial.trial_id, rec.error)
 
-    recorder = Recorder()
+    return Recorder()
+
+
+def _recording_asha(base: TrainConfig, recorder, grace: int, reduction: int):
+    """ASHA that notes its early stops in the recorder's trial records."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class RecordingASHA(ASHAScheduler):
         def on_trial_result(self, tune_controller, trial, result):
@@ -142,10 +153,8 @@ def recorder_and_scheduler(base: TrainConfig, space, out: str, grace: int, reduc
                 rec.stopped_by = f"ASHA at epoch {result.get('training_iteration')}"
             return action
 
-    scheduler = RecordingASHA(time_attr="training_iteration", max_t=base.epochs,
-                              grace_period=grace,
-                              reduction_factor=reduction, stop_last_trials=False)
-    return recorder, scheduler
+    return RecordingASHA(time_attr="training_iteration", max_t=base.epochs, grace_period=grace,
+                         reduction_factor=reduction, stop_last_trials=False)
 
 
 def _error_line(trial) -> str:
