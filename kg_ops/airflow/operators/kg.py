@@ -31,6 +31,7 @@ from kg_ops.config import (
     ConfigError,
     EncodeConfig,
     EvaluateConfig,
+    PartitionConfig,
     StageConfig,
     SynthConfig,
     TrainConfig,
@@ -212,27 +213,30 @@ class PartitionGraphOperator(KgStageOperator):
     """Partition training edges (METIS) and expand each part to a self-sufficient K-hop
     neighbourhood.
 
+    Takes every ``kgops partition`` option by its :class:`kg_ops.config.PartitionConfig` name
+    (``parts`` required; ``hops``, ``fanout``, ``method``, ``seed``, ...) with its default; all
+    templated and checked before the job is submitted.
+
     :param features_uri: the encode stage's output; ignored if that stage was skipped.
     """
 
+    config_class = PartitionConfig
+    uri_options = {"graph_uri": "graph", "out_uri": "out", "features_uri": "features"}
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "graph_uri",
-                                      "features_uri", "parts", "hops", "fanout", "method", "seed")
+                                      "features_uri",
+                                      *option_fields(PartitionConfig, uri_options))
 
-    def __init__(self, *, graph_uri: str, parts: int | str = 2, hops: int | str = 2,
-                 fanout: str = "25,10", method: str = "metis", seed: int | str = 0,
-                 features_uri: str = "", **kwargs):
+    def __init__(self, *, graph_uri: str, features_uri: str = "", **kwargs):
+        options = self.take_options(kwargs)
         super().__init__(**kwargs)
         self.graph_uri, self.features_uri = graph_uri, features_uri
-        self.parts, self.hops, self.fanout, self.method, self.seed = parts, hops, fanout, \
-            method, seed
+        self.set_options(options)
 
     def stage_command(self) -> list[str]:
-        cmd = ["partition", "--graph", str(self.graph_uri), "--parts", str(self.parts),
-               "--hops", str(self.hops), "--fanout", str(self.fanout), "--method",
-               str(self.method), "--seed", str(self.seed)]
-        if self.features_uri and self._features_exist():
-            cmd += ["--features", str(self.features_uri)]
-        return cmd
+        config = self.stage_config()
+        if config.features and not self._features_exist():
+            config = config.replace(features=None)
+        return ["partition", *config.to_args(exclude=("out",))]
 
     def _features_exist(self) -> bool:
         from kg_ops.manifest import read_manifest

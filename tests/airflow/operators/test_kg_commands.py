@@ -122,6 +122,37 @@ def test_import_synth_entrypoint_is_checked_by_the_synth_config():
         synth(synth_nodes=10)
 
 
+def partition_op(**options):
+    from kg_ops.airflow.operators.kg import PartitionGraphOperator
+
+    return PartitionGraphOperator(task_id="partition", graph_uri="/runs/g", out_uri="/runs/p",
+                                  **options)
+
+
+def test_partition_entrypoint_parses_back_and_skips_features_never_encoded(tmp_path):
+    from kg_ops.cli import build_parser
+    from kg_ops.config import PartitionConfig
+    from kg_ops.manifest import Stage
+
+    op = partition_op(parts="4", fanout="10,5", seed="3", features_uri=str(tmp_path / "f"))
+    for name, default in PartitionConfig.defaults().items():
+        if name not in ("features", "fanout", "seed"):
+            assert getattr(partition_op(), name) == default, name
+    argv = shlex.split(op.build_entrypoint({}))
+    assert "--features" not in argv                 # the encode stage was skipped
+    expected = PartitionConfig(graph="/runs/g", out="/runs/p", parts=4, fanout="10,5", seed=3)
+    assert PartitionConfig.from_args(build_parser().parse_args(argv[1:])) == expected
+    with Stage("encode", str(tmp_path / "f"), announce=False):
+        pass                                        # a finished encode stage
+    argv = shlex.split(op.build_entrypoint({}))
+    assert PartitionConfig.from_args(build_parser().parse_args(argv[1:])) == expected.replace(
+        features=str(tmp_path / "f"))
+    with pytest.raises(ValueError, match="partition: --parts needs a value"):
+        partition_op().build_entrypoint({})
+    with pytest.raises(ValueError, match="--method must be one of metis, random"):
+        partition_op(parts=2, method="kmeans").build_entrypoint({})
+
+
 def test_driver_cpus_follow_where_each_stage_computes():
     from kg_ops.airflow.operators.kg import (
         EncodeAttributesOperator,
