@@ -18,7 +18,8 @@ Sections (``--sections warm,inductive``):
 
 Graphs (``--graph``): ``codex-s``, ``codex-m``, or ``debian``: the seeded Debian slice of
 ``bench_attributes`` (``--packages``; text, categorical, numeric and multilabel attributes).
-Recipe: ``kgops train``'s defaults, 2 threads (``results/bench_warm_start_s_*.json`` are older
+Recipe: ``kgops train``'s defaults on ``--parts`` partitions (one worker each; 2 threads with
+one partition, else 1) (``results/bench_warm_start_s_*.json`` are older
 runs with the session-4 softmax recipe: RGCN 64/64/32, 2,048 candidates, Adam, patience 5).
 
 Run under the CPU lock: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_warm_start.py``.
@@ -132,8 +133,8 @@ def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int) -
     yest = yesterday(today, str(work / f"{name}-yesterday"))
     parts = {}
     for name, g in (("today", today), ("yesterday", yest)):
-        parts[name] = str(work / f"{name}-p1")
-        partition(PartitionConfig(graph=g, parts=1, out=parts[name]))
+        parts[name] = str(work / f"{name}-p{recipe['workers']}")
+        partition(PartitionConfig(graph=g, parts=recipe["workers"], out=parts[name]))
     common = {**recipe, "epochs": epochs, "keep_checkpoints": epochs}
     t = time.perf_counter()
     y = train(TrainConfig(partitions=parts["yesterday"], out=str(work / "m-yesterday"),
@@ -213,12 +214,15 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
     out = {"split": split["counts"], "recipe": {**recipe, "epochs": epochs}}
     for name, opt in runs.items():
         tag = name.replace(" ", "-")
-        parts = str(work / f"split-parts-{'attr' if opt['features'] else 'plain'}")
-        partition(PartitionConfig(graph=g_train, parts=1, out=parts, features=opt["features"]))
+        parts = str(work / f"split-parts{recipe['workers']}-"
+                           f"{'attr' if opt['features'] else 'plain'}")
+        partition(PartitionConfig(graph=g_train, parts=recipe["workers"], out=parts,
+                                  features=opt["features"]))
         kw = {**recipe, "epochs": epochs}
         if opt.get("model"):
             kw["model"] = opt["model"]
-        m = train(TrainConfig(partitions=parts, out=str(work / f"split-{tag}"), **kw))
+        out_uri = str(work / f"split-{tag}-p{recipe['workers']}")
+        m = train(TrainConfig(partitions=parts, out=out_uri, **kw))
         trained = load_trained(m["uri"])
         transductive = _mrr(trained, g_train)
         inductive, _ = for_graph(trained, g_full)
@@ -237,6 +241,7 @@ def main() -> None:
     ap.add_argument("--sections", default="warm,inductive")
     ap.add_argument("--graph", default="codex-s", choices=("codex-s", "codex-m", "debian"))
     ap.add_argument("--packages", type=int, default=5000, help="Debian slice size")
+    ap.add_argument("--parts", type=int, default=1, help="partitions = workers")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--work", default="/tmp/kgops-bench-warm")
     args = ap.parse_args()
@@ -247,7 +252,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    recipe = {"threads": 2}                 # kgops train's defaults
+    recipe = {"workers": args.parts, "threads": 2 if args.parts == 1 else 1}   # else defaults
     sections = args.sections.split(",")
     today = import_graph(work, args.graph, args.packages)
     if "warm" in sections:
