@@ -160,13 +160,12 @@ with DAG(
 
     common = {"ray_conn_id": RAY_CONN_ID, "force": "{{ params.force }}"}
 
-    @task(inlets=[embeddings])
+    @task(inlets=[embeddings], multiple_outputs=True)
     def previous_version() -> dict:
         """The last published version's model and features, when warm_start is on."""
         return warm_start_source(get_current_context(), embeddings)
 
-    def previous(key: str) -> str:
-        return "{{ ti.xcom_pull(task_ids='previous_version')['" + key + "'] }}"
+    previous = previous_version()   # previous["model_uri"] etc.: XComArgs ("" when off)
 
     import_graph = ImportGraphOperator(
         task_id="import_graph",
@@ -184,7 +183,7 @@ with DAG(
         out_uri=planned["features"],
         enabled="{{ params.encode_attributes }}",
         workers="{{ params.workers }}",
-        extra_args=[f"--encoders={previous('features_uri')}"],
+        encoders=previous["features_uri"],
         **common,
     )
     partition = PartitionGraphOperator(
@@ -218,7 +217,7 @@ with DAG(
         out_uri=planned["model"],
         workers="{{ params.workers }}",
         **{name: "{{ params." + name + " }}" for name in TRAIN_PARAMS},
-        init_from=previous("model_uri"),
+        init_from=previous["model_uri"],
         tuned="{{ ti.xcom_pull(task_ids='plan', key='tune') if params.tune else "
               "(params.tuned_recipe or '') }}",
         deferrable=True,
@@ -262,4 +261,3 @@ with DAG(
     import_graph >> encode >> partition >> tune >> train >> evaluate
     # Only a version that passed the gate and was published as the newest date is served.
     publish(gate) >> deploy
-    previous_version() >> encode
