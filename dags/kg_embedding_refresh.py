@@ -218,8 +218,7 @@ with DAG(
         workers="{{ params.workers }}",
         **{name: "{{ params." + name + " }}" for name in TRAIN_PARAMS},
         init_from=previous["model_uri"],
-        tuned="{{ ti.xcom_pull(task_ids='plan', key='tune') if params.tune else "
-              "(params.tuned_recipe or '') }}",
+        tuned=planned["tuned"],
         deferrable=True,
         poll_interval=5,
         job_timeout=6 * 3600,

@@ -49,6 +49,8 @@ def plan_run(context: dict) -> dict[str, str]:
     plan["base"] = base
     plan["deploy"] = join(base, "deploy")     # the serving deployment's record (not a stage)
     plan["tune"] = join(base, "tune")         # the recipe search, when params.tune is on
+    # the recipe train starts from: this run's search, else a given earlier one, else none
+    plan["tuned"] = plan["tune"] if params.get("tune") else str(params.get("tuned_recipe") or "")
     return plan
 
 

@@ -26,7 +26,18 @@ def test_plan_puts_every_stage_under_the_run_key():
     base = "s3://kg/runs/kg_embedding_refresh/20261101T020000Z"
     assert plan == {**{stage: f"{base}/{stage}" for stage in STAGES},
                     "run_key": "20261101T020000Z", "base": base, "deploy": f"{base}/deploy",
-                    "tune": f"{base}/tune"}
+                    "tune": f"{base}/tune", "tuned": ""}
+
+
+@pytest.mark.parametrize(("params", "tuned"), [
+    ({"tune": True, "tuned_recipe": "s3://kg/old/tune"}, "/a/kg_embedding_refresh/"
+                                                         "20261101T020000Z/tune"),
+    ({"tune": False, "tuned_recipe": "s3://kg/old/tune"}, "s3://kg/old/tune"),
+    ({"tune": False, "tuned_recipe": None}, ""),
+])
+def test_train_starts_from_this_runs_search_else_the_given_recipe(params, tuned):
+    plan = plan_run({"params": {"artifact_root": "/a", **params}, "dag_run": dag_run()})
+    assert plan["tuned"] == tuned
 
 
 def test_runs_without_a_logical_date_are_keyed_by_a_path_safe_run_id():
