@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import ray
-from fastapi import FastAPI
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -241,9 +241,17 @@ class LinkPredictionService:
     @api.post("/predict")
     async def predict(self, req: PredictRequest):
         """Top-k tails of ``(head, relation, ?)`` or heads of ``(?, relation, tail)``."""
+        return await self._predict(req.model_dump(exclude_none=True))
+
+    @api.get("/predict")
+    async def predict_get(self, req: Annotated[PredictRequest, Query()]):
+        """The same query as URL parameters (``?head=KEY&relation=NAME&k=10``): no request
+        body, so Serve's replica need not fetch one back from the proxy."""
+        return await self._predict(req.model_dump(exclude_none=True))
+
+    async def _predict(self, body: dict[str, Any]):
         from kg_ops.serve.index import QueryError
 
-        body = req.model_dump(exclude_none=True)
         index = self.index  # one version per request, even across a swap
         try:
             query = index.query(**body)

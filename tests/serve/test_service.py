@@ -145,6 +145,28 @@ def test_predict_equals_brute_force_with_types_and_filter(service, versions, gra
     assert checked_filtered
 
 
+def test_predict_by_url_parameters_answers_the_same(service, versions, graph):
+    """``GET /predict?head=..&relation=..`` is the POST query without a body."""
+    brute = Brute(versions[0], graph)
+    for q in queries(brute, n=3):
+        tail_side = "head" in q
+        params = {**q, "k": 7, "filter_known": "false"}
+        resp = requests.get(f"{service['url']}/predict", params=params, timeout=30)
+        assert resp.status_code == 200, resp.text
+        keys, _ = brute.topk(q.get("head") or q.get("tail"), q["relation"], 7, tail_side,
+                             False)
+        assert [a["key"] for a in resp.json()["answers"]] == keys
+        assert resp.json() == post(f"{service['url']}/predict",
+                                   {**q, "k": 7, "filter_known": False}).json()
+    resp = requests.get(f"{service['url']}/predict", timeout=30,
+                        params={"head": "no-such-entity:9", "relation": brute.rel_names[0]})
+    assert resp.status_code == 404 and "no-such-entity:9" in resp.json()["detail"]
+    resp = requests.get(f"{service['url']}/predict", timeout=30,
+                        params={"head": brute.keys[0], "relation": brute.rel_names[0],
+                                "k": 5000})
+    assert resp.status_code == 422
+
+
 def test_score_equals_brute_force(service, versions, graph):
     brute = Brute(versions[0], graph)
     rng = np.random.default_rng(1)
