@@ -54,7 +54,7 @@ from kg_ops.airflow.runs import (
     publish_version,
     warm_start_source,
 )
-from kg_ops.config import TrainConfig, TuneConfig
+from kg_ops.config import SynthConfig, TrainConfig, TuneConfig
 
 DAG_ID = "kg_embedding_refresh"
 ARTIFACT_ROOT = os.environ.get("KGOPS_ARTIFACT_ROOT", "/tmp/kgops-artifacts")
@@ -99,8 +99,8 @@ with DAG(
                                description="Folder holding the raw codex/ and debian/ datasets "
                                            "(codex-m, debian). Empty: CoDEx-S shipped in "
                                            "kg_ops."),
-        "synth_nodes": Param(3000, type="integer", minimum=100),
-        "synth_edges": Param(24000, type="integer", minimum=100),
+        "synth_nodes": option_param(SynthConfig, "nodes", default=3000),
+        "synth_edges": option_param(SynthConfig, "edges", default=24000),
         "encode_attributes": Param(True, type="boolean",
                                    description="Encode node attributes (BERT for text)."),
         "workers": Param(2, type="integer", minimum=1, maximum=64,

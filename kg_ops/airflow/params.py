@@ -12,8 +12,9 @@ from kg_ops.config import StageConfig
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
-def option_param(config_class: type[StageConfig], name: str) -> Param:
-    """The form field of one option."""
+def option_param(config_class: type[StageConfig], name: str, default: Any = None) -> Param:
+    """The form field of one option; ``default``: the form's value for an option the config
+    requires (it has none of its own)."""
     opt = config_class.option(name)
     json_type: Any = _JSON_TYPES[opt.type]
     kw: dict[str, Any] = {"type": [json_type, "null"] if opt.nullable else json_type,
@@ -24,7 +25,7 @@ def option_param(config_class: type[StageConfig], name: str) -> Param:
         kw["minimum"] = opt.minimum
     if opt.maximum is not None:
         kw["maximum"] = opt.maximum
-    return Param(opt.default, **kw)
+    return Param(default if opt.required else opt.default, **kw)
 
 
 def stage_params(config_class: type[StageConfig], *names: str) -> dict[str, Param]:
