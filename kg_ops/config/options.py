@@ -211,7 +211,7 @@ class StageConfig:
 
 
 def _help(opt: Option) -> str:
-    if opt.required or opt.default is None or opt.type is bool and opt.default is False:
+    if opt.required or opt.default in (None, "") or opt.type is bool and opt.default is False:
         return opt.help
     return f"{opt.help} (default: {opt.default})" if opt.help else f"default: {opt.default}"
 

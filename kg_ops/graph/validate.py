@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kg_ops.config.importers import ON_BAD_ROWS
 from kg_ops.errors import KGOpsError, snippet
 from kg_ops.store import get_store, join
 
-ON_BAD_ROWS = ("fail", "quarantine")
 QUARANTINE_HINT = "re-run with --on-bad-rows quarantine to set bad rows aside"
 
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kg_ops.cli import main
+from kg_ops.config import DebianImportConfig, TriplesImportConfig
 from kg_ops.graph.importers.debian import apt_dumpavail, build_debian_graph, import_debian
 from kg_ops.graph.importers.triples import import_triples
 from kg_ops.graph.kg import KnowledgeGraph
@@ -139,7 +140,7 @@ def test_triples_crlf_blank_lines_header(tmp_path):
 def test_triples_without_header_flag_reads_header_as_data(tmp_path, caplog):
     train = write(tmp_path / "t.tsv", "head\trelation\ttail\na\tr\tb\n")
     out = str(tmp_path / "g")
-    import_triples(out, train, split="1,0,0")
+    import_triples(TriplesImportConfig(out=out, train=train, split="1,0,0"))
     assert ("head", "relation", "tail") in keyed_edges(out, "train")
     assert "looks like a header" in caplog.text
 
@@ -152,9 +153,9 @@ def test_single_file_split_is_deterministic_and_valid_test_entities_are_in_train
     lines += [f"lonely{i}\tr0\te0" for i in range(20)]   # entities seen once: must go to train
     train = write(tmp_path / "all.tsv", "\n".join(lines) + "\n")
     a, b, c = (str(tmp_path / n) for n in "abc")
-    import_triples(a, train, seed=5)
-    import_triples(b, train, seed=5)
-    import_triples(c, train, seed=6)
+    import_triples(TriplesImportConfig(out=a, train=train, seed=5))
+    import_triples(TriplesImportConfig(out=b, train=train, seed=5))
+    import_triples(TriplesImportConfig(out=c, train=train, seed=6))
     for split in ("train", "valid", "test"):
         assert np.array_equal(KnowledgeGraph.load(a).edges[split],
                               KnowledgeGraph.load(b).edges[split])
@@ -432,7 +433,7 @@ def test_debian_bad_stanzas_are_reported_with_lines():
 @pytest.mark.slow
 def test_debian_full_import_matches_readme_facts(datasets, tmp_path):
     out = str(tmp_path / "debian")
-    m = import_debian(out, root=str(datasets / "debian"), seed=0)
+    m = import_debian(DebianImportConfig(out=out, root=str(datasets / "debian"), seed=0))
     c = m["counts"]
     # README "Verified counts" (their throwaway parser; ours is independent)
     assert c["node_types"]["package"] == 63_666 and c["node_types"]["maintainer"] == 2_249
@@ -483,7 +484,7 @@ def test_debian_root_reads_xz(tmp_path):
     root.mkdir()
     (root / "dumpavail.txt.xz").write_bytes(lzma.compress(STANZAS.encode()))
     (root / "x_Translation-en.xz").write_bytes(lzma.compress(TRANSLATION.encode()))
-    m = import_debian(str(tmp_path / "g"), root=str(root), seed=1)
+    m = import_debian(DebianImportConfig(out=str(tmp_path / "g"), root=str(root), seed=1))
     assert m["counts"]["node_types"]["package"] == 3 and m["counts"]["long_descriptions"] == 1
     assert sum(m["counts"]["edges"].values()) == 21
 

@@ -28,9 +28,12 @@ from typing import Any, ClassVar
 from kg_ops.airflow.links import EvaluationReportLink, RayJobLink
 from kg_ops.airflow.operators.ray import SubmitRayJobOperator
 from kg_ops.config import (
+    IMPORTERS,
     ConfigError,
     EncodeConfig,
     EvaluateConfig,
+    ImportConfig,
+    Option,
     PartitionConfig,
     StageConfig,
     SynthConfig,
@@ -115,63 +118,126 @@ class KgStageOperator(SubmitRayJobOperator):
         return shlex.join(args)
 
 
+def import_options() -> dict[str, Option]:
+    """The importers' options the import operator takes by name: every option of every
+    :data:`~kg_ops.config.IMPORTERS` config but those it derives from ``source``,
+    ``datasets_root``, ``triples`` and ``out_uri``. Options of several importers (``seed``,
+    ``on_bad_rows``) are one option with one default."""
+    derived = ("out", "root", "size", "train", "valid", "test")
+    options: dict[str, Option] = {}
+    for config_class in IMPORTERS.values():
+        for opt in config_class.options():
+            if opt.name not in derived:
+                options.setdefault(opt.name, opt)
+    return options
+
+
+IMPORT_OPTIONS = import_options()
+
+
 class ImportGraphOperator(KgStageOperator):
     """Import (and validate) the graph into the canonical Parquet + schema.json format.
+
+    Takes the options of ``kgops import codex|debian|triples`` by their
+    :mod:`kg_ops.config.importers` names (``on_bad_rows``, ``seed``, ``header``, ``split``,
+    ``relations``, ``entities``, ``name``, ``from_apt``) with their defaults; all templated and
+    checked before the job is submitted by the chosen source's config. An option the source
+    does not read, given a value other than its default, is refused.
 
     :param source: ``synth`` | ``codex-s`` | ``codex-m`` | ``debian`` | ``triples`` | ``graph``.
         ``graph`` validates an already-imported graph at ``graph_uri`` in place.
     :param datasets_root: folder with the raw ``codex/`` and ``debian/`` datasets; empty:
-        ``codex-s`` reads the CoDEx-S copy shipped in kg_ops.
+        ``codex-s`` reads the CoDEx-S copy shipped in kg_ops (``debian`` then needs
+        ``from_apt=True``).
     :param triples: for ``triples``: ``{"train": uri, "valid": uri, "test": uri}``.
-    :param on_bad_rows: ``fail`` (default) or ``quarantine`` (bad rows set aside, counted).
+    :param synth_nodes / synth_edges / synth_seed: for ``synth`` (:class:`SynthConfig`).
     """
 
     template_fields: Sequence[str] = (*KgStageOperator.template_fields, "source", "graph_uri",
                                       "datasets_root", "synth_nodes", "synth_edges",
-                                      "synth_seed", "triples", "on_bad_rows")
+                                      "synth_seed", "triples", *IMPORT_OPTIONS)
 
     def __init__(self, *, source: str = "synth", graph_uri: str = "", datasets_root: str = "",
                  synth_nodes: int | str = 3000, synth_edges: int | str = 24000,
-                 synth_seed: int | str = 0, triples: dict[str, str] | None = None,
-                 on_bad_rows: str = "fail", **kwargs):
+                 synth_seed: int | str = 0, triples: dict[str, str] | None = None, **kwargs):
+        options = {n: kwargs.pop(n) for n in IMPORT_OPTIONS if n in kwargs}
         super().__init__(**kwargs)
         self.source = source
         self.graph_uri = graph_uri
         self.datasets_root = datasets_root
         self.synth_nodes, self.synth_edges, self.synth_seed = synth_nodes, synth_edges, synth_seed
         self.triples = triples or {}
-        self.on_bad_rows = on_bad_rows
-
-    def _bad_rows(self) -> list[str]:
-        return ["--on-bad-rows", str(self.on_bad_rows)]
+        for name, opt in IMPORT_OPTIONS.items():
+            setattr(self, name, options.get(name, opt.default))
 
     def stage_command(self) -> list[str]:
-        bad = self._bad_rows()
         source = str(self.source)
         if source == "synth":
+            self._refuse_unread(source, ("on_bad_rows",))   # synth writes no bad rows
             config = self.checked(SynthConfig, nodes=self.synth_nodes, edges=self.synth_edges,
                                   seed=self.synth_seed, out=str(self.out_uri))
             return ["synth", *config.to_args(exclude=("out",))]
-        if source in ("codex-s", "codex-m"):
-            # Without datasets_root, CoDEx-S comes from the copy shipped in kg_ops.
-            root = (["--root", join(str(self.datasets_root), "codex")]
-                    if str(self.datasets_root or "") not in ("", "None") else [])
-            return ["import", "codex", *root, "--size", source[-1], *bad]
+        config = self.import_config()
+        return ["import", config.importer, *config.to_args(exclude=("out",))]
+
+    def import_config(self) -> ImportConfig:
+        """The rendered options as the config of ``source``'s importer, checked."""
+        source = str(self.source)
+        importer, derived = self._derived(source)
+        config_class = IMPORTERS[importer]
+        self._refuse_unread(source, config_class.names())
+        values = {n: getattr(self, n) for n in config_class.names() if n in IMPORT_OPTIONS}
+        return self.checked(config_class, **values, **derived, out=str(self.out_uri))
+
+    def _derived(self, source: str) -> tuple[str, dict[str, Any]]:
+        """The importer of ``source`` and the options that follow from ``source``,
+        ``datasets_root`` and ``triples``."""
+        root = str(self.datasets_root or "")
+        root = "" if root == "None" else root
+        if source in ("codex-s", "codex-m"):   # without a root: the CoDEx-S copy in kg_ops
+            return "codex", {"size": source[-1], "root": join(root, "codex") if root else ""}
         if source == "debian":
-            return ["import", "debian", "--root", join(str(self.datasets_root), "debian"), *bad]
+            if as_bool(self.from_apt):
+                return "debian", {}
+            if not root:
+                raise ValueError(f"{self.task_id}: source='debian' needs datasets_root (the "
+                                 "folder holding debian/) or from_apt=True")
+            return "debian", {"root": join(root, "debian")}
         if source == "triples":
-            files = [f"--{split}" for split in ("train", "valid", "test")
-                     if self.triples.get(split)]
-            return ["import", "triples",
-                    *[x for f in files for x in (f, self.triples[f[2:]])], *bad]
+            unknown = sorted(set(self.triples) - {"train", "valid", "test"})
+            if unknown or not self.triples.get("train"):
+                raise ValueError(f"{self.task_id}: source='triples' needs triples={{'train': "
+                                 f"uri[, 'valid': uri, 'test': uri]}}; got {self.triples!r}")
+            return "triples", {k: v for k, v in self.triples.items() if v}
         raise ValueError(f"{self.task_id}: unknown source {source!r}; expected synth, codex-s, "
                          "codex-m, debian, triples or graph")
+
+    def _refuse_unread(self, source: str, read: Sequence[str]) -> None:
+        """An importer option set for a source that does not read it is a mistake: say so."""
+        for name, opt in IMPORT_OPTIONS.items():
+            if name in read:
+                continue
+            try:
+                value = opt.coerce(getattr(self, name))
+            except ConfigError as exc:
+                raise ValueError(f"{self.task_id}: {exc}") from exc
+            if value != opt.default:
+                takers = [s for s, c in IMPORTERS.items() if name in c.names()]
+                raise ValueError(f"{self.task_id}: {opt.flag} is not read by source "
+                                 f"{source!r} (only by {', '.join(takers)}); got {value!r}")
 
     def build_entrypoint(self, context: Any) -> str:
         if str(self.source) == "graph":
             if not self.graph_uri:
                 raise ValueError(f"{self.task_id}: source='graph' needs graph_uri")
-            return shlex.join(["kgops", "validate", str(self.graph_uri), *self._bad_rows()])
+            self._refuse_unread("graph", ("on_bad_rows",))
+            bad = IMPORT_OPTIONS["on_bad_rows"]
+            try:
+                mode = bad.coerce(self.on_bad_rows)
+                bad.check(mode)
+            except ConfigError as exc:
+                raise ValueError(f"{self.task_id}: {exc}") from exc
+            return shlex.join(["kgops", "validate", str(self.graph_uri), bad.flag, mode])
         return super().build_entrypoint(context)
 
 

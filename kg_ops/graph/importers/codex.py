@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from kg_ops.config.importers import CODEX_SIZES, CodexImportConfig
 from kg_ops.graph.builder import GraphBuilder
 from kg_ops.graph.importers.common import InputError, finish_import, read_text, require_files
 from kg_ops.graph.importers.triples import ENTITY, build_triples_graph, read_triples
@@ -28,14 +29,13 @@ from kg_ops.graph.validate import BadRows
 from kg_ops.manifest import Stage
 from kg_ops.store import get_store, join
 
-SIZES = ("s", "m")
 SPECS = [Attribute("types", "multilabel", "Wikidata types (Q-ids) of the entity"),
          Attribute("type_labels", "multilabel", "English labels of the entity's types")]
 
 
 def codex_files(root: str, size: str) -> dict[str, str]:
-    if size not in SIZES:
-        raise InputError(f"--size must be one of {', '.join(SIZES)} (CoDEx-L's train file is "
+    if size not in CODEX_SIZES:
+        raise InputError(f"--size must be one of {', '.join(CODEX_SIZES)} (CoDEx-L's train file is "
                          f"not in this copy), not {size!r}")
     if not root:
         from kg_ops.datasets import packaged_codex_root
@@ -89,20 +89,19 @@ def type_attributes(keys: np.ndarray, entity2types: dict, types: dict) -> tuple[
     return cols, missing
 
 
-def import_codex(out: str, root: str, size: str, *, on_bad_rows: str = "fail",
-                 force: bool = False) -> dict:
-    """Import CoDEx-``size`` into ``out``; returns the manifest."""
-    files = codex_files(root, size)
-    name = f"codex-{size}"
-    config = {"importer": "codex", "name": name, "size": size, "on_bad_rows": on_bad_rows}
+def import_codex(config: CodexImportConfig, *, force: bool = False) -> dict:
+    """Import CoDEx-``config.size`` into ``config.out``; returns the manifest."""
+    files = codex_files(config.root, config.size)
+    name = f"codex-{config.size}"
     t0 = time.perf_counter()
     require_files({f"CoDEx {k.replace('_', ' ')}": v for k, v in files.items()
                    if "negatives" not in k})
     inputs = {k: v for k, v in files.items() if "negatives" not in k or Path(v).is_file()}
-    with Stage("import", out, config=config, inputs=inputs, force=force) as st:
+    with Stage("import", config.out, config={**config.recorded(), "name": name}, inputs=inputs,
+               force=force) as st:
         if st.reused:
             return st.manifest
-        bad = BadRows(on_bad_rows)
+        bad = BadRows(config.on_bad_rows)
         with st.phase("parse"):
             frames = read_triples({s: files[s] for s in ("train", "valid", "test")}, bad, False)
             for split, f in frames.items():

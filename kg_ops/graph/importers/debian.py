@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from kg_ops.config.importers import DEFAULT_SPLIT, DebianImportConfig
 from kg_ops.graph.builder import GraphBuilder, resplit
 from kg_ops.graph.importers.common import InputError, finish_import, read_text
 from kg_ops.graph.importers.deb822 import description_text, parse_deb822
@@ -333,26 +334,23 @@ def _add_package_edges(b: GraphBuilder, pkgs: pd.DataFrame, lines: pd.DataFrame,
            "tag", LABELS["tagged"], lines["Tag"].to_numpy()[tag_pairs["index"].to_numpy()])
 
 
-def import_debian(out: str, *, root: str | None = None, from_apt: bool = False, seed: int = 0,
-                  on_bad_rows: str = "fail", force: bool = False) -> dict:
-    """Import the Debian package graph into ``out``; returns the manifest."""
-    if bool(root) == bool(from_apt):
-        raise InputError("give exactly one of --root DIR or --from-apt")
+def import_debian(config: DebianImportConfig, *, force: bool = False) -> dict:
+    """Import the Debian package graph into ``config.out``; returns the manifest."""
     t0 = time.perf_counter()
-    config = {"importer": "debian", "seed": seed, "split": [0.8, 0.1, 0.1],
-              "on_bad_rows": on_bad_rows}
+    from_apt = config.from_apt
+    recorded = {**config.recorded(), "split": list(DEFAULT_SPLIT)}
     if from_apt:
         dump, origin = apt_dumpavail(), "apt-cache dumpavail"
         translations = apt_translations()
         inputs = {}
-        config["from_apt"] = {"dumpavail_sha256": hashlib.sha256(dump.encode()).hexdigest(),
-                              "translations": sorted(translations)}
+        recorded["from_apt"] = {"dumpavail_sha256": hashlib.sha256(dump.encode()).hexdigest(),
+                                "translations": sorted(translations)}
     else:
-        inputs = root_inputs(root)
-    with Stage("import", out, config=config, inputs=inputs, force=force) as st:
+        inputs = root_inputs(config.root)
+    with Stage("import", config.out, config=recorded, inputs=inputs, force=force) as st:
         if st.reused:
             return st.manifest
-        bad = BadRows(on_bad_rows)
+        bad = BadRows(config.on_bad_rows)
         with st.phase("read"):
             if not from_apt:
                 origin = inputs["dumpavail"]
@@ -368,7 +366,7 @@ def import_debian(out: str, *, root: str | None = None, from_apt: bool = False, 
                                             "translations": sorted(translations)})
             kg = b.build()
         with st.phase("split"):
-            moved = resplit(kg, seed)
+            moved = resplit(kg, config.seed, DEFAULT_SPLIT)
         counts["packages_without_long_description"] = counts["stanzas"] - \
             counts["long_descriptions"]
         finish_import(st, kg, bad, rows_read=counts["stanzas"], started=t0, moved=moved,

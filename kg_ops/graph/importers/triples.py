@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
 
-from kg_ops.errors import KGOpsError
+from kg_ops.config.importers import TriplesImportConfig
 from kg_ops.graph.builder import GraphBuilder, resplit
 from kg_ops.graph.importers.common import finish_import, parse_tsv, read_text, require_files
 from kg_ops.graph.validate import BadRows
@@ -25,19 +24,6 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("head", "relation", "tail")
 ENTITY = "entity"
-
-
-def parse_fractions(text: str | None) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 1e-6 or parts[0] == 0:
-        raise KGOpsError(f"--split {text!r}: expected three fractions train,valid,test that sum "
-                         "to 1, e.g. 0.8,0.1,0.1")
-    return parts  # type: ignore[return-value]
 
 
 def read_triples(files: dict[str, str], bad: BadRows, header: bool) -> dict[str, pd.DataFrame]:
@@ -90,35 +76,24 @@ def build_triples_graph(name: str, frames: dict[str, pd.DataFrame], bad: BadRows
     return b
 
 
-def import_triples(out: str, train: str, valid: str | None = None, test: str | None = None, *,
-                   header: bool = False, on_bad_rows: str = "fail", split: str | None = None,
-                   seed: int = 0, relations: str | None = None, entities: str | None = None,
-                   name: str | None = None, force: bool = False) -> dict:
-    """Import TSV triples into ``out``; returns the manifest."""
-    if (valid is None) != (test is None):
-        raise KGOpsError("give both --valid and --test, or neither (then --train is split "
-                         "80/10/10, or as --split says)")
-    if valid is not None and split is not None:
-        raise KGOpsError("--split splits a single --train file; it cannot be combined with "
-                         "--valid/--test")
-    fractions = parse_fractions(split) if valid is None else None
-    if valid is None and fractions is None:
-        fractions = (0.8, 0.1, 0.1)
-    files = {"train": train} | ({"valid": valid, "test": test} if valid else {})
+def import_triples(config: TriplesImportConfig, *, force: bool = False) -> dict:
+    """Import TSV triples into ``config.out``; returns the manifest."""
+    fractions = config.fractions()
+    files = {"train": config.train} | (
+        {"valid": config.valid, "test": config.test} if config.valid else {})
+    relations, entities = config.relations, config.entities
     inputs = {k: v for k, v in {**files, "relations": relations, "entities": entities}.items()
               if v is not None}
-    name = name or PurePosixPath(out.rstrip("/")).name or "triples"
-    config = {"importer": "triples", "name": name, "header": header, "on_bad_rows": on_bad_rows,
-              "split": list(fractions) if fractions else "given", "seed": seed}
     t0 = time.perf_counter()
-    require_files({"train triples": train, "valid triples": valid, "test triples": test,
-                   "relations": relations, "entities": entities})
-    with Stage("import", out, config=config, inputs=inputs, force=force) as st:
+    require_files({"train triples": config.train, "valid triples": config.valid,
+                   "test triples": config.test, "relations": relations, "entities": entities})
+    with Stage("import", config.out, config=config.recorded(), inputs=inputs,
+               force=force) as st:
         if st.reused:
             return st.manifest
-        bad = BadRows(on_bad_rows)
+        bad = BadRows(config.on_bad_rows)
         with st.phase("parse"):
-            frames = read_triples(files, bad, header)
+            frames = read_triples(files, bad, config.header)
             for split_name, f in frames.items():
                 f.attrs["origin"] = files[split_name]
             ent = read_vocabulary(entities, "entities") if entities else None
@@ -126,10 +101,10 @@ def import_triples(out: str, train: str, valid: str | None = None, test: str | N
         vocab = [v for v in (relations, entities) if v]
         fix = "Fix the line" + (f" or add the name to {' / '.join(vocab)}" if vocab else "")
         with st.phase("build"):
-            b = build_triples_graph(name, frames, bad, ent, entities or "", rel, fix=fix,
-                                    source={"format": "triples", "files": files})
+            b = build_triples_graph(config.graph_name(), frames, bad, ent, entities or "", rel,
+                                    fix=fix, source={"format": "triples", "files": files})
             kg = b.build()
-            moved = resplit(kg, seed, fractions) if fractions else None
+            moved = resplit(kg, config.seed, fractions) if fractions else None
         parse_bad = bad.counts()
         rows = sum(len(f) for f in frames.values()) + sum(
             parse_bad.get(k, 0) for k in ("column_count", "empty_field"))

@@ -4,6 +4,7 @@ submitting, and ``kgops`` parses exactly the config the operator built."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 import pytest
@@ -211,3 +212,78 @@ def test_tune_operator_refuses_bad_values_before_submitting():
 
 def test_tune_operator_disabled_skips_without_a_job():
     assert tune_op(enabled="False").execute({}) == {"skipped": True}
+
+
+def import_op(source: str, **options):
+    from kg_ops.airflow.operators.kg import ImportGraphOperator
+
+    return ImportGraphOperator(task_id="import", out_uri="/runs/g", source=source, **options)
+
+
+def test_import_operator_takes_the_importers_options_with_their_defaults():
+    from kg_ops.airflow.operators.kg import IMPORT_OPTIONS, ImportGraphOperator
+    from kg_ops.config import IMPORTERS
+
+    op = import_op("codex-s")
+    taken = set(IMPORT_OPTIONS)
+    derived = {"out", "root", "size", "train", "valid", "test"}
+    for config_class in IMPORTERS.values():
+        for name, default in config_class.defaults().items():
+            if name not in derived:        # an option of several importers: one default
+                assert getattr(op, name) == default, (config_class.__name__, name)
+        assert set(config_class.names()) - derived <= taken
+    assert taken <= set(ImportGraphOperator.template_fields)
+
+
+@pytest.mark.parametrize(("source", "options", "expected"), [
+    ("codex-s", {}, "kgops import codex --size s --out /runs/g"),
+    ("codex-m", {"datasets_root": "/data", "on_bad_rows": "quarantine"},
+     "kgops import codex --on-bad-rows quarantine --root /data/codex --size m --out /runs/g"),
+    ("debian", {"datasets_root": "/data", "seed": "3"},
+     "kgops import debian --root /data/debian --seed 3 --out /runs/g"),
+    ("debian", {"from_apt": "True", "datasets_root": "/data"},
+     "kgops import debian --from-apt --out /runs/g"),
+    ("triples", {"triples": {"train": "/t", "valid": "", "test": None}, "header": "true",
+                 "split": "0.7,0.2,0.1", "seed": 2, "relations": "/r", "name": "n"},
+     "kgops import triples --train /t --header --split 0.7,0.2,0.1 --seed 2 --relations /r "
+     "--name n --out /runs/g"),
+    ("triples", {"triples": {"train": "/t", "valid": "/v", "test": "/s"}, "force": True},
+     "kgops --force import triples --train /t --valid /v --test /s --out /runs/g"),
+])
+def test_import_entrypoint_parses_back_to_the_same_config(source, options, expected):
+    from kg_ops.cli import build_parser
+    from kg_ops.config import IMPORTERS
+
+    op = import_op(source, **options)
+    entrypoint = op.build_entrypoint({})
+    assert entrypoint == expected
+    args = build_parser().parse_args(shlex.split(entrypoint)[1:])
+    assert args.force is bool(options.get("force"))
+    config = IMPORTERS[args.source].from_args(args)
+    assert config == op.import_config()
+    assert config.out == "/runs/g"
+
+
+@pytest.mark.parametrize(("source", "options", "message"), [
+    ("codex-s", {"on_bad_rows": "skip"}, "--on-bad-rows must be one of fail, quarantine"),
+    ("debian", {"datasets_root": "/d", "seed": "x"}, "--seed must be an integer, got 'x'"),
+    ("debian", {}, "source='debian' needs datasets_root"),
+    ("triples", {"triples": {"train": "/t", "valid": "/v"}},
+     "give both --valid and --test, or neither"),
+    ("triples", {"triples": {"train": "/t"}, "split": "0.5,0.5"}, "--split '0.5,0.5'"),
+    ("triples", {"triples": {"validation": "/v"}}, "source='triples' needs triples="),
+    ("codex-s", {"seed": 3}, "--seed is not read by source 'codex-s' (only by triples, debian)"),
+    ("synth", {"header": True}, "--header is not read by source 'synth' (only by triples)"),
+    ("graph", {"graph_uri": "/g", "on_bad_rows": "x"}, "--on-bad-rows must be one of"),
+    ("codex-l", {}, "unknown source 'codex-l'"),
+])
+def test_import_operator_refuses_bad_values_before_submitting(source, options, message):
+    with pytest.raises(ValueError, match=f"import: {re.escape(message)}"):
+        import_op(source, **options).build_entrypoint({})
+
+
+def test_import_operator_keeps_synth_and_graph_commands():
+    assert import_op("synth", on_bad_rows="quarantine").build_entrypoint({}) == (
+        "kgops synth --nodes 3000 --edges 24000 --out /runs/g")
+    assert import_op("graph", graph_uri="/g", on_bad_rows="quarantine").build_entrypoint(
+        {}) == "kgops validate /g --on-bad-rows quarantine"
