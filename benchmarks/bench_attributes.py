@@ -48,7 +48,7 @@ from benchmarks.common import DATASETS, RESULTS, start_local_ray, write_results 
 
 MODES = ("none", "add", "replace")
 KEEP = ("mrr", "hits@1", "hits@10", "mrr_tail", "mrr_head", "cold_mrr", "cold_hits@1",
-        "cold_hits@10", "cold_queries", "queries")
+        "cold_hits@10", "cold_queries")
 
 
 def debian_slice(full: str, out: Path, packages: int, seed: int) -> str:
