@@ -48,29 +48,14 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
     ``announce=False``: no ``KGOPS_MANIFEST`` line (a stage inside another stage).
     """
     from kg_ops.manifest import Stage
-    from kg_ops.store import normalize
     from kg_ops.train.checkpoints import continue_from, fingerprint
 
     refuse_secrets(worker_env or {})
-    config = config.replace(partitions=normalize(config.partitions),
-                            out=normalize(config.out))
-    if config.tuned:
-        from kg_ops.tune.recipe import apply_tuned
-
-        config = apply_tuned(config)
-    config = config.resolved()
+    config = _prepared(config)
     inputs = _TrainInputs.load(config)
     mcfg = _model_config(config, inputs)
     config = _check_resume(config, mcfg)
-    recorded = {**config.recorded(), "workers": inputs.parts, "model": mcfg.to_dict(),
-                "fanouts": inputs.fanouts, "sample_seed": inputs.sample_seed}
-    stage_inputs = {"partitions": config.partitions}
-    if config.tuned:
-        stage_inputs["tuned"] = config.tuned
-    if config.init_from:
-        stage_inputs["init_from"] = config.init_from
-        recorded["warm_start"] = {"max_drift": config.max_drift,
-                                  "retrain_every": config.retrain_every}
+    recorded, stage_inputs = _recorded(config, inputs, mcfg)
     with Stage("train", config.out, config=recorded, inputs=stage_inputs, force=force,
                announce=announce) as st:
         if st.reused:
@@ -97,6 +82,33 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
         st.counts.update({"nodes": inputs.schema.num_nodes,
                           "relations": inputs.schema.num_relations, "partitions": inputs.parts})
     return st.manifest
+
+
+def _prepared(config: TrainConfig) -> TrainConfig:
+    """The config with normalised URIs, the tuned recipe applied and the preset resolved."""
+    from kg_ops.store import normalize
+
+    config = config.replace(partitions=normalize(config.partitions),
+                            out=normalize(config.out))
+    if config.tuned:
+        from kg_ops.tune.recipe import apply_tuned
+
+        config = apply_tuned(config)
+    return config.resolved()
+
+
+def _recorded(config: TrainConfig, inputs: _TrainInputs, mcfg) -> tuple[dict, dict]:
+    """The manifest's ``config`` (what changes the result) and the stage's inputs."""
+    recorded = {**config.recorded(), "workers": inputs.parts, "model": mcfg.to_dict(),
+                "fanouts": inputs.fanouts, "sample_seed": inputs.sample_seed}
+    stage_inputs = {"partitions": config.partitions}
+    if config.tuned:
+        stage_inputs["tuned"] = config.tuned
+    if config.init_from:
+        stage_inputs["init_from"] = config.init_from
+        recorded["warm_start"] = {"max_drift": config.max_drift,
+                                  "retrain_every": config.retrain_every}
+    return recorded, stage_inputs
 
 
 class _TrainInputs:
