@@ -133,7 +133,7 @@ with DAG(
         "force": Param(False, type="boolean",
                        description="Recompute stages even if identical results exist."),
         # Measured on `make run` (CoDEx-S, the default recipe, 8 epochs, 2 workers, attributes):
-        # filtered test MRR 0.28; bench_train's default rows 0.41-0.44, the paper preset 0.175.
+        # filtered test MRR 0.39; bench_train's default rows 0.41-0.44, the paper preset 0.175.
         # A broken or random model is far below (random ranking ~0.004, the synthetic graph
         # 0.03 by construction).
         "min_mrr": Param(0.15, type="number", minimum=0,
