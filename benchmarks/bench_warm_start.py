@@ -212,8 +212,8 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
     if shallow:
         runs["shallow complex"] = {"features": None, "model": shallow}
     out = {"split": split["counts"], "recipe": {**recipe, "epochs": epochs}}
-    for name, opt in runs.items():
-        tag = name.replace(" ", "-")
+    for run, opt in runs.items():
+        tag = run.replace(" ", "-")
         parts = str(work / f"split-parts{recipe['workers']}-"
                            f"{'attr' if opt['features'] else 'plain'}")
         partition(PartitionConfig(graph=g_train, parts=recipe["workers"], out=parts,
@@ -226,11 +226,11 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
         trained = load_trained(m["uri"])
         transductive = _mrr(trained, g_train)
         inductive, _ = for_graph(trained, g_full)
-        out[name] = {"transductive_test_mrr": transductive,
+        out[run] = {"transductive_test_mrr": transductive,
                      "inductive_test_mrr": _mrr(inductive, g_full),
                      "epochs": m["metrics"]["epochs"], "wall_s": round(m["timings"]["total_s"])}
-        print(f"  {name}: transductive {transductive:.4f}, inductive "
-              f"{out[name]['inductive_test_mrr']:.4f}", flush=True)
+        print(f"  {run}: transductive {transductive:.4f}, inductive "
+              f"{out[run]['inductive_test_mrr']:.4f}", flush=True)
     if not shallow:
         out["shallow baseline"] = "not measured: no shallow model in this build"
     RESULTS[f"{name} inductive entities (10% held out)"] = out
