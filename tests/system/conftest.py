@@ -140,6 +140,14 @@ class AirflowStack:
 
     def api(self, method: str, path: str, **kwargs) -> Any:
         resp = self.call(method, "/api/v2" + path, **kwargs)
+        # On SQLite (the embedded default) Airflow answers 503 "Database is locked" when the
+        # scheduler writes at the same moment (seen for POST /backfills in CI) and asks the
+        # caller to try again: do what a UI user would, for up to a minute.
+        end = time.monotonic() + 60
+        while (resp.status_code == 503 and "Database is locked" in resp.text
+               and time.monotonic() < end):
+            time.sleep(2)
+            resp = self.call(method, "/api/v2" + path, **kwargs)
         assert resp.ok, f"{method} {path}: {resp.status_code} {resp.text[:2000]}"
         return resp.json() if resp.content else None
 
