@@ -180,7 +180,7 @@ def main() -> None:
     previous = RESULTS / "bench_attributes.json"
     results = json.loads(previous.read_text())["results"] if previous.exists() else {}
     results["protocol"] = {
-        "rows": f"kgops train defaults, {args.parts} partition(s), one worker each; only "
+        "rows": "kgops train defaults, each section's `parts` partitions, one worker each; only "
                 "--model and --attribute-input differ (and --epochs when capped); attributes "
                 "from kgops encode defaults",
         "metrics": "kgops evaluate: filtered test ranking, both directions, all entities",
