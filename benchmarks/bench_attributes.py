@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import kgops, run_train  # noqa: E402
 from benchmarks.common import DATASETS, RESULTS, start_local_ray, write_results  # noqa: E402
+from kg_ops.config.train import ATTRIBUTE_INPUTS  # noqa: E402
 
-MODES = ("none", "add", "replace")
+MODES = ("none", *ATTRIBUTE_INPUTS)   # none: partitions built without features
 KEEP = ("mrr", "hits@1", "hits@10", "mrr_tail", "mrr_head", "cold_mrr", "cold_hits@1",
         "cold_hits@10", "cold_queries")
 
@@ -150,13 +151,13 @@ def rows(graph: str, work: Path, prep: dict, models: list[str], modes: list[str]
 
 
 def graph_stats(graph: str) -> dict:
+    from kg_ops.evaluate.ranking import cold_triples
     from kg_ops.graph.kg import load_edges, load_schema
 
     schema = load_schema(graph)
     train = load_edges(graph, "train")
-    degree = np.bincount(train[:, [0, 2]].ravel(), minlength=schema.num_nodes)
     test = load_edges(graph, "test")
-    cold = (degree[test[:, 0]] <= 3) | (degree[test[:, 2]] <= 3)
+    cold = cold_triples(test, train, schema.num_nodes)
     return {"entities": schema.num_nodes, "train_edges": int(len(train)),
             "test_edges": int(len(test)), "cold_test_triples": int(cold.sum()),
             "entities_per_type": {t.name: t.count for t in schema.node_types}}

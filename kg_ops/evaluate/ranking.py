@@ -222,15 +222,21 @@ def overall_metrics(res: RankResult, ks: tuple[int, ...] = KS) -> dict[str, floa
 COLD_DEGREE = 3     # an entity with at most this many training edges is "cold"
 
 
+def cold_triples(triples: np.ndarray, train_edges: np.ndarray, num_nodes: int,
+                 max_degree: int = COLD_DEGREE) -> np.ndarray:
+    """Mask of the triples whose head or tail has at most ``max_degree`` training edges."""
+    degree = np.bincount(np.asarray(train_edges)[:, [0, 2]].ravel(), minlength=num_nodes)
+    triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
+    return (degree[triples[:, 0]] <= max_degree) | (degree[triples[:, 2]] <= max_degree)
+
+
 def cold_metrics(res: RankResult, triples: np.ndarray, train_edges: np.ndarray,
                  num_nodes: int, max_degree: int = COLD_DEGREE,
                  ks: tuple[int, ...] = KS) -> dict[str, float]:
     """Headline metrics over the *cold* triples only: those whose head or tail has at most
     ``max_degree`` training edges (both directions counted), each asked both ways. Sparse
     entities are where attributes must help; the overall MRR hides them."""
-    degree = np.bincount(np.asarray(train_edges)[:, [0, 2]].ravel(), minlength=num_nodes)
-    triples = np.asarray(triples, dtype=np.int64).reshape(-1, 3)
-    cold = (degree[triples[:, 0]] <= max_degree) | (degree[triples[:, 2]] <= max_degree)
+    cold = cold_triples(triples, train_edges, num_nodes, max_degree)
     ranks = res.realistic[cold[res.triple_index]]
     out = {f"cold_{k}": v for k, v in rank_metrics(ranks, ks).items() if k != "mean_rank"}
     out["cold_queries"] = int(len(ranks))
