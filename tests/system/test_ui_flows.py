@@ -116,8 +116,13 @@ def test_clearing_a_deferred_owner_mid_job_runs_it_again(airflow_stack, ray_hook
     (submitted afresh if it had re-attached): the run succeeds with one completed job."""
     stack = airflow_stack
     stack.wait_for_dag(JOBS)
-    run_id = trigger(stack, JOBS, {"seconds": 20})
+    run_id = trigger(stack, JOBS, {"seconds": 45})
     wait_deferred(stack, JOBS, run_id, "owned")
+    # Clear once the triggerer follows the job (its log is in the task log): a clear before the
+    # triggerer has started the trigger cancels nothing there, so nothing stops the job, and the
+    # new try re-attaches to it (seen in CI on a loaded machine). The job outlasts that wait.
+    stack.wait("the triggerer following the job", lambda: "[ray] job started" in
+               stack.task_log(JOBS, run_id, "owned", 1), 120)
     clear_with_downstream(stack, JOBS, run_id, "owned")
     stack.wait_run(JOBS, run_id, timeout=300)
     ray_hook.stop_job(xcom(stack, JOBS, run_id, "submit", "submission_id"))

@@ -13,7 +13,8 @@ from kg_ops.airflow import RayJobSensor, SubmitRayJobOperator
 
 with DAG(dag_id="kgops_system_jobs", schedule=None, catchup=False,
          params={"seconds": 300}) as dag:
-    owned = SubmitRayJobOperator(task_id="owned", entrypoint="sleep {{ params.seconds }}",
+    owned = SubmitRayJobOperator(task_id="owned",
+                                 entrypoint="echo job started && sleep {{ params.seconds }}",
                                  deferrable=True, poll_interval=1)
     submit = SubmitRayJobOperator(task_id="submit", entrypoint="sleep {{ params.seconds }}",
                                   wait_for_completion=False)
