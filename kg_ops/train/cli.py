@@ -215,7 +215,7 @@ def _warm_start(st, config: TrainConfig, inputs: _TrainInputs, mcfg) -> str | No
 
     with st.phase("warm_start"):
         warm = plan_warm_start(config.init_from, inputs.graph, mcfg.to_dict(), inputs.features,
-                               config.max_drift, config.retrain_every)
+                               config.max_drift, config.retrain_every, config.optimizer)
         st.outputs["entity_map"] = st.uri("entity_map.parquet")
         st.store.write_parquet(st.outputs["entity_map"], warm.entity_map)
         st.extra["warm_start"] = warm.info
@@ -224,7 +224,7 @@ def _warm_start(st, config: TrainConfig, inputs: _TrainInputs, mcfg) -> str | No
         if warm.state is None:
             return None
         uri = st.uri("warm_start", "init.pt")
-        save_torch(uri, warm.state)
+        save_torch(uri, {"model": warm.state, "optimizer": warm.optimizer})
         return uri
 
 

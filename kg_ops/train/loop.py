@@ -230,8 +230,10 @@ class _Worker:
         if state is None and self.run.init_state:
             from kg_ops.train.checkpoints import load_torch
 
-            self.model.load_state_dict(load_torch(self.run.init_state,
-                                                  what="warm-start weights"))
+            init = load_torch(self.run.init_state, what="warm-start weights")
+            self.model.load_state_dict(init["model"])
+            if init["optimizer"] is not None:
+                self.opt.carry_state(init["optimizer"], source=self.run.init_state)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"], source=state.get("uri", "checkpoint"))

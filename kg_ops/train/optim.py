@@ -172,3 +172,11 @@ class TrainingOptimizer:
                              "checkpoint. Retrain without --resume.")
         for k, opt in self.parts.items():
             opt.load_state_dict(state["parts"][k])
+
+    def carry_state(self, state: dict[str, Any], source: str) -> None:
+        """Load an earlier run's state (a warm start) but keep this run's learning rates."""
+        rates = {k: [g["lr"] for g in o.param_groups] for k, o in self.parts.items()}
+        self.load_state_dict(state, source=source)
+        for k, opt in self.parts.items():
+            for group, lr in zip(opt.param_groups, rates[k], strict=True):
+                group["lr"] = lr

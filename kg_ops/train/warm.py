@@ -3,7 +3,11 @@
 ``kgops train --init-from MODEL`` copies every parameter of ``MODEL`` and re-indexes its entity
 table to this graph by key (:func:`kg_ops.models.inductive.remap_state`: kept entities keep
 their rows, new ones start at their node type's mean row, removed ones are dropped). The
-optimiser starts fresh; everything else (epochs, early stopping, validation) is as from scratch.
+optimiser's state comes along from ``MODEL``'s best-epoch checkpoint, its entity rows re-indexed
+the same way (new entities start with none): Adagrad's accumulated squares are what keep the
+steps of a trained table small, and fresh ones would move every row by ~lr (0.1, a third of a
+trained coordinate) in the first steps, undoing the warm start. The learning rates are this
+run's. Everything else (epochs, early stopping, validation) is as from scratch.
 
 The drift guard falls back to training from scratch (recorded, with the reason, in the
 manifest's ``warm_start``) when a warm start would not be worth it or not be sound:
@@ -36,11 +40,45 @@ DEFAULT_RETRAIN_EVERY = TrainConfig.option("retrain_every").default
 @dataclass
 class WarmStart:
     """The guard's decision: ``state`` (re-indexed weights) is None when training starts from
-    scratch; ``info`` goes to the manifest; ``entity_map`` is the mapping's table."""
+    scratch; ``optimizer`` is the re-indexed optimiser state (None: the optimiser starts
+    fresh); ``info`` goes to the manifest; ``entity_map`` is the mapping's table."""
 
     info: dict[str, Any]
     state: dict | None = None
     entity_map: Any = None
+    optimizer: dict | None = None
+
+
+def _optimizer_state(init_from: str, previous: dict, mapping, optimizer: str | None
+                     ) -> tuple[dict | None, str]:
+    """The optimiser state of ``init_from``'s best epoch with its entity rows re-indexed by
+    ``mapping`` (new entities: zeros, as a fresh optimiser has), and where it came from; or
+    None and why not."""
+    import torch
+
+    from kg_ops.train.checkpoints import CheckpointError, checkpoint_uri, load_torch
+
+    best = (previous.get("metrics") or {}).get("best_epoch")
+    if not best:
+        return None, "fresh: the previous run recorded no best epoch"
+    uri = checkpoint_uri(init_from, int(best))
+    try:
+        state = load_torch(uri, what="checkpoint")["optimizer"]
+    except (CheckpointError, KeyError) as exc:
+        return None, f"fresh: no optimiser state in {uri} ({exc})"
+    if state.get("name") != optimizer or "parts" not in state:
+        return None, (f"fresh: the previous run used --optimizer {state.get('name')}, this "
+                      f"run {optimizer}")
+    kept = torch.from_numpy((~mapping.is_new).nonzero()[0])
+    old_rows = torch.from_numpy(mapping.new_to_old[kept.numpy()])
+    for per_param in state["parts"].get("table", {}).get("state", {}).values():
+        for key, value in per_param.items():
+            if torch.is_tensor(value) and value.dim() == 2 \
+                    and value.shape[0] == mapping.old_num_nodes:
+                rows = value.new_zeros(mapping.new_num_nodes, value.shape[1])
+                rows[kept] = value[old_rows]
+                per_param[key] = rows
+    return state, uri
 
 
 def _model_difference(old: dict, new: dict) -> list[str]:
@@ -62,7 +100,8 @@ def _encoders_sha(features_uri: str | None) -> str | None:
 
 def plan_warm_start(init_from: str, graph_uri: str, model_config: dict,
                     features_uri: str | None, max_drift: float = DEFAULT_MAX_DRIFT,
-                    retrain_every: int = DEFAULT_RETRAIN_EVERY) -> WarmStart:
+                    retrain_every: int = DEFAULT_RETRAIN_EVERY,
+                    optimizer: str | None = None) -> WarmStart:
     """Decide whether this run warm-starts from ``init_from`` (see the module docstring)."""
     from kg_ops.graph.kg import load_schema
     from kg_ops.graph.versions import edge_drift, match_graphs
@@ -105,8 +144,12 @@ def plan_warm_start(init_from: str, graph_uri: str, model_config: dict,
                          entity_map=table)
     state = remap_state(trained.model.state_dict(), mapping, load_schema(old_graph),
                         load_schema(graph_uri))
+    opt_state, opt_source = _optimizer_state(init_from, previous, mapping, optimizer)
+    if opt_state is None:
+        log.warning("warm start: optimiser state not carried over (%s)", opt_source)
     c = mapping.counts()
     log.info("warm start from %s: %d entities kept, %d new, %d removed; %d/%d/%d training "
              "edges kept/added/removed", init_from, c["kept"], c["new"], c["removed"],
              edges["kept"], edges["added"], edges["removed"])
-    return WarmStart({**info, "used": True, "reason": None, "chain": chain + 1}, state, table)
+    return WarmStart({**info, "used": True, "reason": None, "chain": chain + 1,
+                      "optimizer_state": opt_source}, state, table, opt_state)

@@ -93,3 +93,32 @@ def test_periodic_full_retrain(versions):
     again = plan_warm_start(versions["warm"]["uri"], versions["v2"], cfg, None,
                             retrain_every=3)
     assert again.info["used"] and again.info["chain"] == 2
+
+
+def test_warm_start_carries_the_optimizer_state_by_key(versions):
+    """Adagrad's accumulated squares come from the previous run's best epoch, rows mapped by
+    key (new entities start with none, as a fresh optimiser), and the warm run continues them
+    (squares only grow), at this run's learning rate."""
+    from kg_ops.train.checkpoints import checkpoint_uri, load_torch
+    from kg_ops.train.warm import plan_warm_start
+
+    first = versions["first"]
+    best = first["metrics"]["best_epoch"]
+    old_sum = load_torch(checkpoint_uri(first["uri"], best))["optimizer"]["parts"]["table"][
+        "state"][0]["sum"]
+    mapping, _ = match_graphs(versions["v1"], versions["v2"])
+    cfg = load_trained(first["uri"]).model.cfg.to_dict()
+    ws = plan_warm_start(first["uri"], versions["v2"], cfg, None, optimizer="adagrad")
+    assert ws.info["optimizer_state"] == checkpoint_uri(first["uri"], best)
+    carried = ws.optimizer["parts"]["table"]["state"][0]["sum"]
+    for i, j in enumerate(mapping.new_to_old.tolist()):
+        expected = old_sum[j] if j >= 0 else torch.zeros(old_sum.shape[1])
+        assert torch.equal(carried[i], expected), i
+    assert versions["warm"]["warm_start"]["optimizer_state"] == ws.info["optimizer_state"]
+
+    warm = versions["warm"]
+    after = load_torch(checkpoint_uri(warm["uri"], 1))["optimizer"]
+    assert (after["parts"]["table"]["state"][0]["sum"] >= carried).all()
+    assert after["parts"]["table"]["param_groups"][0]["lr"] == pytest.approx(1e-9)
+    adam = plan_warm_start(first["uri"], versions["v2"], cfg, None, optimizer="adam")
+    assert adam.optimizer is None and "used --optimizer adagrad" in adam.info["optimizer_state"]
