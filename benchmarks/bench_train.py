@@ -254,7 +254,9 @@ def time_to(curve: list[dict], target: float) -> float | None:
 
 QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the defaults)
     "default-1w": (1, {}), "default-2w": (2, {}), "complex": (1, {"model": "complex"}),
-    "paper": (1, {"preset": "paper"})}
+    "paper": (1, {"preset": "paper"}),
+    # exploration: the shallow baseline at LibKGE's CoDEx width
+    "complex-512": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512})}
 
 
 def quality_rows(sections: list[str], work: Path, epochs: int | None) -> None:
@@ -272,7 +274,8 @@ def quality_rows(sections: list[str], work: Path, epochs: int | None) -> None:
                           keep_checkpoints=1, **options, **extra)
             r["test"] = evaluate(r["uri"], data["graph"], str(work / f"{name}-eval"))
             r["command"] = (f"kgops train --partitions P{workers} --workers {workers} "
-                            + " ".join(f"--{k} {v}" for k, v in {**options, **extra}.items()))
+                            + " ".join(f"--{k.replace('_', '-')} {v}"
+                                      for k, v in {**options, **extra}.items()))
             RESULTS[f"codex-{size} {key} (kgops train defaults)"] = r
             write_results("bench_train", RESULTS)
         one = RESULTS.get(f"codex-{size} default-1w (kgops train defaults)")
