@@ -19,6 +19,7 @@ running finish on the index they started with. See :mod:`kg_ops.serve.deploy`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -36,6 +37,7 @@ NAMESPACE = "kgops-serve"
 SERVICE_DEPLOYMENT = "LinkPredictionService"
 K_MAX = 1000              # answers per query
 MAX_TRIPLES = 10_000      # triples per /score request
+MAX_QUERIES = 1000        # top-k queries per /predict/batch request
 MAX_BODY_BYTES = 1 << 20  # request bodies above this are refused (413) before parsing
 MAX_NAME = 512            # characters in a key or relation name
 BATCH_SIZE = 32           # top-k queries per batch (one product per candidate type)
@@ -95,6 +97,14 @@ class PredictRequest(BaseModel):
     filter_known: bool = True
 
 
+class BatchPredictRequest(BaseModel):
+    """Many top-k queries in one request, answered together (one product per candidate
+    type)."""
+
+    model_config = ConfigDict(extra="forbid")
+    queries: list[PredictRequest] = Field(min_length=1, max_length=MAX_QUERIES)
+
+
 class Triple(BaseModel):
     model_config = ConfigDict(extra="forbid")
     head: str = Field(max_length=MAX_NAME)
@@ -140,6 +150,16 @@ api.add_middleware(BoundedBody)
 
 def _refusal(exc) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+
+def _indexed(i: int, resolve, **body):
+    """``resolve(**body)``; a refusal names the query: ``queries[i]: ...``."""
+    from kg_ops.serve.index import QueryError
+
+    try:
+        return resolve(**body)
+    except QueryError as exc:
+        raise QueryError(exc.status, f"queries[{i}]: {exc}") from exc
 
 
 # --- the replicas -----------------------------------------------------------------------------
@@ -260,6 +280,25 @@ class LinkPredictionService:
         answers = await self._topk((index, query))
         return JSONResponse({"predict": "tail" if query.tail_side else "head", "query": body,
                        "answers": answers, "version": index.version.id})
+
+    @api.post("/predict/batch")
+    async def predict_batch(self, req: BatchPredictRequest):
+        """The answers of many ``/predict`` queries, in order, computed as one batch (off the
+        event loop, so single queries keep being answered meanwhile). One query the service
+        cannot answer refuses the request, naming it (``queries[i]: ...``)."""
+        from kg_ops.serve.index import QueryError
+
+        index = self.index
+        bodies = [q.model_dump(exclude_none=True) for q in req.queries]
+        try:
+            queries = [_indexed(i, index.query, **b) for i, b in enumerate(bodies)]
+        except QueryError as exc:
+            return _refusal(exc)
+        answers = await asyncio.to_thread(index.topk, queries)
+        return JSONResponse({"results": [
+            {"predict": "tail" if q.tail_side else "head", "query": b, "answers": a}
+            for q, b, a in zip(queries, bodies, answers, strict=True)],
+            "version": index.version.id})
 
     @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _topk(self, items: list) -> list[list[dict[str, Any]]]:

@@ -78,11 +78,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         manifest = deploy(args.model, route_prefix=args.route_prefix or DEFAULT_ROUTE_PREFIX,
                           **common)
-    live, prev = manifest["live"], manifest["previous"]
-    url = manifest["outputs"]["url"]
+    live, prev, out = manifest["live"], manifest["previous"], manifest["outputs"]
+    url = out["url"]
     print(f"service {args.name}: version {live['version']['id']} is live at {url} "
           f"({live['version']['uri']}); previous: "
           f"{prev['version']['id'] if prev else 'none'}")
+    if out["ingress"] == "direct":
+        print(f"ingress: direct (RAY_SERVE_ENABLE_DIRECT_INGRESS=1 on the cluster): each "
+              f"replica answers on its own port: {' '.join(out['urls'])}; Serve's proxy "
+              f"also answers at {out['proxy_url']}")
+    else:
+        print("ingress: Serve's HTTP proxy (set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 in the "
+              "cluster's environment to have the replicas answer HTTP themselves)")
     print(f"try: curl -s {url}/predict -H 'content-type: application/json' "
           "-d '{\"head\": \"<entity key>\", \"relation\": \"<relation>\", \"k\": 10}'")
     return 0

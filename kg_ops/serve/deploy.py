@@ -19,6 +19,13 @@ service redeploys its application (Serve's rolling update, which stops a replica
 successor is up); a version swap never does. ``rollback(name)`` deploys the recorded previous
 version the same way. Each deploy writes a ``serve`` stage manifest (live and previous
 version, timings, the HTTP endpoint) to ``out``.
+
+Ingress: by default a request reaches a replica through Serve's HTTP proxy (two processes
+handle it). On a cluster whose Ray processes run with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
+each replica answers HTTP on its own port as well, and the deploy reports that URL
+(``outputs.ingress`` / ``url`` / ``urls``; the proxy's stays in ``proxy_url``). A version swap
+or rollback keeps the replicas, so their URLs stay; a redeploy (new ``--replicas`` etc.)
+starts replicas on new ports.
 """
 
 from __future__ import annotations
@@ -78,6 +85,32 @@ def http_url(endpoint: dict[str, Any], route_prefix: str) -> str:
     host = endpoint["host"]
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     return f"http://{host}:{endpoint['port']}{route_prefix.rstrip('/')}"
+
+
+def direct_ingress(name: str, endpoint: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether the cluster's Serve runs with direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
+    in the environment of its Ray processes), and the URLs of service ``name``'s replicas
+    that answer HTTP themselves (their route prefix included; one port per replica, from
+    Serve's direct-ingress range). Serve's proxy (``endpoint``) answers in both modes.
+
+    Serve's controller publishes where an application's traffic goes as *target groups*: with
+    the proxy, one group for every app (app name empty, the proxy's port); with direct ingress,
+    a group per app naming its replicas (the proxy until their ports are allocated)."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    groups = [g for g in ray.get(controller.get_target_groups.remote(name))
+              if str(g.protocol).rsplit(".", 1)[-1] == "HTTP" and g.app_name == name]
+    bound = endpoint["host"]  # replicas bind where Serve's HTTP options say, as the proxy
+    urls = [f"http://{t.ip if bound in ('0.0.0.0', '', '::') else bound}:{t.port}"
+            f"{g.route_prefix.rstrip('/')}"
+            for g in groups for t in g.targets if int(t.port) != int(endpoint["port"])]
+    return bool(groups), sorted(urls)
+
+
+def _answering(urls: list[str], vid: str) -> bool:
+    return all((_get_json(f"{u}/health") or {}).get("version") == vid for u in urls)
 
 
 def _get_json(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
@@ -182,6 +215,24 @@ def _swap(name: str, reg, state: dict[str, Any], spec: dict[str, Any], timeout_s
     _replicas_holding(name, reg, vid, "live", timeout_s)
 
 
+def _ingress(name: str, endpoint: dict[str, Any], proxy_url: str, vid: str,
+             timeout_s: float) -> dict[str, Any]:
+    """Which ingress is in effect and the URL to call: with direct ingress, wait until every
+    running replica answers on its own port, and call the replica (``url``; ``urls`` lists
+    every replica's); else Serve's proxy. ``proxy_url`` is the proxy's in both modes."""
+    direct, urls = direct_ingress(name, endpoint)
+    if direct:
+        def ready():
+            _, u = direct_ingress(name, endpoint)
+            return u if len(u) >= max(1, _running_replicas(name)) and _answering(u, vid) \
+                else None
+
+        urls = _wait(f"every replica of {name!r} to answer version {vid} on its own port "
+                     "(direct ingress)", ready, timeout_s)
+        return {"ingress": "direct", "url": urls[0], "urls": urls, "proxy_url": proxy_url}
+    return {"ingress": "proxy", "url": proxy_url, "urls": [proxy_url], "proxy_url": proxy_url}
+
+
 def _recorded(state: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """The registry record with ``spec`` live (the live one becomes previous)."""
     old = state.get("live")
@@ -232,21 +283,23 @@ def deploy(version_uri: str, *, name: str = DEFAULT_NAME,
                                 state.get("config"), state.get("route_prefix"))
                 _start_service(name, route_prefix, reg, state, spec, url, timeout_s)
             _wait(f"{url}/health to answer version {version.id}",
-                  lambda: (_get_json(f"{url}/health") or {}).get("version") == version.id,
-                  timeout_s)
+                  lambda: _answering([url], version.id), timeout_s)
+            ingress = _ingress(name, endpoint, url, version.id, timeout_s)
         new_state = ray.get(reg.get.remote())
         previous = new_state["previous"] or {}
+        url = ingress["url"]
         st.outputs.update({"url": url, "health": f"{url}/health", "app": name,
                            "service": name, "version": version.id,
                            "version_uri": version.uri,
                            "previous_version": previous.get("version", {}).get("id"),
-                           "previous_version_uri": previous.get("version", {}).get("uri")})
+                           "previous_version_uri": previous.get("version", {}).get("uri"),
+                           **ingress})
         st.extra.update({"live": new_state["live"], "previous": new_state["previous"],
                          "history": new_state["history"], "endpoint": endpoint})
         st.metrics.update(version.metrics)
         st.counts["deploys_recorded"] = len(new_state["history"])
-    log.info("service %s: version %s is live at %s (previous: %s)", name, version.id, url,
-             previous.get("version", {}).get("id"))
+    log.info("service %s: version %s is live at %s (%s ingress; previous: %s)", name,
+             version.id, url, ingress["ingress"], previous.get("version", {}).get("id"))
     return st.manifest
 
 

@@ -1,42 +1,28 @@
 """The link-prediction service on a real local Ray Serve (in-process Ray, HTTP on 127.0.0.1).
 
-Answers are checked against a brute-force ranking computed here from the stored files alone
+Answers are checked against a brute-force ranking computed from the stored files alone
 (embeddings.parquet, the decoder's weights in model.pt, the graph's edge and node tables),
-with ComplEx written out in numpy complex arithmetic.
+with ComplEx written out in numpy complex arithmetic (:class:`tests.serve.conftest.Brute`).
+Runs with whichever ingress the environment selects (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``
+makes the in-process Ray's Serve use direct ingress); test_direct_ingress.py covers that mode
+through the CLI on a cluster started with it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import requests
 
 from kg_ops.devcluster import free_ports
+from tests.serve.conftest import Brute, client_loop, post, queries
 
 NAME = "kgtest"
 PREFIX = "/kgtest"
-
-
-@pytest.fixture(scope="module")
-def graph(tmp_path_factory):
-    from kg_ops.cli import main
-
-    out = tmp_path_factory.mktemp("serve") / "graph"
-    assert main(["synth", "--nodes", "300", "--edges", "2400", "--seed", "3",
-                 "--out", str(out)]) == 0
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def versions(graph, tmp_path_factory):
-    from kg_ops.serve.synthetic import write_random_version
-
-    root = tmp_path_factory.mktemp("versions")
-    return [write_random_version(graph, str(root / f"v{i}"), dim=16, seed=i) for i in (1, 2)]
 
 
 @pytest.fixture(scope="module")
@@ -51,68 +37,6 @@ def service(ray_local, versions):
                       num_cpus=0.5)
     yield {"url": manifest["outputs"]["url"], "port": port, "manifest": manifest}
     serve.shutdown()
-
-
-class Brute:
-    """The expected answers, from the files only."""
-
-    def __init__(self, version_uri: str, graph_uri: str):
-        import json
-
-        import torch
-
-        table = pq.read_table(f"{version_uri}/embeddings.parquet")
-        self.keys = table.column("key").to_pylist()
-        self.types = np.array(table.column("node_type").to_pylist(), dtype=object)
-        emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
-        half = emb.shape[1] // 2
-        self.z = emb[:, :half] + 1j * emb[:, half:]
-        model_uri = version_uri.rsplit("/", 1)[0] + "/model"
-        rel = torch.load(f"{model_uri}/model.pt", weights_only=True)["decoder.rel"].double()
-        self.w = rel[:, :half].numpy() + 1j * rel[:, half:].numpy()
-        with open(f"{graph_uri}/schema.json") as fh:
-            schema = json.load(fh)
-        self.rel_names = [r["name"] for r in schema["relations"]]
-        self.rel_ends = {r["name"]: (r["head"], r["tail"]) for r in schema["relations"]}
-        edges = np.concatenate([pq.read_table(f"{graph_uri}/edges/{s}.parquet").to_pandas()
-                                .to_numpy() for s in ("train", "valid", "test")])
-        self.known = {tuple(map(int, e)) for e in edges}
-        self.index = {k: i for i, k in enumerate(self.keys)}
-
-    def score(self, h: int, r: int, t: np.ndarray) -> np.ndarray:
-        return np.real((self.z[h] * self.w[r])[None, :] * np.conj(self.z[t])).sum(-1) \
-            if np.ndim(t) else float(np.real(self.z[h] * self.w[r] * np.conj(self.z[t])).sum())
-
-    def topk(self, anchor: str, relation: str, k: int, tail_side: bool, filter_known: bool):
-        a, r = self.index[anchor], self.rel_names.index(relation)
-        want_type = self.rel_ends[relation][1 if tail_side else 0]
-        cand = np.flatnonzero(self.types == want_type)
-        if tail_side:
-            s = np.real((self.z[a] * self.w[r])[None, :] * np.conj(self.z[cand])).sum(-1)
-            known = [(a, r, int(c)) in self.known for c in cand]
-        else:
-            s = np.real(self.z[cand] * self.w[r][None, :] * np.conj(self.z[a])[None, :]).sum(-1)
-            known = [(int(c), r, a) in self.known for c in cand]
-        keep = ~np.array(known) if filter_known else np.ones(len(cand), bool)
-        cand, s = cand[keep], s[keep]
-        order = np.argsort(-s, kind="stable")[:k]
-        return [self.keys[c] for c in cand[order]], s[order]
-
-
-def post(url, body, **kw):
-    return requests.post(url, json=body, timeout=30, **kw)
-
-
-def queries(brute: Brute, n: int = 12, seed: int = 0):
-    """Tail and head queries over every relation, anchors with and without known answers."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for (h, r, t) in sorted(brute.known)[:: max(1, len(brute.known) // n)][:n]:
-        rel = brute.rel_names[r]
-        out.append({"head": brute.keys[h], "relation": rel})
-        out.append({"tail": brute.keys[t], "relation": rel})
-    rng.shuffle(out)
-    return out
 
 
 def test_predict_equals_brute_force_with_types_and_filter(service, versions, graph):
@@ -165,6 +89,38 @@ def test_predict_by_url_parameters_answers_the_same(service, versions, graph):
                         params={"head": brute.keys[0], "relation": brute.rel_names[0],
                                 "k": 5000})
     assert resp.status_code == 422
+
+
+def test_predict_batch_answers_each_query_like_brute_force(service, versions, graph):
+    """``POST /predict/batch``: many queries in one request, each answered as ``/predict``
+    (and brute force) would, in order; one bad query refuses the request and is named."""
+    from kg_ops.serve.app import MAX_QUERIES
+
+    brute = Brute(versions[0], graph)
+    qs = [{**q, "k": 3 + i % 5, "filter_known": i % 3 != 0}
+          for i, q in enumerate(queries(brute, n=8))]
+    resp = post(f"{service['url']}/predict/batch", {"queries": qs})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert len(results) == len(qs)
+    for q, got in zip(qs, results, strict=True):
+        tail_side = "head" in q
+        keys, scores = brute.topk(q.get("head") or q.get("tail"), q["relation"], q["k"],
+                                  tail_side, q["filter_known"])
+        assert got["predict"] == ("tail" if tail_side else "head") and got["query"] == q
+        assert [a["key"] for a in got["answers"]] == keys, q
+        np.testing.assert_allclose([a["score"] for a in got["answers"]], scores,
+                                   rtol=1e-4, atol=1e-5)
+        single = post(f"{service['url']}/predict", q).json()
+        assert [a["key"] for a in single["answers"]] == keys
+
+    bad = [*qs[:2], {"head": "no-such-entity:3", "relation": qs[0]["relation"]}, *qs[2:]]
+    resp = post(f"{service['url']}/predict/batch", {"queries": bad})
+    assert resp.status_code == 404
+    assert "queries[2]" in resp.json()["detail"] and "no-such-entity:3" in resp.json()["detail"]
+    too_many = {"queries": [qs[0]] * (MAX_QUERIES + 1)}
+    assert post(f"{service['url']}/predict/batch", too_many).status_code == 422
+    assert post(f"{service['url']}/predict/batch", {"queries": []}).status_code == 422
 
 
 def test_score_equals_brute_force(service, versions, graph):
@@ -223,17 +179,29 @@ def test_version_reports_model_metrics_and_graph(service, versions, graph):
     assert requests.get(f"{service['url']}/health", timeout=10).json()["version"] == v.id
 
 
-def _client_loop(url: str, body: dict, stop: threading.Event, seen: list, errors: list):
-    with requests.Session() as s:
-        while not stop.is_set():
-            try:
-                r = s.post(f"{url}/predict", json=body, timeout=30)
-                if r.status_code != 200:
-                    errors.append(f"{r.status_code}: {r.text[:200]}")
-                else:
-                    seen.append((r.json()["version"], tuple(a["key"] for a in r.json()["answers"])))
-            except requests.RequestException as exc:
-                errors.append(repr(exc))
+def test_deploy_reports_the_ingress_in_effect(service, versions):
+    """The manifest says which ingress answers and where: Serve's proxy by default; with
+    direct ingress on the cluster, the replica's own port (the proxy keeps answering)."""
+    from ray.serve._private.constants import (
+        RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT,
+        RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT,
+    )
+
+    from kg_ops.serve.version import open_version
+
+    out = service["manifest"]["outputs"]
+    proxy_url = f"http://127.0.0.1:{service['port']}{PREFIX}"
+    assert out["proxy_url"] == proxy_url
+    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+        assert out["ingress"] == "direct" and len(out["urls"]) == 1 and out["url"] == out["urls"][0]
+        port = int(out["url"].rsplit(":", 1)[1].split("/")[0])
+        assert RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT <= port < RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
+        assert out["url"] == f"http://127.0.0.1:{port}{PREFIX}"
+    else:
+        assert out["ingress"] == "proxy" and out["url"] == proxy_url and out["urls"] == [proxy_url]
+    vid = open_version(versions[0]).id
+    for url in {out["url"], proxy_url}:
+        assert requests.get(f"{url}/health", timeout=10).json()["version"] == vid
 
 
 def test_swap_without_failed_requests_then_rollback(service, versions, graph):
@@ -252,7 +220,7 @@ def test_swap_without_failed_requests_then_rollback(service, versions, graph):
     assert expect1 != expect2
 
     stop, seen, errors = threading.Event(), [], []
-    clients = [threading.Thread(target=_client_loop, args=(service["url"], body, stop, seen,
+    clients = [threading.Thread(target=client_loop, args=(service["url"], body, stop, seen,
                                                            errors)) for _ in range(3)]
     for c in clients:
         c.start()
@@ -272,6 +240,7 @@ def test_swap_without_failed_requests_then_rollback(service, versions, graph):
     assert {a for v, a in seen if v == v1} == {expect1}
     assert {a for v, a in seen if v == v2} == {expect2}
     assert manifest["live"]["version"]["id"] == v2
+    assert manifest["outputs"]["url"] == service["url"]  # the replicas stay: so does the URL
     assert manifest["previous"]["version"]["id"] == v1
     # Every replica holds v2 only: v1 is released, nothing is left staged.
     held = service_state(NAME)["replicas"]
@@ -279,6 +248,7 @@ def test_swap_without_failed_requests_then_rollback(service, versions, graph):
 
     back = rollback(name=NAME, http_port=service["port"])
     assert back["live"]["version"]["id"] == v1 and back["previous"]["version"]["id"] == v2
+    assert back["outputs"]["url"] == service["url"]
     got = post(f"{service['url']}/predict", body).json()
     assert got["version"] == v1 and tuple(a["key"] for a in got["answers"]) == expect1
     assert service_state(NAME)["live"]["version"]["id"] == v1
