@@ -180,25 +180,44 @@ class _Worker:
         self.validation = self._validation()
 
     def _build_batches(self) -> None:
-        """The batch builder; with softmax on several workers, candidates are sharded
-        (:mod:`kg_ops.train.candidates`): each worker draws its share of every node type."""
-        import torch
-
+        """The batch builder; with softmax or 1vsall on several workers, candidates are sharded
+        (:mod:`kg_ops.train.candidates`): each worker draws its share of every node type
+        (softmax) or its whole pool (1vsall), and every query is ranked against all of them."""
         from kg_ops.train.batches import BatchBuilder
-        from kg_ops.train.candidates import CandidateShards, shard_size
 
-        cfg, world, shard = self.config, self.comm.world, None
-        self.shards = None
-        if cfg.loss == "softmax" and world > 1 and cfg.candidates == "sharded":
-            shard = shard_size(cfg.negatives, world)
-            types = int(self.comm.all_reduce([float(len(self.sampler.count))], op="max")[0])
-            self.shards = CandidateShards(world, self.rank, shard * types,
-                                          torch.from_numpy(self.sampler.head_type),
-                                          torch.from_numpy(self.sampler.tail_type))
-        # 1vsall: every entity of the expected type in the partition is a candidate
+        cfg = self.config
+        shard, self.shards = self._candidate_shards()
+        # 1vsall: every entity of the expected type in the partition is a candidate (in the
+        # graph, when sharded)
         negatives = int(self.sampler.count.max()) if cfg.loss == "1vsall" else cfg.negatives
         self.builder = BatchBuilder(self.csr, self.sampler, self.fanouts,
                                     self.run.sample_seed, cfg.loss, negatives, shard=shard)
+
+    def _candidate_shards(self):
+        """``(candidates this worker draws per node type, CandidateShards)``, or ``(None,
+        None)`` when each worker ranks against its own partition's candidates. 1vsall shards
+        too: the partitions' pools are disjoint, so the gathered pools are every entity of the
+        graph and a P-worker run optimises the 1-worker objective (with local candidates a
+        query never meets the entities of other partitions, which then rank too high at test
+        time)."""
+        import torch
+
+        from kg_ops.train.candidates import CandidateShards, shard_size
+
+        cfg, world = self.config, self.comm.world
+        if world == 1 or cfg.candidates != "sharded" or cfg.loss not in ("softmax", "1vsall"):
+            return None, None
+        count = self.sampler.count
+        types = int(self.comm.all_reduce([float(len(count))], op="max")[0])
+        if cfg.loss == "softmax":
+            shard = shard_size(cfg.negatives, world)
+            slots = shard * types
+        else:
+            shard = int(self.comm.all_reduce([float(count.max())], op="max")[0])
+            slots = int(self.comm.all_reduce([float(count.sum())], op="max")[0])
+        return shard, CandidateShards(world, self.rank, slots,
+                                      torch.from_numpy(self.sampler.head_type),
+                                      torch.from_numpy(self.sampler.tail_type))
 
     def _features(self):
         from kg_ops.models.attributes import NodeFeatures

@@ -84,17 +84,39 @@ def test_softmax_loss_learns_the_planted_graph(runs, planted):
 def test_shallow_complex_learns_through_the_same_ray_train_path(planted, ray_local,
                                                                tmp_path):
     """``--model complex`` (no message passing) with the default recipe (1-vs-all, reciprocal
-    relations, dropout) plus N3 and LR decay, 2 workers on 2 partitions: above random on
+    relations, dropout, Adagrad 0.1) plus N3 and LR decay, 2 workers on 2 partitions: far above random on
     held-out tails, and no encoder weights. Its own test: the module fixture is long already."""
     m = train(TrainConfig(partitions=planted["parts"][2], out=str(tmp_path / "shallow"),
                           model="complex", epochs=10, batch_size=64, patience=0,
-                          max_failures=1, embedding_dim=32, lr=0.02, n3=0.001, lr_decay=0.5,
+                          max_failures=1, embedding_dim=32, n3=0.001, lr_decay=0.5,
                           lr_patience=2))
     assert m["metrics"]["workers"] == 2 and m["config"]["loss"] == "1vsall"
     tm = load_trained(m["uri"])
     assert tm.model.encoder is None and tm.model.cfg.reciprocal
-    assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 2 * RANDOM_TAIL_MRR
+    # at the default rate: seeds 0-2, 1 and 2 workers, all >= 0.95; at lr 0.02 as low as 0.46
+    assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 3 * RANDOM_TAIL_MRR
     assert tm.history[-1]["loss"] < tm.history[0]["loss"]
+
+
+def test_two_worker_1vsall_ranks_against_the_whole_graph(planted, ray_local, tmp_path):
+    """1vsall on 2 partitions shards its candidates: every query meets every entity of its
+    type, as on 1 worker. At (almost) no learning (lr 1e-9, tiny embeddings, scores ~0) the
+    loss is ~log(candidates), so the 2-worker loss equals the 1-worker loss; with local
+    candidates (half the entities each) it is ~log 2 lower."""
+    opts = {"model": "complex", "epochs": 1, "batch_size": 64, "patience": 0, "lr": 1e-9,
+            "embedding_dim": 2, "out_dim": 2, "entity_dropout": 0.0, "relation_dropout": 0.0,
+            "valid_triples": 0}
+
+    def first_loss(parts: int, name: str, **kw) -> float:
+        m = train(TrainConfig(partitions=planted["parts"][parts], out=str(tmp_path / name),
+                              **opts, **kw))
+        return load_trained(m["uri"]).history[0]["loss"]
+
+    one = first_loss(1, "one")
+    sharded = first_loss(2, "sharded")
+    local = first_loss(2, "local", candidates="local")
+    assert abs(sharded - one) < 0.1, (one, sharded)
+    assert one - local > 0.4, (one, local)
 
 
 def test_dead_worker_is_restarted_from_the_last_checkpoint(runs):
