@@ -106,7 +106,8 @@ class TrainConfig(StageConfig):
                                 "they were built with -1)")
     loss: str = option("1vsall", choices=LOSSES,
                        help="1vsall: each positive ranked against every entity of the "
-                            "expected type in the partition, both directions (the tuned-KGE "
+                            "expected type in the graph (gathered from the workers' "
+                            "partitions), both directions (the tuned-KGE "
                             "objective, bench_train); softmax: against --negatives candidates "
                             "per type shared by the batch; bce: binary cross-entropy over "
                             "positives and corrupted triples (the published system)")
