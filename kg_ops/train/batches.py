@@ -46,6 +46,12 @@ class Batch:
         return len(self.pos)
 
 
+def candidates_per_type(loss: str, negatives: int, sampler) -> int:
+    """What :class:`BatchBuilder` takes as ``negatives``: with ``1vsall`` every entity of the
+    partition's pool of each type (the largest pool's size), else the loss's ``negatives``."""
+    return int(sampler.count.max()) if loss == "1vsall" else int(negatives)
+
+
 class BatchBuilder:
     """Builds :class:`Batch` es of one partition (negatives, candidates, computation graph).
 

@@ -183,15 +183,13 @@ class _Worker:
         """The batch builder; with softmax or 1vsall on several workers, candidates are sharded
         (:mod:`kg_ops.train.candidates`): each worker draws its share of every node type
         (softmax) or its whole pool (1vsall), and every query is ranked against all of them."""
-        from kg_ops.train.batches import BatchBuilder
+        from kg_ops.train.batches import BatchBuilder, candidates_per_type
 
         cfg = self.config
         shard, self.shards = self._candidate_shards()
-        # 1vsall: every entity of the expected type in the partition is a candidate (in the
-        # graph, when sharded)
-        negatives = int(self.sampler.count.max()) if cfg.loss == "1vsall" else cfg.negatives
-        self.builder = BatchBuilder(self.csr, self.sampler, self.fanouts,
-                                    self.run.sample_seed, cfg.loss, negatives, shard=shard)
+        self.builder = BatchBuilder(self.csr, self.sampler, self.fanouts, self.run.sample_seed,
+                                    cfg.loss, candidates_per_type(cfg.loss, cfg.negatives,
+                                                                  self.sampler), shard=shard)
 
     def _candidate_shards(self):
         """``(candidates this worker draws per node type, CandidateShards)``, or ``(None,

@@ -140,7 +140,7 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
 
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
     from kg_ops.partition.expand import estimate_worker_bytes
-    from kg_ops.train.batches import BatchBuilder
+    from kg_ops.train.batches import BatchBuilder, candidates_per_type
     from kg_ops.train.negatives import TypedNegativeSampler
     from kg_ops.train.optim import TrainingOptimizer
 
@@ -150,6 +150,8 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
     csr = part.graph()
     sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
                                    part.relation_tail_type)
+    # as the training loop does: with 1vsall, the whole pool (every step encodes it)
+    negatives = candidates_per_type(loss, negatives, sampler)
     builder = BatchBuilder(csr, sampler, fanouts, sample_seed, loss, negatives)
     small, large = sorted(max(1, int(b)) for b in batches)
     t_small, _ = _time_steps(model, opt, builder, part.core_edges, small, steps, features,
