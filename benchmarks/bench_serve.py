@@ -7,7 +7,11 @@ triples (filtered, type-constrained: the service's defaults) are answered
 * in-process: :class:`kg_ops.serve.index.LinkIndex` called directly in batches of 1, 8 and
   32 queries (no HTTP, no Ray): the floor;
 * over HTTP by ``kgops serve`` on a local Ray (one model replica, 1 CPU, the defaults), by a
-  closed-loop client keeping 1, 8 and 32 requests in flight.
+  closed-loop client keeping 1, 8 and 32 requests in flight (POST and GET ``/predict``), and
+  ``POST /predict/batch`` carrying 32 and 256 queries per request (2 in flight), once per
+  ingress of ``--ingress``: ``proxy`` (Serve's HTTP proxy in front of the replica, Serve's
+  default) and ``direct`` (the Ray processes started with
+  ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``: the replica answers HTTP on its own port).
 
 Both run on the same 2-core machine in one run; the HTTP client shares the cores with the
 proxy and the replicas. Reported: p50/p99 latency and queries/s per level, and the ratio of
@@ -15,7 +19,7 @@ the service's throughput to the floor's at the same batch size.
 
     flock /tmp/kgops-cpu.lock .venv/bin/python -m benchmarks.bench_serve \\
         --codex-m /tmp/kgops-bench-serve/codex-m/evaluation \\
-        --synth-graph /tmp/kgops-bench-serve/synth-2.8m/graph
+        --synth-graph /tmp/kgops-bench-serve/synth-2.8m/graph [--ingress proxy,direct]
 
 (``--merge`` runs one dataset at a time and keeps the other's section.)
 """
@@ -38,7 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, peak_rss_mib, write_results  # noqa: E402
 
 LEVELS = (1, 8, 32)
+BULK = (32, 256)      # queries per POST /predict/batch request
+BULK_CONCURRENCY = 2  # batch requests in flight: one computing while the next one travels
 K = 10
+# The environment of the Ray processes per ingress (cluster-level settings, read by Serve's
+# controller and replicas when they start). "optimized" is Ray's throughput-optimized bundle:
+# direct ingress, user code on the replica's event loop, gRPC between processes, buffered
+# request logs, GC frozen after start.
+INGRESS_ENV = {
+    "proxy": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"},
+    "optimized": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
 
 
 def make_queries(index, n: int, seed: int = 0) -> list[dict]:
@@ -84,13 +99,18 @@ def floor(index, bodies: list[dict], duration: float) -> dict:
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
-                warmup: float, method: str = "POST") -> dict:
-    """Closed loop: ``concurrency`` workers, each sending its next query as soon as the last
-    one is answered; ``method`` GET sends the query as URL parameters."""
+                warmup: float, method: str = "POST", per_request: int = 1) -> dict:
+    """Closed loop: ``concurrency`` workers, each sending its next request as soon as the last
+    one is answered; ``method`` GET sends the query as URL parameters; ``per_request`` > 1
+    sends that many queries per ``/predict/batch`` request."""
     import aiohttp
 
     if method == "GET":
         bodies = [{k: str(v) for k, v in b.items()} for b in bodies]
+    if per_request > 1:
+        url += "/batch"
+        bodies = [{"queries": [bodies[(i + j) % len(bodies)] for j in range(per_request)]}
+                  for i in range(0, len(bodies), per_request)]
 
     lat: list[float] = []
     errors: list[str] = []
@@ -116,11 +136,13 @@ async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - measure_from
     return {"requests": len(lat), "errors": len(errors), "p50_ms": pct(lat, 50),
-            "p99_ms": pct(lat, 99), "queries_per_s": round(len(lat) / wall, 1)}
+            "p99_ms": pct(lat, 99), "queries_per_s": round(len(lat) * per_request / wall, 1)}
 
 
-def service(uri: str, bodies: list[dict], duration: float, warmup: float) -> dict:
-    """Deploy ``uri`` on a fresh local Ray + Serve and load it at each level."""
+def service(uri: str, bodies: list[dict], duration: float, warmup: float,
+            ingress: str = "proxy") -> dict:
+    """Deploy ``uri`` on a fresh local Ray + Serve whose processes run with ``ingress`` and
+    load it at each level."""
     import ray
     from ray import serve
 
@@ -132,6 +154,9 @@ def service(uri: str, bodies: list[dict], duration: float, warmup: float) -> dic
     # other work that measures the neighbours, not the service. At 0 they run at the floor's
     # priority (this process's), so the two are compared on equal terms.
     os.environ.setdefault("RAY_worker_niceness", "0")
+    os.environ.update(INGRESS_ENV[ingress])
+    # No load balancer has to deregister a replica here: shut down without the 30 s drain.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         t = time.perf_counter()
@@ -139,19 +164,31 @@ def service(uri: str, bodies: list[dict], duration: float, warmup: float) -> dic
                           out=os.path.join(os.environ.get("TMPDIR", "/tmp"),
                                            f"kgops-bench-serve-deploy-{os.getpid()}"))
         deploy_s = time.perf_counter() - t
+        want = "proxy" if ingress == "proxy" else "direct"
+        if manifest["outputs"]["ingress"] != want:
+            raise RuntimeError(f"asked for {ingress} ingress, the deploy reports "
+                               f"{manifest['outputs']['ingress']}")
         url = manifest["outputs"]["url"] + "/predict"
-        out = {"deploy_s": round(deploy_s, 1)}
+        print(f"  {ingress} ingress: {url}", flush=True)
+        out = {"deploy_s": round(deploy_s, 1), "url": url}
         for method, into in (("POST", out), ("GET", out.setdefault("get", {}))):
             for c in LEVELS:
                 r = into[f"concurrency_{c}"] = asyncio.run(
                     _load(url, bodies, c, duration, warmup, method))
-                print(f"  service {method:<4} concurrency {c:>2}: p50 {r['p50_ms']} ms, p99 "
-                      f"{r['p99_ms']} ms, {r['queries_per_s']} q/s, {r['errors']} errors",
-                      flush=True)
+                _show(f"{ingress} {method:<4} concurrency {c:>2}", r)
+        for b in BULK:
+            r = out.setdefault("batch", {})[f"queries_{b}"] = asyncio.run(
+                _load(url, bodies, BULK_CONCURRENCY, duration, warmup, per_request=b))
+            _show(f"{ingress} POST /predict/batch of {b:>3}, {BULK_CONCURRENCY} in flight", r)
         return out
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _show(what: str, r: dict) -> None:
+    print(f"  service {what}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+          f"{r['queries_per_s']} q/s, {r['errors']} errors", flush=True)
 
 
 def bench(label: str, uri: str, args) -> dict:
@@ -176,13 +213,18 @@ def bench(label: str, uri: str, args) -> dict:
     fl = floor(index, bodies, args.duration)
     del index
     gc.collect()
-    sv = service(uri, bodies, args.duration, args.warmup)
-    ratio = _ratios(sv, fl)
-    ratio_get = _ratios(sv["get"], fl)
-    goals = {**_goals(sv, ratio), "get": _goals(sv["get"], ratio_get)}
-    print(f"  goals (POST): {_goals(sv, ratio)}\n  goals (GET): {goals['get']}", flush=True)
-    return {**info, "in_process": fl, "service": sv, "service_over_floor_qps": ratio,
-            "service_get_over_floor_qps": ratio_get, "goals": goals}
+    by_ingress, goals = {}, {}
+    best_floor = fl["batch_32"]["queries_per_s"]
+    for ingress in args.ingress:
+        sv = by_ingress[ingress] = service(uri, bodies, args.duration, args.warmup, ingress)
+        sv["over_floor_qps"] = {"post": _ratios(sv, fl), "get": _ratios(sv["get"], fl),
+                                "batch": {k: round(v["queries_per_s"] / best_floor, 3)
+                                          for k, v in sv["batch"].items()}}
+        goals[ingress] = {"post": _goals(sv, sv["over_floor_qps"]["post"]),
+                          "get": _goals(sv["get"], sv["over_floor_qps"]["get"]),
+                          "batch_over_floor_at_32": sv["over_floor_qps"]["batch"]}
+        print(f"  goals ({ingress}): {goals[ingress]}", flush=True)
+    return {**info, "in_process": fl, "service": by_ingress, "goals": goals}
 
 
 def _ratios(sv: dict, fl: dict) -> dict:
@@ -217,11 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per level")
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--ingress", default="proxy,direct",
+                   type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+                   help="Serve ingresses measured side by side: proxy (Serve's HTTP proxy), "
+                        "direct (RAY_SERVE_ENABLE_DIRECT_INGRESS=1), optimized "
+                        "(RAY_SERVE_THROUGHPUT_OPTIMIZED=1, direct ingress and more); "
+                        "default proxy,direct")
     p.add_argument("--merge", action="store_true",
                    help="keep the other dataset's results from benchmarks/results/bench_serve.json")
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the synth random version (data preparation, no measurement)")
     args = p.parse_args(argv)
+    if unknown := set(args.ingress) - set(INGRESS_ENV):
+        p.error(f"--ingress: unknown {sorted(unknown)}; choose from {sorted(INGRESS_ENV)}")
     results = {"setup": {"levels": list(LEVELS), "k": K, "filter_known": True,
                          "replica": "1 replica, 1 CPU, torch 1 thread (kgops serve defaults)",
                          "floor": "LinkIndex.topk in this process, 1 torch thread, batches of "
@@ -230,9 +280,21 @@ def main(argv: list[str] | None = None) -> int:
                          "priority": "Ray workers (Serve proxy, replica) at nice 0 "
                                      "(RAY_worker_niceness=0; Ray's default is 15), the "
                                      "floor's and the client's priority",
-                         "requests": "service: POST /predict with a JSON body (the "
-                                     "documented API); service.get: GET /predict with the "
-                                     "same query as URL parameters"}}
+                         "requests": "service.INGRESS: POST /predict with a JSON body "
+                                     "(the documented API); .get: GET /predict with the "
+                                     "same query as URL parameters; .batch.queries_B: POST "
+                                     f"/predict/batch with B queries per request, "
+                                     f"{BULK_CONCURRENCY} requests in flight (queries_per_s "
+                                     "counts queries)",
+                         "ingress": "proxy: Serve's HTTP proxy -> replica (Serve's "
+                                    "default); direct: Ray started with "
+                                    "RAY_SERVE_ENABLE_DIRECT_INGRESS=1, the client calls the "
+                                    "replica's own HTTP port; optimized: direct with "
+                                    "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (user code on the "
+                                    "replica's event loop, buffered logs, GC frozen)",
+                         "ratios": "over_floor_qps: service q/s over the in-process floor's "
+                                   "at the same batch size (batch: over the floor at batch "
+                                   "32)"}}
     if args.prepare_only:
         print(synth_version(args.synth_graph, args.work))
         return 0
