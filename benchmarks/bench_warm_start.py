@@ -133,9 +133,9 @@ def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int,
 
     yest = yesterday(today, str(work / f"{name}-yesterday"))
     parts = {}
-    for name, g in (("today", today), ("yesterday", yest)):
-        parts[name] = str(work / f"{name}-p{recipe['workers']}")
-        partition(PartitionConfig(graph=g, parts=recipe["workers"], out=parts[name]))
+    for version, g in (("today", today), ("yesterday", yest)):
+        parts[version] = str(work / f"{version}-p{recipe['workers']}")
+        partition(PartitionConfig(graph=g, parts=recipe["workers"], out=parts[version]))
     common = {**recipe, "epochs": epochs, "keep_checkpoints": epochs}
     t = time.perf_counter()
     y = train(TrainConfig(partitions=parts["yesterday"], out=str(work / "m-yesterday"),
