@@ -10,7 +10,6 @@ through the CLI on a cluster started with it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -182,9 +181,12 @@ def test_version_reports_model_metrics_and_graph(service, versions, graph):
 def test_deploy_reports_the_ingress_in_effect(service, versions):
     """The manifest says which ingress answers and where: Serve's proxy by default; with
     direct ingress on the cluster, the replica's own port (the proxy keeps answering)."""
+    # Serve reads the setting from the environment this process gave the in-process Ray
+    # (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, or RAY_SERVE_THROUGHPUT_OPTIMIZED=1 which implies it).
     from ray.serve._private.constants import (
         RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT,
         RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT,
+        RAY_SERVE_ENABLE_DIRECT_INGRESS,
     )
 
     from kg_ops.serve.version import open_version
@@ -192,7 +194,7 @@ def test_deploy_reports_the_ingress_in_effect(service, versions):
     out = service["manifest"]["outputs"]
     proxy_url = f"http://127.0.0.1:{service['port']}{PREFIX}"
     assert out["proxy_url"] == proxy_url
-    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1":
+    if RAY_SERVE_ENABLE_DIRECT_INGRESS:
         assert out["ingress"] == "direct" and len(out["urls"]) == 1 and out["url"] == out["urls"][0]
         port = int(out["url"].rsplit(":", 1)[1].split("/")[0])
         assert RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT <= port < RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
