@@ -314,7 +314,27 @@ def service_state(name: str) -> dict[str, Any]:
     if reg is None:
         raise DeployError(f"no service named {name!r} on this Ray cluster; deploy one with "
                           "`kgops serve --model URI`")
-    return {**ray.get(reg.get.remote()), "replicas": ray.get(reg.reports.remote())}
+    state = ray.get(reg.get.remote())
+    return {**state, "replicas": ray.get(reg.reports.remote()),
+            "ingress": ingress_now(name, state.get("route_prefix") or DEFAULT_ROUTE_PREFIX)}
+
+
+def ingress_now(name: str, route_prefix: str) -> dict[str, Any] | None:
+    """Which ingress answers service ``name`` now and where (``ingress``, ``urls``,
+    ``proxy_url``), or None when Serve is not running."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    cfg = ray.get(controller.get_http_config.remote())
+    endpoint = {"host": cfg.host, "port": int(cfg.port)}
+    direct, urls = direct_ingress(name, endpoint)
+    proxy_url = http_url(endpoint, route_prefix)
+    return {"ingress": "direct" if direct else "proxy", "urls": urls if direct else [proxy_url],
+            "proxy_url": proxy_url}
 
 
 def rollback(*, name: str = DEFAULT_NAME, out: str | None = None,

@@ -189,6 +189,7 @@ def test_deploy_reports_the_ingress_in_effect(service, versions):
         RAY_SERVE_ENABLE_DIRECT_INGRESS,
     )
 
+    from kg_ops.serve.deploy import service_state
     from kg_ops.serve.version import open_version
 
     out = service["manifest"]["outputs"]
@@ -201,6 +202,8 @@ def test_deploy_reports_the_ingress_in_effect(service, versions):
         assert out["url"] == f"http://127.0.0.1:{port}{PREFIX}"
     else:
         assert out["ingress"] == "proxy" and out["url"] == proxy_url and out["urls"] == [proxy_url]
+    now = service_state(NAME)["ingress"]  # what `kgops serve --status` shows
+    assert now == {k: out[k] for k in ("ingress", "urls", "proxy_url")}
     vid = open_version(versions[0]).id
     for url in {out["url"], proxy_url}:
         assert requests.get(f"{url}/health", timeout=10).json()["version"] == vid
