@@ -129,3 +129,18 @@ def test_swap_and_rollback_through_the_replica_port(head, service, versions, gra
     assert back["live"]["version"]["id"] == v1 and back["outputs"]["url"] == service["url"]
     got = post(f"{service['url']}/predict", body).json()
     assert got["version"] == v1 and tuple(a["key"] for a in got["answers"]) == expect1
+
+
+def test_two_replicas_each_answer_on_their_own_port(head, service, versions):
+    """A redeploy with ``--replicas 2`` starts new replicas (new ports, the old one drains);
+    the deploy lists both URLs, prints them, and each answers the live version."""
+    from kg_ops.serve.version import open_version
+
+    live = open_version(versions[0]).id  # rolled back to v1 by the previous test, or never left
+    scaled, printed = kgops_serve(head, service["port"], service["out"] / "two", "--model",
+                                  versions[0], "--route-prefix", PREFIX, "--replicas", "2")
+    urls = scaled["outputs"]["urls"]
+    assert scaled["outputs"]["ingress"] == "direct" and len(set(urls)) == 2
+    assert scaled["outputs"]["url"] == urls[0] and all(u in printed for u in urls)
+    for url in urls:
+        assert requests.get(f"{url}/health", timeout=10).json()["version"] == live
