@@ -113,8 +113,10 @@ def rank_queries(emb, scorer: Scorer, triples: np.ndarray, filters: FilterIndex,
                          >= filters.num_relations):
         raise KGOpsError("evaluation triples refer to entities or relations outside the graph")
     bs = batch_size or batch_size_for(n, memory_mib)
-    progress = progress or Progress("evaluate/rank", total=2 * len(triples), unit="queries")
-    log.info("ranking %d queries against %d entities in batches of %d", 2 * len(triples), n, bs)
+    if progress is None:      # a caller with its own progress reports for itself
+        progress = Progress("evaluate/rank", total=2 * len(triples), unit="queries")
+        log.info("ranking %d queries against %d entities in batches of %d", 2 * len(triples),
+                 n, bs)
 
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("idx", "side", "opt", "pess", "tc_opt",
                                                         "tc_pess")}

@@ -85,7 +85,7 @@ def curves_png(history: list[dict]) -> bytes | None:
     from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
     from matplotlib.ticker import MaxNLocator
 
-    panels = [("loss", "training loss"), ("valid_mrr_sampled", "validation MRR (sampled)"),
+    panels = [("loss", "training loss"), ("valid_mrr_sampled", "validation MRR (per epoch)"),
               ("edges_per_s", "edges/s")]
     panels = [(k, t) for k, t in panels if any(h.get(k) is not None for h in history)]
     if not panels:

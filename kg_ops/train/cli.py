@@ -298,6 +298,7 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
     import numpy as np
 
     from kg_ops.train.checkpoints import CheckpointError, load_checkpoint, save_torch
+    from kg_ops.train.validation import validation_kind
 
     try:
         last = load_checkpoint(config.out)
@@ -321,7 +322,8 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
     eps = [h["edges_per_s"] for h in history]
     return {"epochs": len(history), "best_epoch": int(last["best_epoch"]),
             "best_valid_mrr": float(last["best_valid_mrr"]),
-            "valid_mrr_kind": "sampled (type-constrained candidates, filtered)",
+            "valid_mrr_kind": validation_kind(config.valid_ranking, mcfg.num_nodes,
+                                              mcfg.out_dim),
             "final_loss": float(history[-1]["loss"]) if history else None,
             "epoch_s": float(np.mean(epoch_s)) if epoch_s else None,
             "edges_per_s": float(np.mean(eps)) if eps else None,

@@ -29,6 +29,11 @@ class Collectives:
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return t.tolist()
 
+    def sum_tensor(self, t) -> None:
+        """Sum a tensor across workers, in place."""
+        if self.world > 1:
+            self._dist().all_reduce(t)
+
     def all_gather_mask(self, mask: np.ndarray) -> np.ndarray:
         import torch
 

@@ -257,9 +257,10 @@ class _Worker:
             self.progress = _Progress.from_checkpoint(state)
 
     def _validation(self):
-        """Filtered sampled validation; each triple is ranked by one worker whose partition
+        """The per-epoch validation (:mod:`kg_ops.train.validation`): the filtered full
+        ranking, or the sampled one where each triple is ranked by one worker whose partition
         holds it."""
-        from kg_ops.train.validation import SampledValidation
+        from kg_ops.train.validation import FULL_KIND, SampledValidation, validation_kind
 
         cfg, part = self.config, self.part
         valid, known = self.valid, self.known      # known: valid + test, for filtering
@@ -267,6 +268,9 @@ class _Worker:
             pick = np.random.default_rng(cfg.seed).choice(len(valid), cfg.valid_triples,
                                                           replace=False)
             valid = valid[np.sort(pick)]
+        if validation_kind(cfg.valid_ranking, self.mcfg.num_nodes,
+                           self.mcfg.out_dim) == FULL_KIND:
+            return self._full_validation(valid, known)
         eligible = self.comm.all_gather_mask(SampledValidation.eligible(part, valid))
         owner = np.where(eligible.any(0), eligible.argmax(0), -1)
         uncovered = int((owner < 0).sum())
@@ -278,6 +282,18 @@ class _Worker:
                      len(valid) - uncovered, uncovered)
         return SampledValidation(part, valid, self.sampler, cfg.valid_candidates, cfg.seed,
                                  owner == self.rank, known_global=known)
+
+    def _full_validation(self, valid: np.ndarray, known: np.ndarray):
+        from kg_ops.evaluate.filters import FilterIndex
+        from kg_ops.graph.kg import load_edges
+        from kg_ops.train.validation import FullValidation
+
+        everything = np.concatenate([load_edges(self.run.graph, "train"), known])
+        filters = FilterIndex(everything, self.mcfg.num_nodes, self.mcfg.num_relations)
+        if self.rank == 0:
+            log.info("validation: %d triples ranked against all %d entities per epoch "
+                     "(filtered, both directions)", len(valid), self.mcfg.num_nodes)
+        return FullValidation(self.part, valid, filters, self.comm, self.rank)
 
     def run_epoch(self, epoch: int) -> bool:
         """Train, validate, checkpoint and report one epoch; True to stop early."""
@@ -292,7 +308,7 @@ class _Worker:
         self._decay_on_plateau()
         if self.rank == 0:
             eta = (self.config.epochs - epoch) * (time.perf_counter() - t0)
-            log.info("epoch %d/%d: loss %.4f, valid MRR (sampled, filtered) %.4f, %.0f edges/s, "
+            log.info("epoch %d/%d: loss %.4f, valid MRR (filtered) %.4f, %.0f edges/s, "
                      "epoch %.1fs, ETA %.0fs%s", epoch, self.config.epochs, row["loss"], mrr,
                      row["edges_per_s"], row["epoch_s"], 0 if stop else eta,
                      " -- early stop" if stop else "")

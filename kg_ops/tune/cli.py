@@ -168,7 +168,8 @@ def _settle(records: list, config: TuneConfig, base: TrainConfig):
         _seal(best, base)
     recipe_config = trial_recipe(base, best["options"])
     return trials, {"trial_id": best["trial_id"], "valid_mrr": best["best_valid_mrr"],
-                    "valid_mrr_kind": "sampled (type-constrained candidates, filtered)",
+                    "valid_mrr_kind": f"--valid-ranking {recipe_config.valid_ranking} (per "
+                                      "epoch; kg_ops.train.validation)",
                     "epochs": best["epochs"], "status": best["status"],
                     "options": best["options"], "model": best["out"],
                     "sealed_from_checkpoint": sealed,
@@ -206,8 +207,7 @@ def _metrics(trials: list[dict], best: dict, config: TuneConfig) -> dict[str, An
         key = ("completed" if t["status"].startswith("completed") else "ASHA"
                if "ASHA" in t["status"] else "error" if t["status"] == "error" else "budget")
         count[key] += 1
-    return {"best_valid_mrr": best["valid_mrr"],
-            "valid_mrr_kind": "sampled (type-constrained candidates, filtered)",
+    return {"best_valid_mrr": best["valid_mrr"], "valid_mrr_kind": best["valid_mrr_kind"],
             "trials_started": len(trials), "trials_requested": config.trials,
             "trials_completed": count["completed"], "trials_stopped_asha": count["ASHA"],
             "trials_stopped_budget": count["budget"], "trials_failed": count["error"],

@@ -113,7 +113,7 @@ def _recorder(base: TrainConfig, space, out: str):
             rec.history.append({"epoch": epoch, "valid_mrr": mrr, "loss": result.get("loss"),
                                 "epoch_s": result.get("epoch_s")})
             done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-            log.info("tune: trial %s epoch %d/%d: valid MRR (sampled, filtered) %.4f, best "
+            log.info("tune: trial %s epoch %d/%d: valid MRR (filtered) %.4f, best "
                      "%.4f; %d trial(s) ended", trial.trial_id, rec.epochs, base.epochs, mrr,
                      rec.best_valid_mrr or float("nan"), done)
 

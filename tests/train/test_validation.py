@@ -77,3 +77,54 @@ def test_sampled_validation_is_filtered_and_equals_brute_force(planted, reciproc
     assert abs(rr - want) < 1e-4
     # Filtering matters here: people of the queried city are among the head candidates.
     assert want > unfiltered + 0.01
+
+
+def _full(part, graph: str, world: int, rank: int, reciprocal: bool, fanouts):
+    from kg_ops.evaluate.filters import FilterIndex
+    from kg_ops.train.collectives import Collectives
+    from kg_ops.train.validation import FullValidation
+
+    split = {s: load_edges(graph, s) for s in ("train", "valid", "test")}
+    n_nodes = int(max(part.global_ids.max(), np.concatenate(list(split.values()))[:, [0, 2]].max())) + 1
+    filters = FilterIndex(np.concatenate(list(split.values())), n_nodes, 2)
+    torch.manual_seed(0)
+    model = LinkPredictor(ModelConfig("rgcn", n_nodes, 2, embedding_dim=8, hidden_dim=8,
+                                      out_dim=8, decoder="complex",
+                                      reciprocal=reciprocal)).eval()
+    v = FullValidation(part, split["valid"], filters, Collectives(world), rank)
+    return v.reciprocal_ranks(model, part.graph(), fanouts, sample_seed=0), model, split
+
+
+def _full_on_worker(rank: int, world: int, parts_uri: str, graph: str):
+    (rr, n), _, _ = _full(load_partition(parts_uri, rank), graph, world, rank, True, [-1, -1])
+    return rr, n
+
+
+@pytest.mark.parametrize("reciprocal", [False, True])
+def test_full_validation_equals_brute_force_over_every_entity(planted, reciprocal):
+    """One worker: every entity is a candidate for both sides (as ``kgops evaluate`` ranks),
+    filtered by every train, valid and test triple."""
+    part = load_partition(planted["parts"][1], 0)
+    (rr, n), model, split = _full(part, planted["graph"], 1, 0, reciprocal, [10, 5])
+    emb = model.encode_full(part.graph(), fanouts=[10, 5], seed=0)
+    everyone = np.arange(part.num_nodes)
+    known = {tuple(x) for s in split.values() for x in s.tolist()}
+    want, want_n = brute_force(emb, model.decoder, split["valid"],
+                               {PERSON: everyone, CITY: everyone}, known, filtered=True)
+    assert n == want_n == 2 * len(split["valid"])
+    assert abs(rr - want) < 1e-4
+
+
+def test_two_workers_assemble_the_whole_table_and_share_the_triples(planted, tmp_path):
+    """2 gloo workers on 2 partitions: each embeds its core entities, one all-reduce gives
+    both the graph's table, and their shares of the triples add up to the 1-worker ranking
+    (all neighbours, so a core entity's embedding is the same in its partition as in the
+    whole graph)."""
+    from .gloo import run_gloo
+
+    got = run_gloo(_full_on_worker, 2, str(tmp_path), planted["parts"][2], planted["graph"])
+    assert all(n > 0 for _, n in got)
+    (one_rr, one_n), _, _ = _full(load_partition(planted["parts"][1], 0), planted["graph"],
+                                  1, 0, True, [-1, -1])
+    assert sum(n for _, n in got) == one_n
+    assert abs(sum(rr for rr, _ in got) - one_rr) < 1e-4
