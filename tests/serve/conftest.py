@@ -3,7 +3,9 @@ it, and the expected answers computed from the stored files alone (:class:`Brute
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -104,3 +106,32 @@ def client_loop(url: str, body: dict, stop: threading.Event, seen: list, errors:
                     seen.append((r.json()["version"], tuple(a["key"] for a in r.json()["answers"])))
             except requests.RequestException as exc:
                 errors.append(repr(exc))
+
+
+@contextlib.contextmanager
+def clients_running(url: str, body: dict, n: int = 3):
+    """``n`` :func:`client_loop` threads POSTing ``body`` to ``url`` around the block (from a
+    second before it to a second after it); yields their ``(seen, errors)`` lists."""
+    stop, seen, errors = threading.Event(), [], []
+    clients = [threading.Thread(target=client_loop, args=(url, body, stop, seen, errors))
+               for _ in range(n)]
+    for c in clients:
+        c.start()
+    try:
+        time.sleep(1.0)
+        yield seen, errors
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for c in clients:
+            c.join(timeout=60)
+
+
+def swap_query(brute1, brute2) -> tuple[dict, tuple, tuple]:
+    """A top-10 query whose answers differ between two versions: ``(body, v1's, v2's)``."""
+    q = queries(brute1, n=2)[0]
+    side, anchor = "head" in q, q.get("head") or q.get("tail")
+    expect1 = tuple(brute1.topk(anchor, q["relation"], 10, side, True)[0])
+    expect2 = tuple(brute2.topk(anchor, q["relation"], 10, side, True)[0])
+    assert expect1 != expect2
+    return {**q, "k": 10}, expect1, expect2

@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from kg_ops.devcluster import LocalRayHead, free_ports
-from tests.serve.conftest import Brute, client_loop, post, queries
+from tests.serve.conftest import Brute, clients_running, post, queries, swap_query
 
 pytestmark = pytest.mark.slow
 
@@ -96,27 +94,10 @@ def test_swap_and_rollback_through_the_replica_port(head, service, versions, gra
 
     v1, v2 = (open_version(v).id for v in versions)
     brute1, brute2 = Brute(versions[0], graph), Brute(versions[1], graph)
-    q = queries(brute1, n=2)[0]
-    body, side = {**q, "k": 10}, "head" in q
-    anchor = q.get("head") or q.get("tail")
-    expect1 = tuple(brute1.topk(anchor, q["relation"], 10, side, True)[0])
-    expect2 = tuple(brute2.topk(anchor, q["relation"], 10, side, True)[0])
-    assert expect1 != expect2
-
-    stop, seen, errors = threading.Event(), [], []
-    clients = [threading.Thread(target=client_loop, args=(service["url"], body, stop, seen,
-                                                          errors)) for _ in range(3)]
-    for c in clients:
-        c.start()
-    try:
-        time.sleep(1.0)
+    body, expect1, expect2 = swap_query(brute1, brute2)
+    with clients_running(service["url"], body) as (seen, errors):
         swapped, _ = kgops_serve(head, service["port"], service["out"] / "v2",
                                  "--model", versions[1], "--route-prefix", PREFIX)
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        for c in clients:
-            c.join(timeout=60)
     assert errors == []
     assert seen[0][0] == v1 and seen[-1][0] == v2
     assert {a for v, a in seen if v == v1} == {expect1}

@@ -10,15 +10,12 @@ through the CLI on a cluster started with it.
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 import requests
 
 from kg_ops.devcluster import free_ports
-from tests.serve.conftest import Brute, client_loop, post, queries
+from tests.serve.conftest import Brute, clients_running, post, queries, swap_query
 
 NAME = "kgtest"
 PREFIX = "/kgtest"
@@ -215,29 +212,10 @@ def test_swap_without_failed_requests_then_rollback(service, versions, graph):
 
     v1, v2 = (open_version(v).id for v in versions)
     brute1, brute2 = Brute(versions[0], graph), Brute(versions[1], graph)
-    q = queries(brute1, n=2)[0]
-    body = {**q, "k": 10}
-    side = "head" in q
-    expect1 = tuple(brute1.topk(q.get("head") or q.get("tail"), q["relation"], 10, side,
-                                True)[0])
-    expect2 = tuple(brute2.topk(q.get("head") or q.get("tail"), q["relation"], 10, side,
-                                True)[0])
-    assert expect1 != expect2
-
-    stop, seen, errors = threading.Event(), [], []
-    clients = [threading.Thread(target=client_loop, args=(service["url"], body, stop, seen,
-                                                           errors)) for _ in range(3)]
-    for c in clients:
-        c.start()
-    try:
-        time.sleep(1.0)
+    body, expect1, expect2 = swap_query(brute1, brute2)
+    with clients_running(service["url"], body) as (seen, errors):
         manifest = deploy(versions[1], name=NAME, route_prefix=PREFIX,
                           http_port=service["port"], num_cpus=0.5)
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        for c in clients:
-            c.join(timeout=60)
     assert errors == []
     versions_seen = [v for v, _ in seen]
     assert versions_seen[0] == v1 and versions_seen[-1] == v2
