@@ -81,6 +81,9 @@ class TrainConfig(StageConfig):
     retrain_every: int = option(7, minimum=0, recorded=False, help="with --init-from: train "
                                 "from scratch when this run would be the N-th in a row "
                                 "warm-started (0 = never)")
+    warm_patience: int = option(2, minimum=0, recorded=False, help="with a warm start taken: "
+                                "early-stopping patience instead of --patience (the start is "
+                                "validated as epoch 0 and kept when no epoch beats it; 0 = off)")
     optimizer: str = option("adagrad", choices=OPTIMIZERS,
                             help="optimiser of the entity embeddings and relation vectors: "
                                  "adagrad (tuned KGE's choice; a fraction of Adam's epochs "

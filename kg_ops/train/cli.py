@@ -107,7 +107,8 @@ def _recorded(config: TrainConfig, inputs: _TrainInputs, mcfg) -> tuple[dict, di
     if config.init_from:
         stage_inputs["init_from"] = config.init_from
         recorded["warm_start"] = {"max_drift": config.max_drift,
-                                  "retrain_every": config.retrain_every}
+                                  "retrain_every": config.retrain_every,
+                                  "warm_patience": config.warm_patience}
     return recorded, stage_inputs
 
 
@@ -313,18 +314,19 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
     st.store.write_json(st.uri("model_config.json"), {
         "format": ARTIFACT_FORMAT, **mcfg.to_dict(), "graph": inputs.graph,
         "partitions": config.partitions, "features": inputs.features, "training": recorded,
-        "epoch": int(last["best_epoch"] or last["epoch"]),
+        "epoch": int(last["best_epoch"] if last["best_valid_mrr"] >= 0 else last["epoch"]),
         "best_valid_mrr": last["best_valid_mrr"]})
     st.store.write_json(st.uri("history.json"), history)
     st.outputs.update({"model": st.uri("model.pt"), "model_config": st.uri("model_config.json"),
                        "history": st.uri("history.json"), "checkpoints": st.uri("checkpoints")})
-    epoch_s = [h["epoch_s"] for h in history]
-    eps = [h["edges_per_s"] for h in history]
-    return {"epochs": len(history), "best_epoch": int(last["best_epoch"]),
+    trained = [h for h in history if h["epoch"] > 0]    # a warm start's epoch 0 trains nothing
+    epoch_s = [h["epoch_s"] for h in trained]
+    eps = [h["edges_per_s"] for h in trained]
+    return {"epochs": len(trained), "best_epoch": int(last["best_epoch"]),
             "best_valid_mrr": float(last["best_valid_mrr"]),
             "valid_mrr_kind": validation_kind(config.valid_ranking, mcfg.num_nodes,
                                               mcfg.out_dim),
-            "final_loss": float(history[-1]["loss"]) if history else None,
+            "final_loss": float(trained[-1]["loss"]) if trained else None,
             "epoch_s": float(np.mean(epoch_s)) if epoch_s else None,
             "edges_per_s": float(np.mean(eps)) if eps else None,
             "workers": inputs.parts, "stopped_early": bool(last["stopped_early"])}

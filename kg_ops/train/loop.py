@@ -139,6 +139,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         report_error(error, rank)
         return
     worker.connect()
+    worker.validate_start()
     for epoch in range(worker.progress.start, worker.config.epochs + 1):
         if worker.run_epoch(epoch):
             break
@@ -295,16 +296,42 @@ class _Worker:
                      "(filtered, both directions)", len(valid), self.mcfg.num_nodes)
         return FullValidation(self.part, valid, filters, self.comm, self.rank)
 
+    @property
+    def patience(self) -> int:
+        """Early-stopping patience: a warm start begins near its optimum, so it gives up after
+        ``warm_patience`` epochs without a better validation MRR instead of ``patience``."""
+        return self.config.warm_patience if self.run.init_state else self.config.patience
+
+    def _validate(self) -> tuple[float, int]:
+        """The validation MRR of the current weights and how many queries it ranked."""
+        rr, n = self.comm.all_reduce(list(self.validation.reciprocal_ranks(
+            self.model, self.csr, self.fanouts, self.run.sample_seed, self.features)))
+        return (rr / n if n else float("nan")), int(n)
+
+    def validate_start(self) -> None:
+        """A warm start's epoch 0: the mapped weights validated (and checkpointed) before any
+        training, so the run keeps them when no epoch beats them and its curve starts where
+        the previous version left off. Not on a restart or a resume (already recorded)."""
+        if not self.run.init_state or self.progress.history:
+            return
+        mrr, n = self._validate()
+        row = {"epoch": 0, "loss": None, "edges_per_s": None, "epoch_s": 0.0,
+               "valid_mrr_sampled": mrr, "valid_queries_sampled": n}
+        self.progress.history.append(row)
+        self.progress.update(0, mrr, n, self.model, self.patience)
+        if self.rank == 0:
+            log.info("epoch 0 (warm start, before training): valid MRR (filtered) %.4f; "
+                     "early stopping after %d epochs without a better one", mrr, self.patience)
+        self._checkpoint_and_report(0, row, False)
+
     def run_epoch(self, epoch: int) -> bool:
         """Train, validate, checkpoint and report one epoch; True to stop early."""
         t0 = time.perf_counter()
         row = self._train(epoch)
-        rr, n = self.comm.all_reduce(list(self.validation.reciprocal_ranks(
-            self.model, self.csr, self.fanouts, self.run.sample_seed, self.features)))
-        mrr = rr / n if n else float("nan")
-        row.update(valid_mrr_sampled=mrr, valid_queries_sampled=int(n))
+        mrr, n = self._validate()
+        row.update(valid_mrr_sampled=mrr, valid_queries_sampled=n)
         self.progress.history.append(row)
-        stop = self.progress.update(epoch, mrr, int(n), self.model, self.config.patience)
+        stop = self.progress.update(epoch, mrr, n, self.model, self.patience)
         self._decay_on_plateau()
         if self.rank == 0:
             eta = (self.config.epochs - epoch) * (time.perf_counter() - t0)

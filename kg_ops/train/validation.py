@@ -30,6 +30,7 @@ candidate. This is still NOT the filtered full ranking of ``kgops evaluate``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -41,6 +42,19 @@ from kg_ops.sampling import sample_computation_graph
 FULL_TABLE_BYTES = 1 << 30     # the graph's embedding table on every worker, at most
 FULL_KIND = "filtered full ranking (all entities, both directions, as kgops evaluate)"
 SAMPLED_KIND = "sampled (type-constrained candidates inside each partition, filtered)"
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """``model`` in eval mode for the whole validation, encoding *and* scoring: the decoder's
+    relation dropout would otherwise perturb the queries, and the epoch kept would carry
+    dropout noise (as it did while the mode was restored right after encoding)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def validation_kind(ranking: str, num_nodes: int, dim: int) -> str:
@@ -61,15 +75,14 @@ class FullValidation:
     def reciprocal_ranks(self, model, csr, fanouts, sample_seed: int, features=None,
                          ) -> tuple[float, int]:
         """(sum of reciprocal ranks, number of queries) of this worker's triples."""
+        with evaluating(model):
+            return self._reciprocal_ranks(model, csr, fanouts, sample_seed, features)
+
+    def _reciprocal_ranks(self, model, csr, fanouts, sample_seed, features):
         from kg_ops.evaluate.ranking import overall_metrics, rank_queries
         from kg_ops.progress import Progress
 
-        was_training = model.training
-        model.eval()
-        try:
-            z = model.encode_full(csr, features, fanouts=list(fanouts), seed=sample_seed)
-        finally:
-            model.train(was_training)
+        z = model.encode_full(csr, features, fanouts=list(fanouts), seed=sample_seed)
         core = self.part.num_core_nodes
         table = z.new_zeros(self.filters.num_nodes, z.shape[1])
         table[torch.from_numpy(self.part.global_ids[:core])] = z[:core]
@@ -130,16 +143,15 @@ class SampledValidation:
         """(sum of reciprocal ranks, number of queries) of this worker's triples."""
         if not len(self.triples):
             return 0.0, 0
+        with evaluating(model):
+            return self._reciprocal_ranks(model, csr, fanouts, sample_seed, features)
+
+    def _reciprocal_ranks(self, model, csr, fanouts, sample_seed, features):
         cand_types = sorted(self.candidates)
         cand_nodes = np.concatenate([self.candidates[t] for t in cand_types])
         seeds = np.concatenate([self.triples[:, [0, 2]].ravel(), cand_nodes])
         cg = sample_computation_graph(csr, seeds, fanouts, seed=sample_seed)
-        was_training = model.training
-        model.eval()
-        try:
-            z = model.encode_sampled(cg, features)
-        finally:
-            model.train(was_training)
+        z = model.encode_sampled(cg, features)
         n2 = 2 * len(self.triples)
         loc = torch.from_numpy(cg.seed_index[:n2].reshape(-1, 2))
         cand_pos = torch.from_numpy(cg.seed_index[n2:])

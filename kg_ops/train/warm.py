@@ -59,7 +59,7 @@ def _optimizer_state(init_from: str, previous: dict, mapping, optimizer: str | N
     from kg_ops.train.checkpoints import CheckpointError, checkpoint_uri, load_torch
 
     best = (previous.get("metrics") or {}).get("best_epoch")
-    if not best:
+    if best is None:
         return None, "fresh: the previous run recorded no best epoch"
     uri = checkpoint_uri(init_from, int(best))
     try:

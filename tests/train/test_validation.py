@@ -128,3 +128,38 @@ def test_two_workers_assemble_the_whole_table_and_share_the_triples(planted, tmp
                                   1, 0, True, [-1, -1])
     assert sum(n for _, n in got) == one_n
     assert abs(sum(rr for rr, _ in got) - one_rr) < 1e-4
+
+
+def test_validation_scores_without_dropout_and_restores_training_mode(planted):
+    """Dropout never reaches the validation, in encoding or in scoring: a model in training
+    mode with heavy dropout gets exactly its eval-mode MRR from both validations, every call,
+    and is handed back in training mode (the decoder's relation dropout used to perturb the
+    queries)."""
+    from kg_ops.evaluate.filters import FilterIndex
+    from kg_ops.train.collectives import Collectives
+    from kg_ops.train.validation import FullValidation
+
+    graph = planted["graph"]
+    part = load_partition(planted["parts"][1], 0)
+    split = {s: load_edges(graph, s) for s in ("train", "valid", "test")}
+    sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                   part.relation_tail_type)
+    filters = FilterIndex(np.concatenate(list(split.values())), part.num_nodes, 2)
+    validations = {
+        "full": FullValidation(part, split["valid"], filters, Collectives(1), 0),
+        "sampled": SampledValidation(part, split["valid"], sampler, candidates=40, seed=3,
+                                     owner_mask=np.ones(len(split["valid"]), dtype=bool),
+                                     known_global=np.concatenate([split["valid"],
+                                                                  split["test"]]))}
+    torch.manual_seed(0)
+    model = LinkPredictor(ModelConfig("rgcn", part.num_nodes, 2, embedding_dim=8, hidden_dim=8,
+                                      out_dim=8, decoder="complex", reciprocal=True,
+                                      dropout=0.5, entity_dropout=0.5, relation_dropout=0.5))
+    for name, v in validations.items():
+        model.eval()
+        want = v.reciprocal_ranks(model, part.graph(), [10, 5], sample_seed=0)
+        model.train()
+        got = [v.reciprocal_ranks(model, part.graph(), [10, 5], sample_seed=0)
+               for _ in range(3)]
+        assert model.training, name
+        assert got == [want] * 3, name

@@ -50,7 +50,8 @@ def versions(ray_local, tmp_path_factory):
                                   fanout="3,2", seed=0))
         out[name] = g
     first = train(config(root, "v1", "m1", epochs=2))
-    warm = train(config(root, "v2", "m2", epochs=1, lr=1e-9, dense_lr=1e-9, init_from=first["uri"]))
+    warm = train(config(root, "v2", "m2", epochs=3, lr=1e-9, dense_lr=1e-9, warm_patience=1,
+                        init_from=first["uri"]))
     forced = train(config(root, "v2", "m3", epochs=1, lr=1e-9, dense_lr=1e-9, init_from=first["uri"],
                           max_drift=0.01))
     return {"root": root, **out, "first": first, "warm": warm, "forced": forced}
@@ -122,3 +123,40 @@ def test_warm_start_carries_the_optimizer_state_by_key(versions):
     assert after["parts"]["table"]["param_groups"][0]["lr"] == pytest.approx(1e-9)
     adam = plan_warm_start(first["uri"], versions["v2"], cfg, None, optimizer="adam")
     assert adam.optimizer is None and "used --optimizer adagrad" in adam.info["optimizer_state"]
+
+
+def test_warm_start_validates_its_start_and_stops_after_warm_patience(versions):
+    """Epoch 0 is the mapped model validated before any training: its MRR is `kgops
+    evaluate`'s filtered ranking of the validation triples by those weights (its checkpoint).
+    The best epoch may be 0 (then model.pt is the start), and --warm-patience 1 ends the run
+    one epoch after the best."""
+    import numpy as np
+
+    from kg_ops.evaluate.filters import FilterIndex
+    from kg_ops.evaluate.ranking import overall_metrics, rank_queries
+    from kg_ops.graph.kg import load_edges, load_schema
+    from kg_ops.store import get_store
+    from kg_ops.train.checkpoints import checkpoint_uri, load_torch
+
+    warm = versions["warm"]
+    history = get_store(warm["uri"]).read_json(join(warm["uri"], "history.json"))
+    assert history[0]["epoch"] == 0 and history[0]["loss"] is None
+    assert all(h["loss"] > 0 for h in history[1:])
+    mrrs = [h["valid_mrr_sampled"] for h in history]
+    best = int(np.argmax(mrrs))                     # the first of the best
+    assert warm["metrics"]["best_epoch"] == best
+    assert warm["metrics"]["epochs"] == len(history) - 1 == min(3, best + 1)
+    assert warm["metrics"]["stopped_early"] == (best + 1 < 3)
+    assert warm["config"]["warm_start"]["warm_patience"] == 1
+
+    graph = versions["v2"]
+    schema = load_schema(graph)
+    edges = {s: load_edges(graph, s) for s in ("train", "valid", "test")}
+    filters = FilterIndex(np.concatenate(list(edges.values())), schema.num_nodes,
+                          schema.num_relations)
+    trained = load_trained(warm["uri"])
+    trained.model.load_state_dict(load_torch(checkpoint_uri(warm["uri"], 0))["model"])
+    trained.model.eval()
+    with torch.inference_mode():
+        res = rank_queries(trained.embed_all(), trained, edges["valid"], filters)
+    assert mrrs[0] == pytest.approx(overall_metrics(res)["mrr"], abs=1e-6)
