@@ -2,7 +2,7 @@
 ``kgops train`` on the same partitions.
 
 Random search over the declared space (:mod:`kg_ops.tune.space`, Tune's seeded
-``BasicVariantGenerator``), ASHA stopping trials whose best validation MRR trails at a rung,
+``BasicVariantGenerator``; the first trial trains the base recipe when the space holds it), ASHA stopping trials whose best validation MRR trails at a rung,
 within ``--budget-s`` and ``--trials``. Writes under ``--out``: ``trials/<id>/`` (each trial's
 train output; complete trials carry their own manifest), ``trials.json``, ``report.html`` +
 ``trials.png`` and ``_manifest.json`` last, with every trial (options, epochs, best validation
@@ -116,6 +116,9 @@ def _search(config: TuneConfig, base: TrainConfig, space, parts: int) -> list:
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base, space=space, out=config.out),
         {"cpu": 0, "memory": 1 << 20})
+    first = space.base_point(base)
+    log.info("tune: the first trial trains %s", "the base recipe (the defaults and the options "
+             "given)" if first else "a sampled recipe: the base recipe lies outside the space")
     tuner = tune.Tuner(
         trainable, param_space=space.param_space(),
         tune_config=tune.TuneConfig(
@@ -123,7 +126,8 @@ def _search(config: TuneConfig, base: TrainConfig, space, parts: int) -> list:
             time_budget_s=config.budget_s,
             # (Tune ignores TuneConfig.max_concurrent_trials with this search algorithm)
             search_alg=BasicVariantGenerator(random_state=config.seed,
-                                             max_concurrent=concurrent)),
+                                             max_concurrent=concurrent,
+                                             points_to_evaluate=[first] if first else None)),
         run_config=tune.RunConfig(name=f"kgops-tune-{uuid.uuid4().hex[:12]}",
                                   storage_path=storage, callbacks=[recorder], verbose=0))
     log.info("tune: up to %d trials, %d at a time, budget %.0fs, ASHA grace %d epochs, "

@@ -165,6 +165,38 @@ class SearchSpace:
                 out[name] = (tune.loguniform if kind == "loguniform" else tune.uniform)(lo, hi)
         return out
 
+    def base_point(self, base: TrainConfig) -> dict[str, Any] | None:
+        """The sample of :meth:`param_space` that :meth:`resolve` maps onto ``base``'s own
+        recipe (its preset and defaults filled in), or None when a value of it lies outside
+        the space. Tune evaluates it first, so a search can confirm the base recipe or beat
+        it, never return a worse one for want of trying it."""
+        recipe = base.resolved()
+        point: dict[str, Any] = {}
+        for name, domain in self.domains.items():
+            kind = next(k for k in KINDS if k in domain)
+            value = getattr(recipe, name)
+            bounds = domain[kind]
+            if "by" in domain:
+                bounds = bounds.get(getattr(recipe, domain["by"]))
+                if bounds is None:
+                    return None
+            if kind == "choice":
+                if value not in bounds:
+                    return None
+                point[name] = value
+                continue
+            lo, hi = bounds
+            if value is None or not lo <= value <= hi:
+                return None
+            if "by" not in domain:
+                point[name] = value
+            elif hi == lo:
+                point[name] = 0.0
+            else:
+                point[name] = (math.log(value / lo) / math.log(hi / lo) if kind == "loguniform"
+                               else (value - lo) / (hi - lo))
+        return point
+
     def resolve(self, sample: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
         """A trial's ``kgops train`` options from Tune's sample of :meth:`param_space`."""
         values = {n: sample[n] for n in self.domains if "by" not in self.domains[n]}

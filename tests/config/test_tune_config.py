@@ -5,6 +5,7 @@ line with exit status 2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -155,3 +156,24 @@ def test_the_default_space_draws_each_optimizers_learning_rate_around_its_defaul
                                "dropout": 0.1, "entity_dropout": 0.1,
                                "relation_dropout": 0.1}, BASE)
         assert drawn["optimizer"] == opt and drawn["lr"] == pytest.approx(math.sqrt(lo * hi))
+
+
+def test_the_base_point_resolves_to_the_base_recipe_or_is_none_outside_the_space():
+    """The first trial: a Tune sample whose resolution is the base recipe itself (the
+    defaults, filled in; the learning rate drawn per optimiser included), and none when the
+    base recipe lies outside the space."""
+    space = SearchSpace(DEFAULT_SPACE, "default")
+    for base in (BASE, BASE.replace(optimizer="adam", dropout=0.3, batch_size=512)):
+        point = space.base_point(base)
+        values = space.resolve(point, base)
+        recipe = base.resolved()
+        for name in DEFAULT_SPACE:
+            assert values[name] == pytest.approx(getattr(recipe, name)), name
+        rebuilt = base.replace(**values).resolved()        # what the first trial trains
+        for f in dataclasses.fields(recipe):
+            want = getattr(recipe, f.name)
+            assert getattr(rebuilt, f.name) == (pytest.approx(want) if isinstance(want, float)
+                                                else want), f.name
+    assert space.base_point(BASE.replace(embedding_dim=96, out_dim=96)) is None   # not a choice
+    assert space.base_point(BASE.replace(dropout=0.5)) is None                    # above 0.4
+    assert space.base_point(BASE.replace(lr=0.9)) is None        # beyond adagrad's [0.02, 0.5]

@@ -137,3 +137,17 @@ def test_a_search_whose_trials_all_fail_says_why_and_writes_no_manifest(planted,
     assert "no trial finished an epoch" in message and "errors:" in message
     assert "exceeds the fanouts [10, 5]" in message, message
     assert not (out / "_manifest.json").exists()
+
+
+def test_the_first_trial_trains_the_base_recipe(planted, ray_local, tmp_path):
+    """With the base recipe inside the space, the first trial is that recipe, not a draw: one
+    trial over a continuous dropout range trains exactly the base's 0.2."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"dropout": {"uniform": [0.0, 0.3]}}))
+    base = TrainConfig(partitions="", out="", model="rgcn", preset="paper", epochs=1,
+                       batch_size=64, patience=0)
+    m = tune(TuneConfig(partitions=planted["parts"][1], out=str(tmp_path / "tune"), trials=1,
+                        space=str(space), budget_s=300, grace_epochs=1), base)
+    (trial,) = m["trials"]
+    assert trial["options"] == {"dropout": 0.2} == {"dropout": base.resolved().dropout}
+    assert require_manifest(trial["out"], "train")["config"]["dropout"] == 0.2
