@@ -73,9 +73,15 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
         config = config.replace(resume=start)
         init_state = (_warm_start(st, config, inputs, mcfg)
                       if config.init_from and not config.resume else None)
-        with st.phase("fit"):
-            _fit(config, inputs.worker_run(mcfg, run_id, init_state, run_fp), inputs.parts,
-                 worker_env, train_loop, callbacks)
+        if _resumed_epoch(config) >= config.epochs:
+            # Nothing left to train (e.g. kgops tune sealing a trial stopped at its budget):
+            # no Ray Train run, so no cluster resources are waited for.
+            log.info("train: %s is at epoch %d of %d; nothing left to train, writing the "
+                     "output", config.resume, _resumed_epoch(config), config.epochs)
+        else:
+            with st.phase("fit"):
+                _fit(config, inputs.worker_run(mcfg, run_id, init_state, run_fp),
+                     inputs.parts, worker_env, train_loop, callbacks)
         with st.phase("write"):
             final = _finish(st, config, mcfg, inputs, recorded, run_id)
         st.metrics.update(final)
@@ -176,6 +182,15 @@ def _model_config(config: TrainConfig, inputs: _TrainInputs):
             n3=config.n3, label_smoothing=config.label_smoothing)
     except ValueError as exc:
         raise KGOpsError(f"train: {exc}; see `kgops train --help`") from exc
+
+
+def _resumed_epoch(config: TrainConfig) -> int:
+    """The epoch of the checkpoint this run resumes from (0 when it starts afresh)."""
+    if not config.resume:
+        return 0
+    from kg_ops.train.checkpoints import load_checkpoint
+
+    return int(load_checkpoint(config.resume)["epoch"])
 
 
 def _check_resume(config: TrainConfig, mcfg) -> TrainConfig:
