@@ -73,11 +73,12 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
         config = config.replace(resume=start)
         init_state = (_warm_start(st, config, inputs, mcfg)
                       if config.init_from and not config.resume else None)
-        if _resumed_epoch(config) >= config.epochs:
+        done = _resumed_epoch(config)
+        if done >= config.epochs:
             # Nothing left to train (e.g. kgops tune sealing a trial stopped at its budget):
             # no Ray Train run, so no cluster resources are waited for.
             log.info("train: %s is at epoch %d of %d; nothing left to train, writing the "
-                     "output", config.resume, _resumed_epoch(config), config.epochs)
+                     "output", config.resume, done, config.epochs)
         else:
             with st.phase("fit"):
                 _fit(config, inputs.worker_run(mcfg, run_id, init_state, run_fp),
