@@ -2,8 +2,9 @@
 ``kgops train`` on the same partitions.
 
 Random search over the declared space (:mod:`kg_ops.tune.space`, Tune's seeded
-``BasicVariantGenerator``; the first trial trains the base recipe when the space holds it), ASHA stopping trials whose best validation MRR trails at a rung,
-within ``--budget-s`` and ``--trials``. Writes under ``--out``: ``trials/<id>/`` (each trial's
+``BasicVariantGenerator``; the first trial trains the base recipe when the space holds it),
+ASHA stopping trials whose best validation MRR trails at a rung, within ``--budget-s`` and
+``--trials``. Writes under ``--out``: ``trials/<id>/`` (each trial's
 train output; complete trials carry their own manifest), ``trials.json``, ``report.html`` +
 ``trials.png`` and ``_manifest.json`` last, with every trial (options, epochs, best validation
 MRR, status) and the best recipe. The best trial's folder is always a complete ``kgops train``
