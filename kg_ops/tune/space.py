@@ -206,8 +206,9 @@ class SearchSpace:
                 key = values.get(domain["by"], getattr(base, domain["by"]))
                 lo, hi = domain[kind][key]
                 u = float(sample[name])
-                values[name] = (lo * math.exp(u * math.log(hi / lo)) if kind == "loguniform"
-                                else lo + u * (hi - lo))
+                value = (lo * math.exp(u * math.log(hi / lo)) if kind == "loguniform"
+                         else lo + u * (hi - lo))
+                values[name] = float(f"{value:.12g}")   # the base point maps back to 0.1 exactly
         for name, value in list(values.items()):
             if TrainConfig.option(name).type is int:
                 values[name] = int(round(value))
