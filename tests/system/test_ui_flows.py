@@ -97,6 +97,12 @@ def test_marking_a_deferred_task_failed_stops_only_an_owned_job(airflow_stack, r
     owned = xcom(stack, JOBS, run_id, "owned", "submission_id")
     stack.wait("both jobs running", lambda: all(
         ray_hook.get_job(j)["status"] == "RUNNING" for j in (watched, owned)), 300)
+    # Act once the triggerer follows each job (the job's first line is in the task log): a
+    # mark before the triggerer has started the trigger cancels nothing there, so neither the
+    # sensor's nor the owner's cleanup runs (seen in CI on a loaded machine).
+    for task in ("watch", "owned"):
+        stack.wait(f"the triggerer following {task}'s job", lambda task=task: "[ray] job started"
+                   in stack.task_log(JOBS, run_id, task, 1), 120)
 
     stack.api("PATCH", ti_path(JOBS, run_id, "watch"), json={"new_state": "failed"})
     stack.wait("the sensor's trigger to be cancelled", lambda: "does not own the job" in

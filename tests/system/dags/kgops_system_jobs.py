@@ -16,7 +16,8 @@ with DAG(dag_id="kgops_system_jobs", schedule=None, catchup=False,
     owned = SubmitRayJobOperator(task_id="owned",
                                  entrypoint="echo job started && sleep {{ params.seconds }}",
                                  deferrable=True, poll_interval=1)
-    submit = SubmitRayJobOperator(task_id="submit", entrypoint="sleep {{ params.seconds }}",
+    submit = SubmitRayJobOperator(task_id="submit",
+                                  entrypoint="echo job started && sleep {{ params.seconds }}",
                                   wait_for_completion=False)
     watch = RayJobSensor(task_id="watch", deferrable=True, poke_interval=1,
                          submission_id="{{ ti.xcom_pull(task_ids='submit', "
