@@ -17,8 +17,11 @@ Sections (``--sections warm,inductive``):
 * ``inductive``: ``kgops split-entities`` holds out 10 % of the entities (half of each one's
   edges revealed as context); models trained on the rest; filtered MRR of the held-out
   entities' other edges for the GNN with attributes (encoded entity types), the GNN without
-  attributes, and the shallow baseline (a ComplEx table: a new entity gets its type's mean
-  row, the best a model without inputs can do), next to each model's transductive test MRR.
+  attributes, and the shallow baseline (a ComplEx table), next to each model's transductive
+  test MRR; each with a new entity's row at its type's mean, and fitted to its revealed edges
+  by ``kgops embed``'s default fold-in (:mod:`kg_ops.models.fold_in`). The fold-in's steps are
+  swept (``--fold-in-sweep``) on a validation graph that splits the revealed edges again
+  (:func:`fold_in_validation_graph`), never on the ranked edges.
 
 Graphs (``--graph``): ``codex-s``, ``codex-m``, or ``debian``: the seeded Debian slice of
 ``bench_attributes`` (``--packages``; text, categorical, numeric and multilabel attributes).
@@ -204,14 +207,49 @@ def _mrr(trained, graph: str) -> float:
     return round(float(overall_metrics(res)["mrr"]), 4)
 
 
-def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: int) -> None:
+def fold_in_validation_graph(g_train: str, g_full: str, out: str, seed: int = 1) -> str:
+    """The fold-in's own validation graph, without the ranked (test) edges: each held-out
+    entity's revealed edges split again, half (seeded, at least one) kept as context and the
+    rest ranked. The number of fold-in steps is chosen here, never on the test edges."""
+    from kg_ops.graph.kg import KnowledgeGraph
+    from kg_ops.graph.split_entities import reveal_edges
+    from kg_ops.graph.versions import match_graphs
+    from kg_ops.manifest import Stage
+
+    held = match_graphs(g_train, g_full)[0].is_new
+    kg = KnowledgeGraph.load(g_full)
+    train = kg.edges["train"]
+    touches = held[train[:, 0]] | held[train[:, 2]]
+    theirs = train[touches]
+    shown = reveal_edges(theirs, held, 0.5, seed)
+    kg.edges = {"train": np.concatenate([train[~touches], theirs[shown]]),
+                "valid": np.concatenate([kg.edges["valid"], kg.edges["test"]]),
+                "test": theirs[~shown]}
+    with Stage("import", out, config={"fold_in_validation_of": g_full, "seed": seed}) as st:
+        kg.save(out)
+        st.counts.update({"nodes": kg.num_nodes, **kg.edge_counts()})
+    return out
+
+
+def _inductive_mrr(trained, graph: str, fold) -> tuple[float, float]:
+    """Filtered MRR of ``graph``'s test edges with ``trained`` applied to it, and the fold-in's
+    seconds."""
+    from kg_ops.models.inductive import for_graph
+
+    inductive, _ = for_graph(trained, graph, fold=fold)
+    mrr = _mrr(inductive, graph)
+    return mrr, (inductive.fold_report or {}).get("seconds", 0.0)
+
+
+def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: int,
+                      sweep: list[int]) -> None:
     import ray
 
     from kg_ops.config import EncodeConfig, TrainConfig
+    from kg_ops.config.fold_in import FoldIn
     from kg_ops.config.partition import PartitionConfig
     from kg_ops.encode.cli import encode
     from kg_ops.graph.split_entities import split_entities
-    from kg_ops.models.inductive import for_graph
     from kg_ops.models.link_predictor import MODELS
     from kg_ops.models.trained import load_trained
     from kg_ops.partition.cli import partition
@@ -220,6 +258,7 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
 
     split = split_entities(today, str(work / "split"), fraction=0.1, revealed=0.5, seed=0)
     g_train, g_full = split["outputs"]["train_graph"], split["outputs"]["full_graph"]
+    g_val = fold_in_validation_graph(g_train, g_full, str(work / "split-fold-in-validation"))
     init_ray(num_cpus=2)
     features = str(work / "split-features")
     encode(EncodeConfig(graph=g_train, out=features, workers=1, threads_per_worker=2,
@@ -230,7 +269,9 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
     shallow = "complex" if "complex" in MODELS else None
     if shallow:
         runs["shallow complex"] = {"features": None, "model": shallow}
-    out = {"split": split["counts"], "recipe": {**recipe, "epochs": epochs}}
+    default = FoldIn()
+    out = {"split": split["counts"], "recipe": {**recipe, "epochs": epochs},
+           "fold_in_default": default.to_dict()}
     for run, opt in runs.items():
         tag = run.replace(" ", "-")
         parts = str(work / f"split-parts{recipe['workers']}-"
@@ -243,13 +284,24 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
         out_uri = str(work / f"split-{tag}-p{recipe['workers']}")
         m = train(TrainConfig(partitions=parts, out=out_uri, **kw))
         trained = load_trained(m["uri"])
-        transductive = _mrr(trained, g_train)
-        inductive, _ = for_graph(trained, g_full)
-        out[run] = {"transductive_test_mrr": transductive,
-                     "inductive_test_mrr": _mrr(inductive, g_full),
-                     "epochs": m["metrics"]["epochs"], "wall_s": round(m["timings"]["total_s"])}
-        print(f"  {run}: transductive {transductive:.4f}, inductive "
-              f"{out[run]['inductive_test_mrr']:.4f}", flush=True)
+        row = {"transductive_test_mrr": _mrr(trained, g_train),
+               "epochs": m["metrics"]["epochs"], "wall_s": round(m["timings"]["total_s"])}
+        if run == "gnn with attributes" and sweep:
+            row["fold_in_validation_mrr_by_steps"] = {}
+            for steps in sweep:
+                mrr, secs = _inductive_mrr(trained, g_val, FoldIn(steps, default.lr))
+                row["fold_in_validation_mrr_by_steps"][steps] = {"mrr": mrr, "fold_in_s": secs}
+                print(f"  {run}: fold-in {steps} steps, validation MRR {mrr:.4f} ({secs:.0f} s)",
+                      flush=True)
+        row["inductive_test_mrr_type_mean"] = _inductive_mrr(trained, g_full, FoldIn(0))[0]
+        row["inductive_test_mrr"], row["fold_in_s"] = _inductive_mrr(trained, g_full, default)
+        row["gap_transductive_minus_inductive"] = round(
+            row["transductive_test_mrr"] - row["inductive_test_mrr"], 4)
+        out[run] = row
+        print(f"  {run}: transductive {row['transductive_test_mrr']:.4f}, inductive "
+              f"{row['inductive_test_mrr_type_mean']:.4f} (type mean) -> "
+              f"{row['inductive_test_mrr']:.4f} (fold-in {default.steps} steps, "
+              f"{row['fold_in_s']:.0f} s)", flush=True)
     if not shallow:
         out["shallow baseline"] = "not measured: no shallow model in this build"
     RESULTS[f"{name} inductive entities (10% held out)"] = out
@@ -266,6 +318,9 @@ def main() -> None:
     ap.add_argument("--warm-epochs", type=int, default=None,
                     help="epoch budget of the warm-started run (default: --epochs); the goal "
                          "is reached in under 30 %% of the from-scratch time or not at all")
+    ap.add_argument("--fold-in-sweep", default="0,10,20,30,50",
+                    help="fold-in steps tried on the fold-in validation graph (inductive "
+                         "section, attributed GNN; empty: no sweep)")
     ap.add_argument("--work", default="/tmp/kgops-bench-warm")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -281,7 +336,8 @@ def main() -> None:
     if "warm" in sections:
         section_warm(work, args.graph, today, recipe, args.epochs, args.warm_epochs)
     if "inductive" in sections:
-        section_inductive(work, args.graph, today, recipe, args.epochs)
+        section_inductive(work, args.graph, today, recipe, args.epochs,
+                          [int(x) for x in args.fold_in_sweep.split(",") if x])
     RESULTS["notes"] = ("measured one job at a time under /tmp/kgops-cpu.lock on the shared "
                         f"2-core machine; {args.graph}, kgops train defaults, epochs "
                         f"{args.epochs}")

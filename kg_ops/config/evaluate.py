@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from kg_ops.config.fold_in import FoldIn
 from kg_ops.config.options import ConfigError, StageConfig, option
 
 SPLITS = ("test", "valid")
@@ -27,6 +28,12 @@ class EvaluateConfig(StageConfig):
                                   help="with --inductive: --graph's features encoded with the "
                                        "model's encoders (default: the model's encoders "
                                        "applied here)")
+    fold_in_steps: int = option(FoldIn.steps, minimum=0,
+                                help="with --inductive: Adagrad steps fitting the new entities' "
+                                     "learned rows to their edges, the model frozen (0: keep "
+                                     "their type's mean row), as `kgops embed` does")
+    fold_in_lr: float = option(FoldIn.lr, minimum=1e-12, help="with --inductive: the fold-in's "
+                               "learning rate")
     split: str = option("test", choices=SPLITS, help="split to rank")
     batch_size: int | None = option(None, minimum=1, recorded=False,
                                     help="ranking queries per batch (default: from "
@@ -46,3 +53,7 @@ class EvaluateConfig(StageConfig):
     def validate(self) -> None:
         if self.features and not self.inductive:
             raise ConfigError("--features is only read with --inductive")
+
+    @property
+    def fold_in(self) -> FoldIn:
+        return FoldIn(self.fold_in_steps, self.fold_in_lr)

@@ -1,7 +1,8 @@
 """``kgops embed``: embeddings for every entity of a graph with an already trained model, no
 training. Entities are matched to the model's graph by key; kept ones use their learned rows,
 new ones are embedded from their encoded attributes and neighbourhood through the trained GNN
-(see :mod:`kg_ops.models.inductive`).
+(see :mod:`kg_ops.models.inductive`), their learned rows first fitted to the edges they arrive
+with, the model frozen (``--fold-in-steps``, :mod:`kg_ops.models.fold_in`).
 
 Outputs under ``--out``: ``embeddings.parquet`` (``kgops evaluate``'s export plus an
 ``inductive`` column), ``entity_map.parquet`` (kept / new / removed, see
@@ -10,6 +11,8 @@ Outputs under ``--out``: ``embeddings.parquet`` (``kgops evaluate``'s export plu
 from __future__ import annotations
 
 import argparse
+
+from kg_ops.config.fold_in import FoldIn
 
 HELP = ("Embed every entity of a (possibly newer) graph with a trained model, without "
         "training: kept entities by key, new ones from their attributes and neighbours.")
@@ -22,13 +25,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", default=None,
                    help="encode output of --graph made with `kgops encode --encoders <the "
                         "model's features>` (default: the model's encoders applied here)")
+    p.add_argument("--fold-in-steps", type=int, default=FoldIn.steps,
+                   help="Adagrad steps fitting the new entities' learned rows to their edges, "
+                        "the trained model frozen (0: keep their type's mean learned row; "
+                        f"default {FoldIn.steps})")
+    p.add_argument("--fold-in-lr", type=float, default=FoldIn.lr,
+                   help=f"learning rate of the fold-in (default {FoldIn.lr})")
     p.add_argument("--batch-size", type=int, default=65536,
                    help="entities per batch during full-graph inference")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
 
 
 def embed(model: str, graph: str, out: str, *, features: str | None = None,
-          batch_size: int = 65536, force: bool = False) -> dict:
+          fold: FoldIn = FoldIn(), batch_size: int = 65536, force: bool = False) -> dict:
     """Run the stage; returns the manifest."""
     from kg_ops.evaluate.export import export_embeddings
     from kg_ops.manifest import Stage, require_manifest
@@ -39,12 +48,13 @@ def embed(model: str, graph: str, out: str, *, features: str | None = None,
     model, graph = normalize(model), normalize(graph)
     require_manifest(graph)
     inputs = {"model": model, "graph": graph, **({"features": features} if features else {})}
-    with Stage("embed", out, config={"batch_size": batch_size}, inputs=inputs,
+    config = {"batch_size": batch_size, "fold_in": fold.to_dict()}
+    with Stage("embed", out, config=config, inputs=inputs,
                force=force) as st:
         if st.reused:
             return st.manifest
         with st.phase("match"):
-            inductive, table = for_graph(load_trained(model), graph, features)
+            inductive, table = for_graph(load_trained(model), graph, features, fold)
             st.outputs["entity_map"] = st.uri("entity_map.parquet")
             st.store.write_parquet(st.outputs["entity_map"], table)
         with st.phase("embed"):
@@ -56,6 +66,7 @@ def embed(model: str, graph: str, out: str, *, features: str | None = None,
         st.counts.update(inductive.mapping.counts())
         st.extra["new_entity_initial_row"] = NEW_ROW_INIT
         st.extra["neighbourhoods"] = inductive.neighbourhoods()
+        st.extra["fold_in"] = inductive.fold_report
     return st.manifest
 
 
@@ -65,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     m = embed(args.model, args.graph, args.out, features=args.features,
-              batch_size=args.batch_size, force=args.force)
+              fold=FoldIn(args.fold_in_steps, args.fold_in_lr), batch_size=args.batch_size,
+              force=args.force)
     c = m["counts"]
     print(f"embedded {c['new_entities']} entities: {c['kept']} kept, {c['new']} new "
           f"(inductive), {c['removed']} of the model's removed -> {m['outputs']['embeddings']}")

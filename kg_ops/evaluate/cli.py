@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     if config.inductive:
         from kg_ops.models.inductive import for_graph
 
-        trained, _ = for_graph(trained, config.graph, config.features)
+        trained, _ = for_graph(trained, config.graph, config.features, config.fold_in)
     evaluate_model(trained, config, force=args.force)
     return 0

@@ -12,6 +12,10 @@ parameters are reused unchanged except the learned-embedding table, whose rows a
   alone (``replace``), and then its neighbours' through the trained GNN;
 * a **removed** entity's row is dropped.
 
+By default (``kgops embed --fold-in-steps``) the new entities' rows are then fitted to the edges
+they arrive with, everything else frozen (:mod:`kg_ops.models.fold_in`): the mean row is where
+that fit starts.
+
 Features of the new graph come from the encoders fitted for the model's run, never refitted:
 ``features_uri`` (an encode output made with ``kgops encode --encoders <the model's
 features>``, checked by the encoders' sha256), else the model's own features when the graph is
@@ -29,9 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from kg_ops.config.fold_in import FoldIn
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.schema import GraphSchema
 from kg_ops.graph.versions import EntityMapping
+from kg_ops.models.fold_in import edges_touching, fold_in
+from kg_ops.sampling import CSRGraph
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +81,16 @@ def model_for_graph(trained, mapping: EntityMapping, old: GraphSchema, new: Grap
     return model
 
 
-def message_graph(graph_uri: str, schema: GraphSchema, seed: int):
+def message_edges(graph_uri: str, schema: GraphSchema) -> np.ndarray:
     """The graph's training edges as the partition stage keeps them (unique, none that is also
-    a valid/test triple), as a CSR sorted for ``seed``."""
+    a valid/test triple)."""
     from kg_ops.graph.kg import load_edges
     from kg_ops.partition.cli import training_edges
-    from kg_ops.sampling import CSRGraph
 
     held = np.concatenate([load_edges(graph_uri, s) for s in ("valid", "test")])
     edges, _ = training_edges(load_edges(graph_uri, "train"), held, schema.num_nodes,
                               schema.num_relations)
-    return CSRGraph.from_edges(edges, schema.num_nodes, schema.num_relations, seed=seed)
+    return edges
 
 
 def _encoders_sha(features_uri: str) -> str | None:
@@ -158,31 +164,45 @@ def _encode_in_process(model_features: str, graph_uri: str, schema: GraphSchema)
 
 class InductiveModel:
     """A trained model re-indexed for another graph version: the interface ``kgops evaluate``
-    uses (``embed_all``, ``score*``, ``config``, ``history``, ``neighbourhoods``)."""
+    uses (``embed_all``, ``score*``, ``config``, ``history``, ``neighbourhoods``).
+
+    ``fold``: the new entities' rows are fitted to their edges before embedding (see
+    :mod:`kg_ops.models.fold_in`); ``None`` or 0 steps keeps :data:`NEW_ROW_INIT`."""
 
     def __init__(self, trained, graph_uri: str, mapping: EntityMapping, old: GraphSchema,
-                 new: GraphSchema, features_uri: str | None = None):
+                 new: GraphSchema, features_uri: str | None = None,
+                 fold: FoldIn | None = None):
         self.trained, self.graph_uri, self.mapping = trained, graph_uri, mapping
         self.schema = new
         self.model = model_for_graph(trained, mapping, old, new)
         self.features_uri = features_uri
+        self.fold = fold if fold is not None and fold.steps > 0 else None
+        self.fold_report: dict | None = None
         self.uri, self.history = trained.uri, trained.history
         self.config = {**trained.config, "num_nodes": new.num_nodes, "graph": graph_uri,
                        "inductive": {"trained_on": trained.config["graph"],
                                      "entities": mapping.counts(),
-                                     "new_entity_initial_row": NEW_ROW_INIT}}
+                                     "new_entity_initial_row": NEW_ROW_INIT,
+                                     "fold_in": self.fold.to_dict() if self.fold else None}}
         self._embeddings: torch.Tensor | None = None
 
     def neighbourhoods(self) -> dict[str, Any]:
         return self.trained.neighbourhoods()
 
-    @torch.no_grad()
     def embed_all(self, batch_size: int = 65536) -> torch.Tensor:
         if self._embeddings is None:
             nb = self.neighbourhoods()
-            csr = message_graph(self.graph_uri, self.schema, nb["seed"] or 0)
+            edges = message_edges(self.graph_uri, self.schema)
+            csr = CSRGraph.from_edges(edges, self.schema.num_nodes, self.schema.num_relations,
+                                      seed=nb["seed"] or 0)
             feats = graph_features(self.trained, self.graph_uri, self.schema,
                                    self.features_uri)
+            if self.fold:
+                self.fold_report = fold_in(
+                    self.model, csr, feats, self.schema, self.mapping.is_new,
+                    edges_touching(edges, self.mapping.is_new), self.fold,
+                    fanouts=nb["fanouts"], seed=nb["seed"] or 0)
+                self.config["inductive"]["fold_in"] = self.fold_report
             self._embeddings = self.model.encode_full(csr, feats, batch_size=batch_size,
                                                       fanouts=nb["fanouts"], seed=nb["seed"])
         return self._embeddings
@@ -197,13 +217,14 @@ class InductiveModel:
         return self.model.decoder.score_heads(t, rel, cand)
 
 
-def for_graph(trained, graph_uri: str, features_uri: str | None = None):
+def for_graph(trained, graph_uri: str, features_uri: str | None = None,
+              fold: FoldIn | None = None):
     """``trained`` re-indexed for ``graph_uri`` (matched by key to the model's graph), and the
-    mapping's table (``entity_map.parquet``)."""
+    mapping's table (``entity_map.parquet``). ``fold``: see :class:`InductiveModel`."""
     from kg_ops.graph.kg import load_schema
     from kg_ops.graph.versions import match_graphs
 
     old_uri = trained.config["graph"]
     mapping, table = match_graphs(old_uri, graph_uri)
     return InductiveModel(trained, graph_uri, mapping, load_schema(old_uri),
-                          load_schema(graph_uri), features_uri), table
+                          load_schema(graph_uri), features_uri, fold), table

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from kg_ops.config import EncodeConfig, EvaluateConfig, PartitionConfig
+from kg_ops.config.fold_in import FoldIn
 from kg_ops.embed.cli import embed
 from kg_ops.encode.cli import encode
 from kg_ops.evaluate.run import evaluate_model
@@ -98,22 +99,24 @@ def _version_with_new(v1: dict, color="green", size=7.5, neighbours=("item-3", "
     return v
 
 
-def _far_item(setup, v: dict) -> int:
-    """An old item more than 2 hops (the GNN's depth) from new-a in ``v``'s train edges."""
+def _far_item(setup, v: dict, new=("new-a",)) -> int:
+    """An old item more than 2 hops (the GNN's depth) from the ``new`` items in ``v``'s train
+    edges."""
     train = v["edges"][20:]
-    near = {"new-a"}
+    near = set(new)
     for _ in range(3):
         near |= {t for h, _, t in train if h in near} | {h for h, _, t in train if t in near}
     return next(i for i, k in enumerate(v["keys"]) if k not in near and v["color"][i])
 
 
 def test_new_entities_from_attributes_and_neighbours(setup):
+    """Through the GNN alone (no fold-in, which reads every entity as a candidate)."""
     root, v1, model = setup["root"], setup["v1"], setup["model"]
 
     def run(name, v):
         g = save_version(join(root, name), v)
         out = join(root, f"embed-{name}")
-        return embed(model, g, out), _emb(out)
+        return embed(model, g, out, fold=FoldIn(0)), _emb(out)
 
     base_v = _version_with_new(v1)
     m, base = run("v2", base_v)
@@ -131,6 +134,25 @@ def test_new_entities_from_attributes_and_neighbours(setup):
     assert not np.allclose(unrelated[f"item-{far}"]["embedding"],
                            base[f"item-{far}"]["embedding"])      # the change is real
     assert np.array_equal(unrelated["new-a"]["embedding"], ea)   # and does not reach new-a
+
+
+def test_fold_in_fits_new_entities_and_keeps_the_rest(setup):
+    """The default embed fits the new rows to their edges: new entities move, and an old item
+    beyond the GNN's reach of every new entity keeps its embedding bit for bit."""
+    root, v1, model = setup["root"], setup["v1"], setup["model"]
+    v = _version_with_new(v1)
+    g = save_version(join(root, "v8"), v)
+    plain, folded = join(root, "embed-v8-plain"), join(root, "embed-v8-folded")
+    embed(model, g, plain, fold=FoldIn(0))
+    manifest = embed(model, g, folded)
+    a, b = _emb(plain), _emb(folded)
+    for key in ("new-a", "new-b"):
+        assert not np.allclose(a[key]["embedding"], b[key]["embedding"]), key
+    far = _far_item(setup, v, new=("new-a", "new-b"))
+    assert np.array_equal(a[f"item-{far}"]["embedding"], b[f"item-{far}"]["embedding"])
+    fold = manifest["fold_in"]
+    assert fold["steps"] == FoldIn.steps and fold["entities"] == 2
+    assert fold["edges"] == 3 and fold["loss_last"] < fold["loss_first"]
 
 
 def test_new_entity_without_attributes_starts_at_type_mean(setup):

@@ -1,0 +1,133 @@
+"""Fold-in: fit each new entity's learned row to the edges it arrives with, the model frozen.
+
+A new entity starts at its type's mean learned row (:data:`kg_ops.models.inductive.
+NEW_ROW_INIT`) and is embedded from that, its attributes and its neighbours through the trained
+GNN. Measured on the Debian graph (``benchmarks/bench_warm_start.py --sections inductive``),
+that alone ranks a held-out entity's edges far worse than a trained one's: the trained model
+leans on the learned row, which a new entity lacks.
+
+Fold-in (the name comes from matrix factorisation, where a new user's factors are fitted with
+the item factors fixed) optimises **only the new entities' rows**, by the training objective
+itself: the model's 1-vs-all cross-entropy of every known edge touching a new entity, both
+directions, against every entity of the type the relation expects, with the model's label
+smoothing and N3/L2 penalties; dropout off. Every other parameter, and every kept entity's row,
+stays as trained, so the kept entities' embeddings change only where a new neighbour sends
+them messages. Each step is one full-batch Adagrad step (the gradient is accumulated over
+chunks of edges so that a chunk's ``[edges, entities]`` score matrix stays small); candidates
+are every entity's embedding recomputed at the start of the step, with the chunk's own entities
+recomputed with gradients. After the last step the caller re-encodes every entity exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+
+from kg_ops.config.fold_in import FoldIn
+from kg_ops.graph.schema import GraphSchema
+from kg_ops.progress import Progress
+from kg_ops.sampling import sample_computation_graph
+
+log = logging.getLogger(__name__)
+
+SCORE_CELLS = 1 << 24    # scores per chunk (edges x entities): 64 MiB of float32
+
+
+def edges_touching(edges: np.ndarray, is_new: np.ndarray) -> np.ndarray:
+    """The ``[h, r, t]`` rows of ``edges`` with a new entity at either end."""
+    return edges[is_new[edges[:, 0]] | is_new[edges[:, 2]]]
+
+
+def fold_in(model, csr, features, schema: GraphSchema, is_new: np.ndarray,
+            edges: np.ndarray, settings: FoldIn, *, fanouts, seed: int) -> dict:
+    """Fit the rows of ``model.inputs.embedding`` where ``is_new`` to ``edges`` (the training
+    edges touching a new entity) in place; returns what was done (for the manifest)."""
+    new_rows = np.flatnonzero(is_new)
+    report = {**settings.to_dict(), "entities": int(len(new_rows)), "edges": int(len(edges))}
+    if settings.steps <= 0 or not len(new_rows) or not len(edges):
+        return report | {"steps": 0, "seconds": 0.0}
+    weight = model.inputs.embedding.weight
+    keep = torch.from_numpy(np.asarray(is_new, dtype=bool))
+    seeds = np.unique(edges[:, [0, 2]])
+    cg = sample_computation_graph(csr, seeds, fanouts, seed)   # the same every step
+    queries = _Queries(schema, seeds, edges)
+    was_training = model.training
+    model.eval()
+    weight.requires_grad_(True)
+    opt = torch.optim.Adagrad([weight], lr=settings.lr)
+    progress = Progress("embed/fold-in", total=settings.steps, unit="steps", logger=log)
+    losses = []
+    t0 = time.perf_counter()
+    try:
+        for _ in range(settings.steps):
+            opt.zero_grad()
+            losses.append(_step_gradient(model, csr, features, cg, queries, fanouts, seed))
+            weight.grad = _only_rows(weight.grad, keep)     # only the new rows move
+            opt.step()
+            progress.update(1, loss=losses[-1])
+    finally:
+        weight.requires_grad_(False)
+        weight.grad = None
+        model.train(was_training)
+    progress.done(loss=losses[-1])
+    return report | {"seconds": round(time.perf_counter() - t0, 2),
+                     "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6)}
+
+
+class _Queries:
+    """The fold-in edges as rows of the seeds' embeddings, in chunks whose score matrix
+    (``chunk`` edges x every entity) stays under :data:`SCORE_CELLS`."""
+
+    def __init__(self, schema: GraphSchema, seeds: np.ndarray, edges: np.ndarray):
+        self.edges, self.seeds = edges, torch.from_numpy(seeds)
+        self.pos = torch.from_numpy(np.stack([np.searchsorted(seeds, edges[:, 0]), edges[:, 1],
+                                              np.searchsorted(seeds, edges[:, 2])], 1))
+        self.node_type = torch.from_numpy(schema.type_of(np.arange(schema.num_nodes)))
+        self.head_type, self.tail_type = (torch.from_numpy(x)
+                                          for x in schema.relation_head_tail_types())
+        self.chunk = max(1, min(len(edges), SCORE_CELLS // max(schema.num_nodes, 1)))
+
+    def chunks(self):
+        """``(weight, pos, tail_ok, head_ok)`` per chunk; weights sum to 1."""
+        entity = torch.arange(len(self.node_type))
+        for a in range(0, len(self.edges), self.chunk):
+            pos, part = self.pos[a:a + self.chunk], self.edges[a:a + self.chunk]
+            rel = pos[:, 1]
+            tail_ok = (self.node_type[None] == self.tail_type[rel][:, None]) \
+                & (entity[None] != torch.from_numpy(part[:, 2])[:, None])
+            head_ok = (self.node_type[None] == self.head_type[rel][:, None]) \
+                & (entity[None] != torch.from_numpy(part[:, 0])[:, None])
+            yield len(part) / len(self.edges), pos, tail_ok, head_ok
+
+
+def _step_gradient(model, csr, features, cg, queries: _Queries, fanouts, seed: int) -> float:
+    """Accumulate the gradient of the full-batch loss; returns the loss.
+
+    Every entity is a candidate: its embedding recomputed now, without gradients, except the
+    fold-in edges' own entities (``seeds``), encoded with gradients, so the loss reads a new
+    entity's row both where it asks and where it answers. Each chunk's backward keeps the
+    encoder's graph for the next chunk, so chunking does not change the gradient."""
+    with torch.no_grad():
+        everyone = model.encode_full(csr, features, fanouts=fanouts, seed=seed)
+    z = model.encode_sampled(cg, features)                 # rows in ``seeds`` order
+    cand = everyone.index_put((queries.seeds,), z)         # a copy: gradients flow through z
+    total = 0.0
+    for weight, pos, tail_ok, head_ok in queries.chunks():
+        loss = model.candidate_loss(z, pos, cand, tail_ok, head_ok) * weight
+        loss.backward(retain_graph=True)
+        total += float(loss.detach())
+    return total
+
+
+def _only_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``grad`` with every row outside the boolean mask ``rows`` removed (the table's gradient
+    is sparse: :class:`kg_ops.models.attributes.AttributeEmbedding`), so Adagrad touches no
+    other row."""
+    if not grad.is_sparse:
+        return grad * rows[:, None]
+    grad = grad.coalesce()
+    sel = rows[grad.indices()[0]]
+    return torch.sparse_coo_tensor(grad.indices()[:, sel], grad.values()[sel], grad.shape)
