@@ -185,27 +185,47 @@ class InductiveModel:
                                      "new_entity_initial_row": NEW_ROW_INIT,
                                      "fold_in": self.fold.to_dict() if self.fold else None}}
         self._embeddings: torch.Tensor | None = None
+        self._graph: tuple[np.ndarray, CSRGraph] | None = None
+        self._feats: tuple | None = None
 
     def neighbourhoods(self) -> dict[str, Any]:
         return self.trained.neighbourhoods()
 
+    def fold_in(self) -> dict | None:
+        """Fit the new entities' rows (once; see :mod:`kg_ops.models.fold_in`); the report, or
+        None without a fold-in."""
+        if self.fold and self.fold_report is None:
+            nb = self.neighbourhoods()
+            edges, csr = self._message_graph()
+            self.fold_report = fold_in(
+                self.model, csr, self._features(), self.schema, self.mapping.is_new,
+                edges_touching(edges, self.mapping.is_new), self.fold, fanouts=nb["fanouts"],
+                seed=nb["seed"] or 0)
+            self.config["inductive"]["fold_in"] = self.fold_report
+        return self.fold_report
+
     def embed_all(self, batch_size: int = 65536) -> torch.Tensor:
         if self._embeddings is None:
+            self.fold_in()
             nb = self.neighbourhoods()
-            edges = message_edges(self.graph_uri, self.schema)
-            csr = CSRGraph.from_edges(edges, self.schema.num_nodes, self.schema.num_relations,
-                                      seed=nb["seed"] or 0)
-            feats = graph_features(self.trained, self.graph_uri, self.schema,
-                                   self.features_uri)
-            if self.fold:
-                self.fold_report = fold_in(
-                    self.model, csr, feats, self.schema, self.mapping.is_new,
-                    edges_touching(edges, self.mapping.is_new), self.fold,
-                    fanouts=nb["fanouts"], seed=nb["seed"] or 0)
-                self.config["inductive"]["fold_in"] = self.fold_report
-            self._embeddings = self.model.encode_full(csr, feats, batch_size=batch_size,
+            self._embeddings = self.model.encode_full(self._message_graph()[1], self._features(),
+                                                      batch_size=batch_size,
                                                       fanouts=nb["fanouts"], seed=nb["seed"])
         return self._embeddings
+
+    def _message_graph(self) -> tuple[np.ndarray, CSRGraph]:
+        if self._graph is None:
+            edges = message_edges(self.graph_uri, self.schema)
+            self._graph = edges, CSRGraph.from_edges(edges, self.schema.num_nodes,
+                                                     self.schema.num_relations,
+                                                     seed=self.neighbourhoods()["seed"] or 0)
+        return self._graph
+
+    def _features(self):
+        if self._feats is None:
+            self._feats = (graph_features(self.trained, self.graph_uri, self.schema,
+                                          self.features_uri),)
+        return self._feats[0]
 
     def score(self, h, rel, t):
         return self.model.decoder.score(h, rel, t)

@@ -115,7 +115,8 @@ def _recorded(config: TrainConfig, inputs: _TrainInputs, mcfg) -> tuple[dict, di
         stage_inputs["init_from"] = config.init_from
         recorded["warm_start"] = {"max_drift": config.max_drift,
                                   "retrain_every": config.retrain_every,
-                                  "warm_patience": config.warm_patience}
+                                  "warm_patience": config.warm_patience,
+                                  "fold_in_steps": config.warm_fold_in_steps}
     return recorded, stage_inputs
 
 
@@ -227,12 +228,14 @@ def refuse_secrets(env: dict[str, str]) -> None:
 def _warm_start(st, config: TrainConfig, inputs: _TrainInputs, mcfg) -> str | None:
     """Run the drift guard (:mod:`kg_ops.train.warm`); record its decision and the entity
     mapping; return the URI of the re-indexed initial weights, or None (from scratch)."""
+    from kg_ops.config.fold_in import FoldIn
     from kg_ops.train.checkpoints import save_torch
     from kg_ops.train.warm import plan_warm_start
 
     with st.phase("warm_start"):
         warm = plan_warm_start(config.init_from, inputs.graph, mcfg.to_dict(), inputs.features,
-                               config.max_drift, config.retrain_every, config.optimizer)
+                               config.max_drift, config.retrain_every, config.optimizer,
+                               FoldIn(config.warm_fold_in_steps))
         st.outputs["entity_map"] = st.uri("entity_map.parquet")
         st.store.write_parquet(st.outputs["entity_map"], warm.entity_map)
         st.extra["warm_start"] = warm.info

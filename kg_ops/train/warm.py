@@ -2,7 +2,10 @@
 
 ``kgops train --init-from MODEL`` copies every parameter of ``MODEL`` and re-indexes its entity
 table to this graph by key (:func:`kg_ops.models.inductive.remap_state`: kept entities keep
-their rows, new ones start at their node type's mean row, removed ones are dropped). The
+their rows, new ones start at their node type's mean row, removed ones are dropped); then the
+new entities' rows are fitted to their edges, everything else frozen, as ``kgops embed`` does
+(``--warm-fold-in-steps``, :mod:`kg_ops.models.fold_in`), so training starts from the best
+model there is without training. The
 optimiser's state comes along from ``MODEL``'s best-epoch checkpoint, its entity rows re-indexed
 the same way (new entities start with none): Adagrad's accumulated squares are what keep the
 steps of a trained table small, and fresh ones would move every row by ~lr (0.1, a third of a
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kg_ops.config import TrainConfig
+from kg_ops.config.fold_in import FoldIn
 from kg_ops.errors import KGOpsError
 
 log = logging.getLogger(__name__)
@@ -101,12 +105,12 @@ def _encoders_sha(features_uri: str | None) -> str | None:
 def plan_warm_start(init_from: str, graph_uri: str, model_config: dict,
                     features_uri: str | None, max_drift: float = DEFAULT_MAX_DRIFT,
                     retrain_every: int = DEFAULT_RETRAIN_EVERY,
-                    optimizer: str | None = None) -> WarmStart:
+                    optimizer: str | None = None, fold: FoldIn = FoldIn()) -> WarmStart:
     """Decide whether this run warm-starts from ``init_from`` (see the module docstring)."""
     from kg_ops.graph.kg import load_schema
     from kg_ops.graph.versions import edge_drift, match_graphs
     from kg_ops.manifest import require_manifest
-    from kg_ops.models.inductive import NEW_ROW_INIT, remap_state
+    from kg_ops.models.inductive import NEW_ROW_INIT, InductiveModel
     from kg_ops.models.trained import load_trained
     from kg_ops.store import normalize
 
@@ -142,8 +146,10 @@ def plan_warm_start(init_from: str, graph_uri: str, model_config: dict,
                     "; ".join(reasons))
         return WarmStart({**info, "used": False, "reason": "; ".join(reasons), "chain": 0},
                          entity_map=table)
-    state = remap_state(trained.model.state_dict(), mapping, load_schema(old_graph),
-                        load_schema(graph_uri))
+    mapped = InductiveModel(trained, graph_uri, mapping, load_schema(old_graph),
+                            load_schema(graph_uri), features_uri, fold)
+    info["fold_in"] = mapped.fold_in() or {**fold.to_dict(), "steps": 0}
+    state = mapped.model.state_dict()
     opt_state, opt_source = _optimizer_state(init_from, previous, mapping, optimizer)
     if opt_state is None:
         log.warning("warm start: optimiser state not carried over (%s)", opt_source)

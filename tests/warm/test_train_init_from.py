@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kg_ops.config import PartitionConfig, TrainConfig
+from kg_ops.config.fold_in import FoldIn
 from kg_ops.graph.versions import match_graphs
 from kg_ops.models.trained import load_trained
 from kg_ops.partition.cli import partition
@@ -51,10 +52,13 @@ def versions(ray_local, tmp_path_factory):
         out[name] = g
     first = train(config(root, "v1", "m1", epochs=2))
     warm = train(config(root, "v2", "m2", epochs=3, lr=1e-9, dense_lr=1e-9, warm_patience=1,
-                        init_from=first["uri"]))
+                        init_from=first["uri"], warm_fold_in_steps=0))
+    folded = train(config(root, "v2", "m4", epochs=1, lr=1e-9, dense_lr=1e-9,
+                          init_from=first["uri"]))
     forced = train(config(root, "v2", "m3", epochs=1, lr=1e-9, dense_lr=1e-9, init_from=first["uri"],
                           max_drift=0.01))
-    return {"root": root, **out, "first": first, "warm": warm, "forced": forced}
+    return {"root": root, **out, "first": first, "warm": warm, "forced": forced,
+            "folded": folded}
 
 
 def test_warm_start_maps_weights_by_key(versions):
@@ -72,6 +76,24 @@ def test_warm_start_maps_weights_by_key(versions):
     for name, p in old.model.state_dict().items():       # every other weight copied as is
         if name != "inputs.embedding.weight":
             assert torch.allclose(new.model.state_dict()[name], p, atol=1e-6), name
+
+
+def test_warm_start_folds_in_the_new_entities_by_default(versions):
+    """The default warm start fits the new rows to their edges before training (as `kgops
+    embed` does); the kept rows and every other weight are loaded as they were."""
+    fold = versions["folded"]["warm_start"]["fold_in"]
+    assert fold["steps"] == FoldIn.steps and fold["entities"] == 2 and fold["edges"] == 2
+    assert fold["loss_last"] < fold["loss_first"]
+    assert versions["warm"]["warm_start"]["fold_in"]["steps"] == 0
+    old, new = load_trained(versions["first"]["uri"]), load_trained(versions["folded"]["uri"])
+    mapping, _ = match_graphs(versions["v1"], versions["v2"])
+    w_old = old.model.inputs.embedding.weight
+    w_new = new.model.inputs.embedding.weight
+    for i, j in enumerate(mapping.new_to_old.tolist()):
+        if j >= 0:
+            assert torch.allclose(w_new[i], w_old[j], atol=1e-6)
+        else:
+            assert not torch.allclose(w_new[i], w_old.mean(0), atol=1e-3)
 
 
 def test_drift_guard_trains_from_scratch(versions):
