@@ -207,7 +207,7 @@ def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int,
           f"keeps test MRR {plain_kept['test_mrr']:.4f}", flush=True)
 
 
-def _mrr(trained, graph: str) -> float:
+def _mrr(trained, graph: str, split: str = "test") -> float:
     from kg_ops.evaluate.filters import FilterIndex
     from kg_ops.evaluate.ranking import overall_metrics, rank_queries
     from kg_ops.graph.kg import load_edges, load_schema
@@ -216,7 +216,7 @@ def _mrr(trained, graph: str) -> float:
     edges = {s: load_edges(graph, s) for s in ("train", "valid", "test")}
     filters = FilterIndex(np.concatenate(list(edges.values())), schema.num_nodes,
                           schema.num_relations)
-    res = rank_queries(trained.embed_all(), trained, edges["test"], filters)
+    res = rank_queries(trained.embed_all(), trained, edges[split], filters)
     return round(float(overall_metrics(res)["mrr"]), 4)
 
 
@@ -244,18 +244,21 @@ def fold_in_validation_graph(g_train: str, g_full: str, out: str, seed: int = 1)
     return out
 
 
-def _inductive_mrr(trained, graph: str, fold) -> tuple[float, float]:
-    """Filtered MRR of ``graph``'s test edges with ``trained`` applied to it, and the fold-in's
-    seconds."""
+def _inductive_mrr(trained, graph: str, fold, kept_split: str | None = None
+                   ) -> tuple[float, float, float | None]:
+    """Filtered MRR of ``graph``'s test edges with ``trained`` applied to it, the fold-in's
+    seconds, and (``kept_split``) the MRR of that split's edges among kept entities: what the
+    new entities, as candidates, do to the rest."""
     from kg_ops.models.inductive import for_graph
 
     inductive, _ = for_graph(trained, graph, fold=fold)
     mrr = _mrr(inductive, graph)
-    return mrr, (inductive.fold_report or {}).get("seconds", 0.0)
+    kept = _mrr(inductive, graph, kept_split) if kept_split else None
+    return mrr, (inductive.fold_report or {}).get("seconds", 0.0), kept
 
 
 def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: int,
-                      sweep: list[int]) -> None:
+                      sweep: list[str]) -> None:
     import ray
 
     from kg_ops.config import EncodeConfig, TrainConfig
@@ -301,20 +304,29 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
                "epochs": m["metrics"]["epochs"], "wall_s": round(m["timings"]["total_s"])}
         if run == "gnn with attributes" and sweep:
             row["fold_in_validation_mrr_by_steps"] = {}
-            for steps in sweep:
-                mrr, secs = _inductive_mrr(trained, g_val, FoldIn(steps, default.lr))
-                row["fold_in_validation_mrr_by_steps"][steps] = {"mrr": mrr, "fold_in_s": secs}
-                print(f"  {run}: fold-in {steps} steps, validation MRR {mrr:.4f} ({secs:.0f} s)",
-                      flush=True)
-        row["inductive_test_mrr_type_mean"] = _inductive_mrr(trained, g_full, FoldIn(0))[0]
-        row["inductive_test_mrr"], row["fold_in_s"] = _inductive_mrr(trained, g_full, default)
+            for point in sweep:
+                steps, _, lr = point.partition("@")
+                fold = FoldIn(int(steps), float(lr) if lr else default.lr)
+                mrr, secs, _ = _inductive_mrr(trained, g_val, fold)
+                row["fold_in_validation_mrr_by_steps"][f"{fold.steps}@{fold.lr}"] = {
+                    "mrr": mrr, "fold_in_s": secs}
+                print(f"  {run}: fold-in {fold.steps} steps at lr {fold.lr}, validation MRR "
+                      f"{mrr:.4f} ({secs:.0f} s)", flush=True)
+        # the full graph's valid split: every transductive valid/test triple (old entities)
+        mean = _inductive_mrr(trained, g_full, FoldIn(0), kept_split="valid")
+        folded = _inductive_mrr(trained, g_full, default, kept_split="valid")
+        row["inductive_test_mrr_type_mean"] = mean[0]
+        row["inductive_test_mrr"], row["fold_in_s"] = folded[:2]
+        row["old_entities_mrr_new_at_type_mean"] = mean[2]
+        row["old_entities_mrr_new_folded_in"] = folded[2]
         row["gap_transductive_minus_inductive"] = round(
             row["transductive_test_mrr"] - row["inductive_test_mrr"], 4)
         out[run] = row
         print(f"  {run}: transductive {row['transductive_test_mrr']:.4f}, inductive "
               f"{row['inductive_test_mrr_type_mean']:.4f} (type mean) -> "
               f"{row['inductive_test_mrr']:.4f} (fold-in {default.steps} steps, "
-              f"{row['fold_in_s']:.0f} s)", flush=True)
+              f"{row['fold_in_s']:.0f} s); old entities' valid+test triples among all "
+              f"entities {mean[2]:.4f} -> {folded[2]:.4f}", flush=True)
     if not shallow:
         out["shallow baseline"] = "not measured: no shallow model in this build"
     out["full retrain"] = _full_retrain(work, g_full, recipe, epochs)
@@ -364,9 +376,9 @@ def main() -> None:
     ap.add_argument("--warm-epochs", type=int, default=None,
                     help="epoch budget of the warm-started run (default: --epochs); the goal "
                          "is reached in under 30 %% of the from-scratch time or not at all")
-    ap.add_argument("--fold-in-sweep", default="0,10,20,30,50",
-                    help="fold-in steps tried on the fold-in validation graph (inductive "
-                         "section, attributed GNN; empty: no sweep)")
+    ap.add_argument("--fold-in-sweep", default="0,3,5,10,20,30,10@0.05,20@0.05",
+                    help="fold-in steps (STEPS or STEPS@LR) tried on the fold-in validation "
+                         "graph (inductive section, attributed GNN; empty: no sweep)")
     ap.add_argument("--work", default="/tmp/kgops-bench-warm")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -383,7 +395,7 @@ def main() -> None:
         section_warm(work, args.graph, today, recipe, args.epochs, args.warm_epochs)
     if "inductive" in sections:
         section_inductive(work, args.graph, today, recipe, args.epochs,
-                          [int(x) for x in args.fold_in_sweep.split(",") if x])
+                          [x for x in args.fold_in_sweep.split(",") if x])
     RESULTS["notes"] = ("measured one job at a time under /tmp/kgops-cpu.lock on the shared "
                         f"2-core machine; {args.graph}, kgops train defaults, epochs "
                         f"{args.epochs}")

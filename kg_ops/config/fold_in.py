@@ -14,7 +14,7 @@ class FoldIn:
     best measured on a held-out entity split (``benchmarks/bench_warm_start.py --sections
     inductive``)."""
 
-    steps: int = 30
+    steps: int = 10
     lr: float = 0.1
 
     def __post_init__(self) -> None:

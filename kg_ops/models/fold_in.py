@@ -130,4 +130,5 @@ def _only_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return grad * rows[:, None]
     grad = grad.coalesce()
     sel = rows[grad.indices()[0]]
-    return torch.sparse_coo_tensor(grad.indices()[:, sel], grad.values()[sel], grad.shape)
+    return torch.sparse_coo_tensor(grad.indices()[:, sel], grad.values()[sel], grad.shape,
+                                   is_coalesced=True)
