@@ -13,8 +13,8 @@ Sections (``--sections warm,inductive``):
   the time ratio (against the from-scratch time to its best epoch, which a user only knows in
   hindsight); and, as a user runs them, each stage's wall time with its own early stopping
   (``--patience`` from scratch, ``--warm-patience`` warm) and the test MRR of the model each
-  keeps. The warm start folds in the new entities first (the default); a second warm start
-  without it (``--warm-fold-in-steps 0``) runs side by side.
+  keeps. A second warm start that folds in the new entities first (``--warm-fold-in-steps``,
+  off by default) runs side by side.
 * ``inductive``: ``kgops split-entities`` holds out 10 % of the entities (half of each one's
   edges revealed as context); models trained on the rest; filtered MRR of the held-out
   entities' other edges for the GNN with attributes (encoded entity types), the GNN without
@@ -135,6 +135,7 @@ def checkpoint_curve(model_uri: str, graph: str, extra_s: float = 0.0) -> list[d
 def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int,
                  warm_epochs: int | None = None) -> None:
     from kg_ops.config import TrainConfig
+    from kg_ops.config.fold_in import FoldIn
     from kg_ops.config.partition import PartitionConfig
     from kg_ops.partition.cli import partition
     from kg_ops.train.cli import train
@@ -153,8 +154,8 @@ def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int,
                                 **common))
     warm = train(TrainConfig(partitions=parts["today"], out=str(work / "m-warm"),
                              init_from=y["uri"], **{**common, "epochs": warm_epochs or epochs}))
-    plain = train(TrainConfig(partitions=parts["today"], out=str(work / "m-warm-no-fold-in"),
-                              init_from=y["uri"], warm_fold_in_steps=0,
+    plain = train(TrainConfig(partitions=parts["today"], out=str(work / "m-warm-fold-in"),
+                              init_from=y["uri"], warm_fold_in_steps=FoldIn.steps,
                               **{**common, "epochs": warm_epochs or epochs}))
     plain_curve = checkpoint_curve(plain["uri"], today,
                                    extra_s=plain["timings"].get("warm_start_s", 0.0))
@@ -187,7 +188,7 @@ def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int,
                    "warm_kept_epoch": kept["epoch"], "warm_kept_test_mrr": kept["test_mrr"],
                    "warm_kept_within_0.01": kept["test_mrr"] >= best["test_mrr"] - 0.01,
                    "stage_wall_ratio_warm_to_scratch": round(w_wall / s_wall, 3)},
-        "warm_without_fold_in": {
+        "warm_with_fold_in": {
             "stage_wall_s": round(plain["timings"]["total_s"], 1),
             "stage_wall_ratio_to_scratch": round(plain["timings"]["total_s"] / s_wall, 3),
             "epochs_trained": plain["metrics"]["epochs"], "kept_epoch": plain_kept["epoch"],
@@ -203,7 +204,7 @@ def section_warm(work: Path, name: str, today: str, recipe: dict, epochs: int,
           f"{scratch['metrics']['epochs']} epochs, keeps test MRR {best['test_mrr']:.4f}; "
           f"warm start {w_wall:.0f}s ({w_wall / s_wall:.1%}), "
           f"{warm['metrics']['epochs']} epochs, keeps epoch {kept['epoch']}: test MRR "
-          f"{kept['test_mrr']:.4f}; without the fold-in {plain['timings']['total_s']:.0f}s, "
+          f"{kept['test_mrr']:.4f}; with the fold-in {plain['timings']['total_s']:.0f}s, "
           f"keeps test MRR {plain_kept['test_mrr']:.4f}", flush=True)
 
 
@@ -305,13 +306,15 @@ def section_inductive(work: Path, name: str, today: str, recipe: dict, epochs: i
         if run == "gnn with attributes" and sweep:
             row["fold_in_validation_mrr_by_steps"] = {}
             for point in sweep:
-                steps, _, lr = point.partition("@")
-                fold = FoldIn(int(steps), float(lr) if lr else default.lr)
-                mrr, secs, _ = _inductive_mrr(trained, g_val, fold)
-                row["fold_in_validation_mrr_by_steps"][f"{fold.steps}@{fold.lr}"] = {
-                    "mrr": mrr, "fold_in_s": secs}
-                print(f"  {run}: fold-in {fold.steps} steps at lr {fold.lr}, validation MRR "
-                      f"{mrr:.4f} ({secs:.0f} s)", flush=True)
+                steps, lr, context = (point.split("@") + ["", ""])[:3]
+                fold = FoldIn(int(steps), float(lr or default.lr),
+                              float(context or default.context))
+                mrr, secs, old = _inductive_mrr(trained, g_val, fold, kept_split="valid")
+                key = f"{fold.steps}@{fold.lr}@{fold.context}"
+                row["fold_in_validation_mrr_by_steps"][key] = {
+                    "mrr": mrr, "old_entities_mrr": old, "fold_in_s": secs}
+                print(f"  {run}: fold-in {key} (steps@lr@context), validation MRR {mrr:.4f}, "
+                      f"old entities {old:.4f} ({secs:.0f} s)", flush=True)
         # the full graph's valid split: every transductive valid/test triple (old entities)
         mean = _inductive_mrr(trained, g_full, FoldIn(0), kept_split="valid")
         folded = _inductive_mrr(trained, g_full, default, kept_split="valid")
@@ -376,9 +379,10 @@ def main() -> None:
     ap.add_argument("--warm-epochs", type=int, default=None,
                     help="epoch budget of the warm-started run (default: --epochs); the goal "
                          "is reached in under 30 %% of the from-scratch time or not at all")
-    ap.add_argument("--fold-in-sweep", default="0,3,5,10,20,30,10@0.05,20@0.05",
-                    help="fold-in steps (STEPS or STEPS@LR) tried on the fold-in validation "
-                         "graph (inductive section, attributed GNN; empty: no sweep)")
+    ap.add_argument("--fold-in-sweep", default="0,10@0.1@0,5@0.1@1,10@0.1@1,20@0.1@1,"
+                    "10@0.1@4,20@0.1@4",
+                    help="fold-in settings (STEPS[@LR[@CONTEXT]]) tried on the fold-in "
+                         "validation graph (inductive section, attributed GNN; empty: none)")
     ap.add_argument("--work", default="/tmp/kgops-bench-warm")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -34,6 +34,9 @@ class EvaluateConfig(StageConfig):
                                      "their type's mean row), as `kgops embed` does")
     fold_in_lr: float = option(FoldIn.lr, minimum=1e-12, help="with --inductive: the fold-in's "
                                "learning rate")
+    fold_in_context: float = option(FoldIn.context, minimum=0, help="with --inductive: other "
+                                    "training edges sampled per new entity's edge in the "
+                                    "fold-in")
     split: str = option("test", choices=SPLITS, help="split to rank")
     batch_size: int | None = option(None, minimum=1, recorded=False,
                                     help="ranking queries per batch (default: from "
@@ -56,4 +59,4 @@ class EvaluateConfig(StageConfig):
 
     @property
     def fold_in(self) -> FoldIn:
-        return FoldIn(self.fold_in_steps, self.fold_in_lr)
+        return FoldIn(self.fold_in_steps, self.fold_in_lr, self.fold_in_context)

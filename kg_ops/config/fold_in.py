@@ -10,17 +10,19 @@ from kg_ops.config.options import ConfigError
 
 @dataclass(frozen=True)
 class FoldIn:
-    """``steps`` full-batch Adagrad steps at ``lr`` (0 steps: no fold-in). The default is the
-    best measured on a held-out entity split (``benchmarks/bench_warm_start.py --sections
-    inductive``)."""
+    """``steps`` full-batch Adagrad steps at ``lr`` (0 steps: no fold-in); ``context`` other
+    training edges sampled per new entity's edge, which stand for the rest of the graph in the
+    objective (0: the new entities' edges alone). The defaults are the best measured on a
+    held-out entity split (``benchmarks/bench_warm_start.py --sections inductive``)."""
 
     steps: int = 10
     lr: float = 0.1
+    context: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or not self.lr > 0:
-            raise ConfigError(f"fold-in: steps must be >= 0 and lr > 0 (got steps "
-                              f"{self.steps}, lr {self.lr})")
+        if self.steps < 0 or not self.lr > 0 or self.context < 0:
+            raise ConfigError(f"fold-in: steps must be >= 0, lr > 0 and context >= 0 (got "
+                              f"steps {self.steps}, lr {self.lr}, context {self.context})")
 
     def to_dict(self) -> dict:
-        return {"steps": self.steps, "lr": self.lr}
+        return {"steps": self.steps, "lr": self.lr, "context": self.context}

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from kg_ops.config.fold_in import FoldIn
 from kg_ops.config.options import StageConfig, option
 
 GNN_MODELS = ("rgcn", "relgnn")
@@ -85,11 +84,12 @@ class TrainConfig(StageConfig):
     warm_patience: int = option(2, minimum=0, recorded=False, help="with a warm start taken: "
                                 "early-stopping patience instead of --patience (the start is "
                                 "validated as epoch 0 and kept when no epoch beats it; 0 = off)")
-    warm_fold_in_steps: int = option(FoldIn.steps, minimum=0, recorded=False,
+    warm_fold_in_steps: int = option(0, minimum=0, recorded=False,
                                      help="with a warm start taken: fold-in steps fitting "
                                           "the new entities' rows to their edges before "
-                                          "training, as `kgops embed` does (0: their type's "
-                                          "mean row)")
+                                          "training, as `kgops embed` does (0, the default: "
+                                          "their type's mean row; bench_warm_start measured "
+                                          "the fold-in worse here, see the README)")
     optimizer: str = option("adagrad", choices=OPTIMIZERS,
                             help="optimiser of the entity embeddings and relation vectors: "
                                  "adagrad (tuned KGE's choice; a fraction of Adam's epochs "

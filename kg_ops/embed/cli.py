@@ -31,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"default {FoldIn.steps})")
     p.add_argument("--fold-in-lr", type=float, default=FoldIn.lr,
                    help=f"learning rate of the fold-in (default {FoldIn.lr})")
+    p.add_argument("--fold-in-context", type=float, default=FoldIn.context,
+                   help="other training edges sampled per new entity's edge, standing for the "
+                        "rest of the graph in the fold-in (0: the new entities' edges alone; "
+                        f"default {FoldIn.context})")
     p.add_argument("--batch-size", type=int, default=65536,
                    help="entities per batch during full-graph inference")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     m = embed(args.model, args.graph, args.out, features=args.features,
-              fold=FoldIn(args.fold_in_steps, args.fold_in_lr), batch_size=args.batch_size,
+              fold=FoldIn(args.fold_in_steps, args.fold_in_lr, args.fold_in_context), batch_size=args.batch_size,
               force=args.force)
     c = m["counts"]
     print(f"embedded {c['new_entities']} entities: {c['kept']} kept, {c['new']} new "

@@ -8,9 +8,13 @@ leans on the learned row, which a new entity lacks.
 
 Fold-in (the name comes from matrix factorisation, where a new user's factors are fitted with
 the item factors fixed) optimises **only the new entities' rows**, by the training objective
-itself: the model's 1-vs-all cross-entropy of every known edge touching a new entity, both
-directions, against every entity of the type the relation expects, with the model's label
-smoothing and N3/L2 penalties; dropout off. Every other parameter, and every kept entity's row,
+itself: the model's 1-vs-all cross-entropy of the graph's training edges, both directions,
+against every entity of the type the relation expects, with the model's label smoothing and
+N3/L2 penalties; dropout off. Every edge touching a new entity is in it; the other edges are
+represented by a seeded sample (``context`` per new entity's edge, weighted to stand for all of
+them). Without them a new entity's row only learns to answer its own edges' queries and grows
+into a wrong answer for everyone else's: on the Debian split, 10 steps on the own edges alone
+took the old entities' test MRR from 0.274 to 0.189. Every other parameter, and every kept entity's row,
 stays as trained, so the kept entities' embeddings change only where a new neighbour sends
 them messages. Each step is one full-batch Adagrad step (the gradient is accumulated over
 chunks of edges so that a chunk's ``[edges, entities]`` score matrix stays small); candidates
@@ -36,24 +40,22 @@ log = logging.getLogger(__name__)
 SCORE_CELLS = 1 << 24    # scores per chunk (edges x entities): 64 MiB of float32
 
 
-def edges_touching(edges: np.ndarray, is_new: np.ndarray) -> np.ndarray:
-    """The ``[h, r, t]`` rows of ``edges`` with a new entity at either end."""
-    return edges[is_new[edges[:, 0]] | is_new[edges[:, 2]]]
-
-
 def fold_in(model, csr, features, schema: GraphSchema, is_new: np.ndarray,
             edges: np.ndarray, settings: FoldIn, *, fanouts, seed: int) -> dict:
-    """Fit the rows of ``model.inputs.embedding`` where ``is_new`` to ``edges`` (the training
-    edges touching a new entity) in place; returns what was done (for the manifest)."""
+    """Fit the rows of ``model.inputs.embedding`` where ``is_new`` to the training ``edges``
+    (see the module docstring) in place; returns what was done (for the manifest)."""
     new_rows = np.flatnonzero(is_new)
-    report = {**settings.to_dict(), "entities": int(len(new_rows)), "edges": int(len(edges))}
-    if settings.steps <= 0 or not len(new_rows) or not len(edges):
+    own, context, weights = fold_in_edges(edges, is_new, settings.context, seed)
+    report = {**settings.to_dict(), "entities": int(len(new_rows)), "edges": int(len(own)),
+              "context_edges": int(len(context))}
+    if settings.steps <= 0 or not len(new_rows) or not len(own):
         return report | {"steps": 0, "seconds": 0.0}
     weight = model.inputs.embedding.weight
     keep = torch.from_numpy(np.asarray(is_new, dtype=bool))
-    seeds = np.unique(edges[:, [0, 2]])
+    both = np.concatenate([own, context])
+    seeds = np.unique(both[:, [0, 2]])
     cg = sample_computation_graph(csr, seeds, fanouts, seed)   # the same every step
-    queries = _Queries(schema, seeds, edges)
+    queries = _Queries(schema, seeds, [(own, weights[0]), (context, weights[1])])
     was_training = model.training
     model.eval()
     weight.requires_grad_(True)
@@ -77,30 +79,49 @@ def fold_in(model, csr, features, schema: GraphSchema, is_new: np.ndarray,
                      "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6)}
 
 
+def fold_in_edges(edges: np.ndarray, is_new: np.ndarray, context: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
+    """The new entities' own edges, a seeded sample of ``context`` other edges per own edge,
+    and the per-edge weights of both: the objective is the mean loss over **all** ``edges``,
+    the sample standing for the edges it was drawn from (each weighted by their number over
+    the sample's)."""
+    touching = is_new[edges[:, 0]] | is_new[edges[:, 2]]
+    own, others = edges[touching], edges[~touching]
+    k = min(len(others), int(round(context * len(own))))
+    pick = np.sort(np.random.default_rng(seed).choice(len(others), k, replace=False))
+    total = len(own) + (len(others) if k else 0)
+    return own, others[pick], (1.0 / max(total, 1), len(others) / max(k, 1) / max(total, 1))
+
+
 class _Queries:
     """The fold-in edges as rows of the seeds' embeddings, in chunks whose score matrix
-    (``chunk`` edges x every entity) stays under :data:`SCORE_CELLS`."""
+    (``chunk`` edges x every entity) stays under :data:`SCORE_CELLS`; ``groups``: ``(edges,
+    weight of each)``."""
 
-    def __init__(self, schema: GraphSchema, seeds: np.ndarray, edges: np.ndarray):
-        self.edges, self.seeds = edges, torch.from_numpy(seeds)
-        self.pos = torch.from_numpy(np.stack([np.searchsorted(seeds, edges[:, 0]), edges[:, 1],
-                                              np.searchsorted(seeds, edges[:, 2])], 1))
+    def __init__(self, schema: GraphSchema, seeds: np.ndarray,
+                 groups: list[tuple[np.ndarray, float]]):
+        self.seeds = torch.from_numpy(seeds)
+        self.groups = [(e, w, torch.from_numpy(np.stack(
+            [np.searchsorted(seeds, e[:, 0]), e[:, 1], np.searchsorted(seeds, e[:, 2])], 1)))
+            for e, w in groups if len(e)]
         self.node_type = torch.from_numpy(schema.type_of(np.arange(schema.num_nodes)))
         self.head_type, self.tail_type = (torch.from_numpy(x)
                                           for x in schema.relation_head_tail_types())
-        self.chunk = max(1, min(len(edges), SCORE_CELLS // max(schema.num_nodes, 1)))
+        self.chunk = max(1, SCORE_CELLS // max(schema.num_nodes, 1))
 
     def chunks(self):
-        """``(weight, pos, tail_ok, head_ok)`` per chunk; weights sum to 1."""
+        """``(weight, pos, tail_ok, head_ok)`` per chunk: ``weight`` times the chunk's mean
+        loss is its share of the objective."""
         entity = torch.arange(len(self.node_type))
-        for a in range(0, len(self.edges), self.chunk):
-            pos, part = self.pos[a:a + self.chunk], self.edges[a:a + self.chunk]
-            rel = pos[:, 1]
-            tail_ok = (self.node_type[None] == self.tail_type[rel][:, None]) \
-                & (entity[None] != torch.from_numpy(part[:, 2])[:, None])
-            head_ok = (self.node_type[None] == self.head_type[rel][:, None]) \
-                & (entity[None] != torch.from_numpy(part[:, 0])[:, None])
-            yield len(part) / len(self.edges), pos, tail_ok, head_ok
+        for edges, w, positions in self.groups:
+            for a in range(0, len(edges), self.chunk):
+                pos, part = positions[a:a + self.chunk], edges[a:a + self.chunk]
+                rel = pos[:, 1]
+                tail_ok = (self.node_type[None] == self.tail_type[rel][:, None]) \
+                    & (entity[None] != torch.from_numpy(part[:, 2])[:, None])
+                head_ok = (self.node_type[None] == self.head_type[rel][:, None]) \
+                    & (entity[None] != torch.from_numpy(part[:, 0])[:, None])
+                yield w * len(part), pos, tail_ok, head_ok
 
 
 def _step_gradient(model, csr, features, cg, queries: _Queries, fanouts, seed: int) -> float:

@@ -37,7 +37,7 @@ from kg_ops.config.fold_in import FoldIn
 from kg_ops.errors import KGOpsError
 from kg_ops.graph.schema import GraphSchema
 from kg_ops.graph.versions import EntityMapping
-from kg_ops.models.fold_in import edges_touching, fold_in
+from kg_ops.models.fold_in import fold_in
 from kg_ops.sampling import CSRGraph
 
 log = logging.getLogger(__name__)
@@ -198,9 +198,8 @@ class InductiveModel:
             nb = self.neighbourhoods()
             edges, csr = self._message_graph()
             self.fold_report = fold_in(
-                self.model, csr, self._features(), self.schema, self.mapping.is_new,
-                edges_touching(edges, self.mapping.is_new), self.fold, fanouts=nb["fanouts"],
-                seed=nb["seed"] or 0)
+                self.model, csr, self._features(), self.schema, self.mapping.is_new, edges,
+                self.fold, fanouts=nb["fanouts"], seed=nb["seed"] or 0)
             self.config["inductive"]["fold_in"] = self.fold_report
         return self.fold_report
 

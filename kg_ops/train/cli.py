@@ -235,7 +235,7 @@ def _warm_start(st, config: TrainConfig, inputs: _TrainInputs, mcfg) -> str | No
     with st.phase("warm_start"):
         warm = plan_warm_start(config.init_from, inputs.graph, mcfg.to_dict(), inputs.features,
                                config.max_drift, config.retrain_every, config.optimizer,
-                               FoldIn(config.warm_fold_in_steps))
+                               FoldIn(steps=config.warm_fold_in_steps))
         st.outputs["entity_map"] = st.uri("entity_map.parquet")
         st.store.write_parquet(st.outputs["entity_map"], warm.entity_map)
         st.extra["warm_start"] = warm.info

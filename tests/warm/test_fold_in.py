@@ -12,7 +12,7 @@ from kg_ops.config.fold_in import FoldIn
 from kg_ops.config.options import ConfigError
 from kg_ops.graph.schema import GraphSchema, NodeType, Relation
 from kg_ops.models import fold_in as fold_module
-from kg_ops.models.fold_in import edges_touching, fold_in
+from kg_ops.models.fold_in import fold_in, fold_in_edges
 from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
 from kg_ops.sampling import CSRGraph
 
@@ -41,10 +41,10 @@ def _model(kind: str, seed: int = 0, **over) -> LinkPredictor:
     return model.eval().requires_grad_(False)
 
 
-def _run(model, steps: int = 5, lr: float = 0.1) -> dict:
+def _run(model, steps: int = 5, lr: float = 0.1, context: float = 1.0) -> dict:
     csr = CSRGraph.from_edges(EDGES, 20, 2, seed=0)
-    return fold_in(model, csr, None, SCHEMA, NEW, edges_touching(EDGES, NEW),
-                   FoldIn(steps, lr), fanouts=[3, 2], seed=0)
+    return fold_in(model, csr, None, SCHEMA, NEW, EDGES, FoldIn(steps, lr, context),
+                   fanouts=[3, 2], seed=0)
 
 
 @pytest.mark.parametrize("kind", ["rgcn", "complex"])
@@ -62,6 +62,7 @@ def test_fold_in_moves_only_the_new_rows_and_lowers_the_loss(kind):
     moved = (rows - before["inputs.embedding.weight"]).abs().sum(1) > 0
     assert moved[torch.from_numpy(NEW)].all()
     assert report["edges"] == 7 and report["entities"] == 4 and report["steps"] == 20
+    assert report["context_edges"] == 7
     assert report["loss_last"] < report["loss_first"]
     assert not model.training and not rows.requires_grad
 
@@ -83,16 +84,16 @@ def test_chunking_does_not_change_the_step(monkeypatch):
                                rtol=0, atol=1e-6)
 
 
-def _brute_force_loss(model, table: torch.Tensor) -> torch.Tensor:
-    """The fold-in objective of a shallow model written query by query: each edge touching a
-    new entity, both directions, cross-entropy of the answer against every entity of the
-    relation's expected type other than the answer; mean over edges of the two directions'
-    mean (no smoothing or penalty: the model is built without them)."""
+def _brute_force_loss(model, table: torch.Tensor, edges: np.ndarray) -> torch.Tensor:
+    """The fold-in objective of a shallow model written query by query: each edge, both
+    directions, cross-entropy of the answer against every entity of the relation's expected
+    type other than the answer; mean over edges of the two directions' mean (no smoothing or
+    penalty: the model is built without them)."""
     ids = {t.name: range(t.offset, t.offset + t.count) for t in SCHEMA.node_types}
     rel_types = {i: (r.head, r.tail) for i, r in enumerate(SCHEMA.relations)}
     dec = model.decoder
     terms = []
-    for h, r, t in edges_touching(EDGES, NEW):
+    for h, r, t in edges:
         head_type, tail_type = rel_types[int(r)]
         rel = torch.tensor([int(r)])
         per_side = []
@@ -106,25 +107,38 @@ def _brute_force_loss(model, table: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def test_gradient_matches_a_brute_force_loss():
+@pytest.mark.parametrize("context", [0.0, 100.0])
+def test_gradient_matches_a_brute_force_loss(context):
     """The gradient one fold-in step accumulates (its private step function, so that the
     gradient itself is compared, not Adagrad's normalised update) equals the brute-force
-    loss's on the new rows."""
+    loss's on the new rows: over the new entities' own edges without context, and over every
+    edge of the graph when the context sample takes them all."""
     model = _model("complex", regularization=0.0)
+    own, ctx, weights = fold_in_edges(EDGES, NEW, context, seed=0)
+    assert len(own) == 7 and len(ctx) == (0 if context == 0 else len(EDGES) - 7)
     table = model.inputs.embedding.weight.clone().requires_grad_(True)
-    expected_loss = _brute_force_loss(model, table)
+    expected_loss = _brute_force_loss(model, table, np.concatenate([own, ctx]))
     expected_loss.backward()
-    edges = edges_touching(EDGES, NEW)
-    seeds = np.unique(edges[:, [0, 2]])
+    seeds = np.unique(np.concatenate([own, ctx])[:, [0, 2]])
     csr = CSRGraph.from_edges(EDGES, 20, 2, seed=0)
     cg = fold_module.sample_computation_graph(csr, seeds, [3, 2], 0)
     weight = model.inputs.embedding.weight.requires_grad_(True)
-    loss = fold_module._step_gradient(model, csr, None, cg,
-                                      fold_module._Queries(SCHEMA, seeds, edges), [3, 2], 0)
+    queries = fold_module._Queries(SCHEMA, seeds, [(own, weights[0]), (ctx, weights[1])])
+    loss = fold_module._step_gradient(model, csr, None, cg, queries, [3, 2], 0)
     assert loss == pytest.approx(float(expected_loss), rel=1e-5)
     new = torch.from_numpy(NEW)
     grad = weight.grad.to_dense() if weight.grad.is_sparse else weight.grad
     torch.testing.assert_close(grad[new], table.grad[new], rtol=1e-4, atol=1e-7)
+
+
+def test_context_sample_stands_for_the_other_edges():
+    own, ctx, (w_own, w_ctx) = fold_in_edges(EDGES, NEW, 0.5, seed=3)
+    others = len(EDGES) - len(own)
+    assert len(ctx) == 4 and not (NEW[ctx[:, 0]] | NEW[ctx[:, 2]]).any()
+    assert w_own * len(own) + w_ctx * len(ctx) == pytest.approx(1.0)
+    assert w_ctx / w_own == pytest.approx(others / len(ctx))
+    again = fold_in_edges(EDGES, NEW, 0.5, seed=3)[1]
+    assert np.array_equal(ctx, again)                      # seeded
 
 
 def test_bad_settings_are_refused():
@@ -132,3 +146,5 @@ def test_bad_settings_are_refused():
         FoldIn(-1, 0.1)
     with pytest.raises(ConfigError, match="lr > 0"):
         FoldIn(5, 0.0)
+    with pytest.raises(ConfigError, match="context >= 0"):
+        FoldIn(5, 0.1, -1.0)

@@ -52,9 +52,9 @@ def versions(ray_local, tmp_path_factory):
         out[name] = g
     first = train(config(root, "v1", "m1", epochs=2))
     warm = train(config(root, "v2", "m2", epochs=3, lr=1e-9, dense_lr=1e-9, warm_patience=1,
-                        init_from=first["uri"], warm_fold_in_steps=0))
+                        init_from=first["uri"]))
     folded = train(config(root, "v2", "m4", epochs=1, lr=1e-9, dense_lr=1e-9,
-                          init_from=first["uri"]))
+                          init_from=first["uri"], warm_fold_in_steps=FoldIn.steps))
     forced = train(config(root, "v2", "m3", epochs=1, lr=1e-9, dense_lr=1e-9, init_from=first["uri"],
                           max_drift=0.01))
     return {"root": root, **out, "first": first, "warm": warm, "forced": forced,
@@ -78,9 +78,9 @@ def test_warm_start_maps_weights_by_key(versions):
             assert torch.allclose(new.model.state_dict()[name], p, atol=1e-6), name
 
 
-def test_warm_start_folds_in_the_new_entities_by_default(versions):
-    """The default warm start fits the new rows to their edges before training (as `kgops
-    embed` does); the kept rows and every other weight are loaded as they were."""
+def test_warm_start_folds_in_the_new_entities_on_request(versions):
+    """``--warm-fold-in-steps`` fits the new rows to their edges before training (as `kgops
+    embed` does; the default keeps the mean rows); the kept rows are loaded as they were."""
     fold = versions["folded"]["warm_start"]["fold_in"]
     assert fold["steps"] == FoldIn.steps and fold["entities"] == 2 and fold["edges"] == 2
     assert fold["loss_last"] < fold["loss_first"]
