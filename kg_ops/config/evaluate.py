@@ -37,6 +37,9 @@ class EvaluateConfig(StageConfig):
     fold_in_context: float = option(FoldIn.context, minimum=0, help="with --inductive: other "
                                     "training edges sampled per new entity's edge in the "
                                     "fold-in")
+    fold_in_norm_quantile: float = option(FoldIn.norm_quantile, minimum=0, maximum=1,
+                                          help="with --inductive: the fold-in's norm cap (a "
+                                               "quantile of the trained rows' norms)")
     split: str = option("test", choices=SPLITS, help="split to rank")
     batch_size: int | None = option(None, minimum=1, recorded=False,
                                     help="ranking queries per batch (default: from "
@@ -59,4 +62,5 @@ class EvaluateConfig(StageConfig):
 
     @property
     def fold_in(self) -> FoldIn:
-        return FoldIn(self.fold_in_steps, self.fold_in_lr, self.fold_in_context)
+        return FoldIn(self.fold_in_steps, self.fold_in_lr, self.fold_in_context,
+                      self.fold_in_norm_quantile)

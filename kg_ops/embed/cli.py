@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="other training edges sampled per new entity's edge, standing for the "
                         "rest of the graph in the fold-in (0: the new entities' edges alone; "
                         f"default {FoldIn.context})")
+    p.add_argument("--fold-in-norm-quantile", type=float, default=FoldIn.norm_quantile,
+                   help="cap each new row's norm at this quantile of its type's trained rows' "
+                        f"norms after every step (default {FoldIn.norm_quantile}; 1: the "
+                        "longest trained row)")
     p.add_argument("--batch-size", type=int, default=65536,
                    help="entities per batch during full-graph inference")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     m = embed(args.model, args.graph, args.out, features=args.features,
-              fold=FoldIn(args.fold_in_steps, args.fold_in_lr, args.fold_in_context), batch_size=args.batch_size,
+              fold=FoldIn(args.fold_in_steps, args.fold_in_lr, args.fold_in_context,
+                        args.fold_in_norm_quantile), batch_size=args.batch_size,
               force=args.force)
     c = m["counts"]
     print(f"embedded {c['new_entities']} entities: {c['kept']} kept, {c['new']} new "

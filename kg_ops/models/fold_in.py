@@ -60,6 +60,8 @@ def fold_in(model, csr, features, schema: GraphSchema, is_new: np.ndarray,
     model.eval()
     weight.requires_grad_(True)
     opt = torch.optim.Adagrad([weight], lr=settings.lr)
+    caps = (None if settings.norm_quantile is None
+            else _norm_caps(weight, schema, is_new, new_rows, settings.norm_quantile))
     progress = Progress("embed/fold-in", total=settings.steps, unit="steps", logger=log)
     losses = []
     t0 = time.perf_counter()
@@ -69,6 +71,8 @@ def fold_in(model, csr, features, schema: GraphSchema, is_new: np.ndarray,
             losses.append(_step_gradient(model, csr, features, cg, queries, fanouts, seed))
             weight.grad = _only_rows(weight.grad, keep)     # only the new rows move
             opt.step()
+            if caps is not None:
+                _cap_norms(weight, new_rows, caps)
             progress.update(1, loss=losses[-1])
     finally:
         weight.requires_grad_(False)
@@ -141,6 +145,31 @@ def _step_gradient(model, csr, features, cg, queries: _Queries, fanouts, seed: i
         loss.backward(retain_graph=True)
         total += float(loss.detach())
     return total
+
+
+def _norm_caps(weight: torch.Tensor, schema: GraphSchema, is_new: np.ndarray,
+               new_rows: np.ndarray, quantile: float) -> torch.Tensor:
+    """Per new row, the ``quantile`` of the trained (kept) rows' norms of its node type (of
+    all kept rows for a type with none)."""
+    norms = weight.detach().norm(dim=1)
+    kept = torch.from_numpy(~np.asarray(is_new, dtype=bool))
+    types = schema.type_of(np.arange(schema.num_nodes))
+    overall = torch.quantile(norms[kept], quantile) if kept.any() else norms.max()
+    caps = torch.empty(len(new_rows))
+    new_types = types[new_rows]
+    for t in np.unique(new_types):
+        mask = kept & torch.from_numpy(types == t)
+        caps[torch.from_numpy(new_types == t)] = (torch.quantile(norms[mask], quantile)
+                                                   if mask.any() else overall)
+    return caps
+
+
+@torch.no_grad()
+def _cap_norms(weight: torch.Tensor, new_rows: np.ndarray, caps: torch.Tensor) -> None:
+    idx = torch.from_numpy(new_rows)
+    rows = weight[idx]
+    scale = (caps / rows.norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
+    weight[idx] = rows * scale[:, None]
 
 
 def _only_rows(grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
