@@ -34,6 +34,7 @@ from kg_ops.config.fold_in import FoldIn
 from kg_ops.graph.schema import GraphSchema
 from kg_ops.progress import Progress
 from kg_ops.sampling import sample_computation_graph
+from kg_ops.train.candidates import CandidateShards
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def fold_in(model, csr, features, schema: GraphSchema, is_new: np.ndarray,
     weight.requires_grad_(True)
     opt = torch.optim.Adagrad([weight], lr=settings.lr)
     caps = (None if settings.norm_quantile is None
-            else _norm_caps(weight, schema, is_new, new_rows, settings.norm_quantile))
+            else _norm_caps(weight, queries.node_type.numpy(), is_new, new_rows,
+                            settings.norm_quantile))
     progress = Progress("embed/fold-in", total=settings.steps, unit="steps", logger=log)
     losses = []
     t0 = time.perf_counter()
@@ -109,8 +111,9 @@ class _Queries:
             [np.searchsorted(seeds, e[:, 0]), e[:, 1], np.searchsorted(seeds, e[:, 2])], 1)))
             for e, w in groups if len(e)]
         self.node_type = torch.from_numpy(schema.type_of(np.arange(schema.num_nodes)))
-        self.head_type, self.tail_type = (torch.from_numpy(x)
-                                          for x in schema.relation_head_tail_types())
+        head_type, tail_type = (torch.from_numpy(x) for x in schema.relation_head_tail_types())
+        # training's candidate masks, over one "shard" holding every entity
+        self.shards = CandidateShards(1, 0, schema.num_nodes, head_type, tail_type)
         self.chunk = max(1, SCORE_CELLS // max(schema.num_nodes, 1))
 
     def chunks(self):
@@ -120,11 +123,9 @@ class _Queries:
         for edges, w, positions in self.groups:
             for a in range(0, len(edges), self.chunk):
                 pos, part = positions[a:a + self.chunk], edges[a:a + self.chunk]
-                rel = pos[:, 1]
-                tail_ok = (self.node_type[None] == self.tail_type[rel][:, None]) \
-                    & (entity[None] != torch.from_numpy(part[:, 2])[:, None])
-                head_ok = (self.node_type[None] == self.head_type[rel][:, None]) \
-                    & (entity[None] != torch.from_numpy(part[:, 0])[:, None])
+                tail_ok, head_ok = self.shards.masks(
+                    pos[:, 1], torch.from_numpy(part[:, 0]), torch.from_numpy(part[:, 2]),
+                    entity, self.node_type)
                 yield w * len(part), pos, tail_ok, head_ok
 
 
@@ -147,13 +148,12 @@ def _step_gradient(model, csr, features, cg, queries: _Queries, fanouts, seed: i
     return total
 
 
-def _norm_caps(weight: torch.Tensor, schema: GraphSchema, is_new: np.ndarray,
+def _norm_caps(weight: torch.Tensor, types: np.ndarray, is_new: np.ndarray,
                new_rows: np.ndarray, quantile: float) -> torch.Tensor:
-    """Per new row, the ``quantile`` of the trained (kept) rows' norms of its node type (of
-    all kept rows for a type with none)."""
+    """Per new row, the ``quantile`` of the trained (kept) rows' norms of its node type
+    (``types``: each entity's; of all kept rows for a type with none)."""
     norms = weight.detach().norm(dim=1)
     kept = torch.from_numpy(~np.asarray(is_new, dtype=bool))
-    types = schema.type_of(np.arange(schema.num_nodes))
     overall = torch.quantile(norms[kept], quantile) if kept.any() else norms.max()
     caps = torch.empty(len(new_rows))
     new_types = types[new_rows]

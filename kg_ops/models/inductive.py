@@ -28,6 +28,7 @@ computes what ``kgops evaluate`` computes, bit for bit.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -185,8 +186,6 @@ class InductiveModel:
                                      "new_entity_initial_row": NEW_ROW_INIT,
                                      "fold_in": self.fold.to_dict() if self.fold else None}}
         self._embeddings: torch.Tensor | None = None
-        self._graph: tuple[np.ndarray, CSRGraph] | None = None
-        self._feats: tuple | None = None
 
     def neighbourhoods(self) -> dict[str, Any]:
         return self.trained.neighbourhoods()
@@ -196,9 +195,9 @@ class InductiveModel:
         None without a fold-in."""
         if self.fold and self.fold_report is None:
             nb = self.neighbourhoods()
-            edges, csr = self._message_graph()
+            edges, csr = self._message_graph
             self.fold_report = fold_in(
-                self.model, csr, self._features(), self.schema, self.mapping.is_new, edges,
+                self.model, csr, self._features, self.schema, self.mapping.is_new, edges,
                 self.fold, fanouts=nb["fanouts"], seed=nb["seed"] or 0)
             self.config["inductive"]["fold_in"] = self.fold_report
         return self.fold_report
@@ -207,24 +206,22 @@ class InductiveModel:
         if self._embeddings is None:
             self.fold_in()
             nb = self.neighbourhoods()
-            self._embeddings = self.model.encode_full(self._message_graph()[1], self._features(),
+            self._embeddings = self.model.encode_full(self._message_graph[1], self._features,
                                                       batch_size=batch_size,
                                                       fanouts=nb["fanouts"], seed=nb["seed"])
         return self._embeddings
 
+    @cached_property
     def _message_graph(self) -> tuple[np.ndarray, CSRGraph]:
-        if self._graph is None:
-            edges = message_edges(self.graph_uri, self.schema)
-            self._graph = edges, CSRGraph.from_edges(edges, self.schema.num_nodes,
-                                                     self.schema.num_relations,
-                                                     seed=self.neighbourhoods()["seed"] or 0)
-        return self._graph
+        """The new graph's training edges and their CSR (read once)."""
+        edges = message_edges(self.graph_uri, self.schema)
+        return edges, CSRGraph.from_edges(edges, self.schema.num_nodes,
+                                          self.schema.num_relations,
+                                          seed=self.neighbourhoods()["seed"] or 0)
 
+    @cached_property
     def _features(self):
-        if self._feats is None:
-            self._feats = (graph_features(self.trained, self.graph_uri, self.schema,
-                                          self.features_uri),)
-        return self._feats[0]
+        return graph_features(self.trained, self.graph_uri, self.schema, self.features_uri)
 
     def score(self, h, rel, t):
         return self.model.decoder.score(h, rel, t)
