@@ -20,6 +20,11 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
   the loop runs it, in a fresh process: wall time and peak memory against the prediction.
   ``memory`` does the same for a fixed number of steps on the largest partition of P = 1, 4,
   8: peak memory measured against predicted.
+* ``codex-m-step``: one training step of ``kgops train``'s default recipe on partition 0 of
+  CoDEx-M at P=2 (its local batch, 1 thread), split into phases; and each RGCN layer's forward
+  and backward on that step's sampled layers with the sparse-matrix aggregation
+  (:mod:`kg_ops.models.aggregate`) next to the ``index_add`` aggregation it replaced (kept
+  here as the reference), same inputs, side by side.
 * ``codex-m``: ``kgops train`` on CoDEx-M with 1 worker (1 torch thread), 1 worker (2 torch
   threads: the fair single-process reference on 2 cores) and 2 workers (1 thread each), same
   recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)|.
@@ -368,6 +373,87 @@ def section_epoch(inputs: dict, args, memory_only: bool) -> None:
         write_results("bench_scaleout", RESULTS)
 
 
+def _index_add_basis_conv(conv, x_src, x_dst, edge_index, edge_type):
+    """The per-basis ``index_add`` aggregation :class:`BasisRGCNConv` used before
+    :mod:`kg_ops.models.aggregate` (the reference of the ``codex-m-step`` section)."""
+    import torch
+
+    src, dst = edge_index[0], edge_index[1]
+    n_dst = x_dst.size(0)
+    key = dst * conv.num_relations + edge_type
+    _, inv, cnt = torch.unique(key, return_inverse=True, return_counts=True)
+    coef = (conv.comp[edge_type] / cnt[inv].unsqueeze(1).to(x_src.dtype)).t().contiguous()
+    xs = x_src.index_select(0, src)
+    agg = torch.stack([torch.zeros(n_dst, conv.in_dim, dtype=x_src.dtype)
+                       .index_add(0, dst, xs * coef[b].unsqueeze(1))
+                       for b in range(conv.num_bases)], dim=1)
+    out = agg.reshape(n_dst, -1) @ conv.weight.reshape(-1, conv.out_dim)
+    return out + x_dst @ conv.root + conv.bias
+
+
+def _product_conv(conv, x_src, x_dst, edge_index, edge_type):
+    return conv((x_src, x_dst), edge_index, edge_type)
+
+
+def section_codex_m_step(args) -> None:
+    import torch
+
+    from benchmarks.bench_train import prepare
+    from kg_ops.config import TrainConfig
+    from kg_ops.models.link_predictor import LinkPredictor
+    from kg_ops.partition.io import load_partition
+    from kg_ops.train.batches import BatchBuilder, candidates_per_type
+    from kg_ops.train.cli import _model_config, _TrainInputs
+    from kg_ops.train.negatives import TypedNegativeSampler
+    from kg_ops.train.optim import TrainingOptimizer
+    from kg_ops.train.profile import profile_steps
+
+    work = Path(args.work) / "codex"
+    work.mkdir(parents=True, exist_ok=True)
+    parts = prepare(work, "m", (2,))[2]
+    cfg = TrainConfig(partitions=parts, out=str(work / "unused")).resolved()
+    mcfg = _model_config(cfg, _TrainInputs.load(cfg))
+    part = load_partition(parts, 0)
+    torch.manual_seed(0)
+    model = LinkPredictor(mcfg)
+    opt = TrainingOptimizer(model, lr=cfg.lr, optimizer=cfg.optimizer, dense_lr=cfg.dense_lr)
+    sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                   part.relation_tail_type)
+    builder = BatchBuilder(part.graph(), sampler, [int(f) for f in part.sampling["fanouts"]],
+                           int(part.sampling["seed"]), cfg.loss,
+                           candidates_per_type(cfg.loss, cfg.negatives, sampler))
+    local = cfg.batch_size // 2
+    step = profile_steps(model, opt, builder, part.core_edges, local, args.steps)
+    step["edges_per_s"] = round(local / step["step"], 1)
+    rng = np.random.default_rng(0)
+    batch = builder.build(part.core_edges[rng.integers(0, len(part.core_edges), local)], rng)
+    layers = {}
+    for i, (edge_index, edge_type, n_src, n_dst) in enumerate(batch.layers):
+        conv = model.encoder.convs[i]
+        x = torch.randn(n_src, conv.in_dim, requires_grad=True)
+        row = {"messages": int(edge_index.shape[1]), "sources": n_src, "targets": n_dst}
+        for name, fn in (("index_add", _index_add_basis_conv), ("spmm", _product_conv)):
+            fwd, bwd = [], []
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                out = fn(conv, x, x[:n_dst], edge_index, edge_type)
+                t1 = time.perf_counter()
+                out.square().sum().backward()
+                fwd.append(t1 - t0)
+                bwd.append(time.perf_counter() - t1)
+            row[name] = {"forward_s": round(float(np.median(fwd)), 4),
+                         "backward_s": round(float(np.median(bwd)), 4)}
+        row["speedup"] = round(sum(row["index_add"].values()) / sum(row["spmm"].values()), 2)
+        layers[f"layer {i}"] = row
+    RESULTS["codex-m step (default recipe, P=2 part 0, 1 thread)"] = {
+        "recipe": {k: getattr(cfg, k) for k in ("model", "loss", "batch_size", "embedding_dim",
+                                                "hidden_dim", "out_dim", "optimizer")},
+        "step": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in step.items()},
+        "layers": layers}
+    log.info("codex-m step: %s", RESULTS["codex-m step (default recipe, P=2 part 0, 1 thread)"])
+    write_results("bench_scaleout", RESULTS)
+
+
 def section_codex_m(args) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from benchmarks.bench_train import evaluate, prepare, run_train
@@ -447,6 +533,8 @@ def main() -> None:
         section_epoch(inputs, args, memory_only=True)
     if "epoch" in sections:
         section_epoch(inputs, args, memory_only=False)
+    if "codex-m-step" in sections:
+        section_codex_m_step(args)
     if "codex-m" in sections:
         section_codex_m(args)
     RESULTS["peak_rss_mib"] = peak_rss_mib()
