@@ -256,7 +256,16 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "default-1w": (1, {}), "default-2w": (2, {}), "complex": (1, {"model": "complex"}),
     "paper": (1, {"preset": "paper"}),
     # exploration: the shallow baseline at LibKGE's CoDEx width
-    "complex-512": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512})}
+    "complex-512": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512}),
+    # exploration: the regularisation of kgops tune's best Adagrad trial (bench_tune.json,
+    # trial 00004), for the GNN and for the shallow baseline, and N3 + label smoothing alone
+    "tune00004": (1, {"n3": 0.01, "label_smoothing": 0.1, "relation_dropout": 0.2,
+                      "entity_dropout": 0.05, "dropout": 0.15, "lr": 0.16}),
+    "complex-n3-ls": (1, {"model": "complex", "n3": 0.01, "label_smoothing": 0.1,
+                          "relation_dropout": 0.2, "entity_dropout": 0.05, "lr": 0.16}),
+    "n3-ls": (1, {"n3": 0.01, "label_smoothing": 0.1}),
+    # exploration: LibKGE's CoDEx searches pick batches of 128-512
+    "complex-b256": (1, {"model": "complex", "batch_size": 256})}
 
 
 def quality_rows(sections: list[str], work: Path, epochs: int | None) -> None:
