@@ -105,10 +105,17 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         finally:
             timer.cancel()
     else:
+        from kg_ops.devcluster import free_ports
+
         log.info("no Ray address given; starting a local Ray instance (%s CPUs)",
                  num_cpus or "all")
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+            # With its dashboard (on a free loopback port): the dashboard serves the State API,
+            # which Ray Train's placement-group cleaner polls every second; without it, that
+            # actor logs a "State API may be temporarily unavailable" warning per second into
+            # every training log.
+            ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=free_ports(1)[0], log_to_driver=True)
         except Exception as exc:  # Ray raises a bare Exception when its processes start late
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RayConnectError(f"could not start a local Ray instance ({first}). The "

@@ -42,9 +42,19 @@ def trained(tmp_path_factory):
     assert kgops("synth", "--nodes", "300", "--edges", "2400", "--seed", "3", "--out", graph) == 0
     assert kgops("partition", "--graph", graph, "--parts", "1", "--fanout", "5,5",
                  "--out", parts) == 0
-    kgops_subprocess("train", "--partitions", parts, "--epochs", "1", "--out", model, "--threads", "1",
-          "--valid-triples", "50")
+    proc = kgops_subprocess("train", "--partitions", parts, "--epochs", "1", "--out", model,
+                            "--threads", "1", "--valid-triples", "50")
+    (root / "train.log").write_text(proc.stderr)
     return root, graph, model
+
+
+@pytest.mark.slow
+def test_a_local_training_log_has_no_state_api_warnings(trained):
+    """The local Ray instance serves the State API (its dashboard): without it Ray Train's
+    placement-group cleaner logs "State API may be temporarily unavailable" every second."""
+    log = (trained[0] / "train.log").read_text()
+    assert "train: " in log and "epoch 1/1" in log            # the log was captured
+    assert "State API may be temporarily unavailable" not in log
 
 
 @pytest.mark.slow
