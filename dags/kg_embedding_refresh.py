@@ -233,9 +233,9 @@ with DAG(
     )
 
     @task(inlets=[embeddings])
-    def quality_gate(result: dict, run_plan: dict) -> dict:
+    def quality_gate(result: dict, run_plan: dict, warm: dict) -> dict:
         """Fail the run if MRR is below the floor or fell too far below the last release."""
-        return check_quality_gate(get_current_context(), embeddings, result, run_plan)
+        return check_quality_gate(get_current_context(), embeddings, result, run_plan, warm)
 
     @task(inlets=[embeddings, past_embeddings], outlets=[published])
     def publish(gate: dict) -> dict:
@@ -256,7 +256,7 @@ with DAG(
         **common,
     )
 
-    gate = quality_gate(evaluate.output, planned)
+    gate = quality_gate(evaluate.output, planned, previous)
     import_graph >> encode >> partition >> tune >> train >> evaluate
     # Only a version that passed the gate and was published as the newest date is served.
     publish(gate) >> deploy

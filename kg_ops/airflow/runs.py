@@ -6,11 +6,14 @@ Kept out of the DAG file so they can be unit-tested and reused in other teams' D
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from datetime import UTC
 from typing import Any
 
 from kg_ops.store import join
+
+log = logging.getLogger(__name__)
 
 STAGES = ("graph", "features", "partitions", "model", "evaluation")
 HEADLINE = ("mrr", "hits@1", "hits@3", "hits@10", "auc")
@@ -103,44 +106,70 @@ def publish_version(context: dict, record: dict, current: Any, past: Any, alias:
     return record
 
 
+NOTHING_TO_WARM_START = "from scratch: no earlier published version"
+
+
 def warm_start_source(context: dict, asset: Any) -> dict[str, str]:
     """With ``params.warm_start``: the model and features of the last published version (the
     embeddings asset's newest event dated before this run, as the gate's baseline), for
-    ``kgops train --init-from`` and ``kgops encode --encoders``; empty strings (train from scratch, fit new encoders) when it
-    is off or nothing was published yet. Features only if that run encoded attributes."""
+    ``kgops train --init-from`` and ``kgops encode --encoders``. Empty URIs (train from
+    scratch, fit new encoders) when it is off, nothing was published yet, or that version's
+    model or graph is gone (artifact retention): a nightly run then retrains instead of
+    failing. ``reason`` says why ("" when a warm start is planned; the train stage's drift
+    guard may still decide against it). Features only if that run encoded attributes."""
     from kg_ops.manifest import read_manifest
 
     none = {"model_uri": "", "features_uri": "", "run_id": ""}
     if not context["params"].get("warm_start"):
-        return none
+        return {**none, "reason": "off"}
     previous = _previous_release(context.get("inlet_events", {}), asset,
                                  context["dag_run"].run_id, version_date(context["dag_run"]))
     if previous is None or not previous.get("model_uri"):
-        return none
+        return {**none, "reason": NOTHING_TO_WARM_START}
+    gone = _gone(previous["model_uri"])
+    if gone:
+        log.warning("warm start: %s; training from scratch", gone)
+        return {**none, "reason": f"from scratch: {gone}"}
     features = previous.get("features_uri") or ""
     if features and read_manifest(features) is None:
         features = ""
     return {"model_uri": previous["model_uri"], "features_uri": features,
-            "run_id": previous.get("run_id", "")}
+            "run_id": previous.get("run_id", ""), "reason": ""}
 
 
-def _warm_start_summary(model_uri: str | None) -> str:
-    """What the train stage's drift guard decided, for the version record."""
+def _gone(model_uri: str) -> str:
+    """What of a published model a warm start needs is missing ("" when nothing): its train
+    manifest and the graph it was trained on (entities are matched against it)."""
+    from kg_ops.manifest import read_manifest
+    from kg_ops.store import get_store
+
+    if read_manifest(model_uri) is None:
+        return f"the last published version's model {model_uri} is gone"
+    graph = get_store(model_uri).read_json(join(model_uri, "model_config.json")).get("graph")
+    if not graph or read_manifest(graph) is None:
+        return f"the graph {graph} of the last published version's model {model_uri} is gone"
+    return ""
+
+
+def _warm_start_summary(model_uri: str | None, planned: str) -> str:
+    """What the train stage's drift guard decided, else why no warm start was planned
+    (:func:`warm_start_source`'s ``reason``), for the version record."""
     from kg_ops.manifest import read_manifest
 
     ws = (read_manifest(model_uri) or {}).get("warm_start") if model_uri else None
     if not ws:
-        return "off"
+        return planned or "off"
     if ws.get("used"):
         return f"from {ws['from']} (chain {ws.get('chain')})"
     return f"full retrain: {ws.get('reason')}"
 
 
 def check_quality_gate(context: dict, asset: Any, result: dict | None,
-                       plan: dict | None) -> dict[str, Any]:
+                       plan: dict | None, warm: dict | None = None) -> dict[str, Any]:
     """Fail the run (``AirflowFailException``: no retry) when the new embeddings are not good
     enough; otherwise return the version record that publish attaches to the asset event.
-    ``result``: the evaluate task's result; ``plan``: :func:`plan_run`'s."""
+    ``result``: the evaluate task's result; ``plan``: :func:`plan_run`'s; ``warm``:
+    :func:`warm_start_source`'s."""
     from airflow.sdk.exceptions import AirflowFailException
 
     params = context["params"]
@@ -161,7 +190,7 @@ def check_quality_gate(context: dict, asset: Any, result: dict | None,
         "graph_uri": plan.get("graph"),
         "model_uri": plan.get("model"),
         "features_uri": plan.get("features"),
-        "warm_start": _warm_start_summary(plan.get("model")),
+        "warm_start": _warm_start_summary(plan.get("model"), (warm or {}).get("reason", "")),
         "evaluation_uri": plan.get("evaluation"),
         "embeddings_uri": outputs.get("embeddings"),
         "report_uri": outputs.get("report"),

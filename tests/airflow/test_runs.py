@@ -10,7 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from kg_ops.airflow.runs import STAGES, check_quality_gate, plan_run, run_key
+from kg_ops.airflow.runs import (
+    NOTHING_TO_WARM_START,
+    STAGES,
+    check_quality_gate,
+    plan_run,
+    run_key,
+    warm_start_source,
+)
 
 WHEN = datetime(2026, 11, 1, 2, tzinfo=UTC)
 
@@ -65,7 +72,7 @@ def released(mrr: float, date: str = "2026-10-31T02:00:00+00:00") -> SimpleNames
 
 
 def gate(mrr: float | None, previous: float | None = None, min_mrr: float = 0.1,
-         max_mrr_drop: float = 0.05) -> dict:
+         max_mrr_drop: float = 0.05, warm: dict | None = None) -> dict:
     context = {"params": {"min_mrr": min_mrr, "max_mrr_drop": max_mrr_drop, "model": "rgcn"},
                "dag_run": dag_run(),
                "inlet_events": {"emb": [released(previous)] if previous is not None else []}}
@@ -73,7 +80,7 @@ def gate(mrr: float | None, previous: float | None = None, min_mrr: float = 0.1,
               "outputs": {"embeddings": "/e/embeddings.parquet", "report": "/e/report.html"}}
     plan = {"run_key": "20261101T020000Z", "graph": "/g", "model": "/m", "features": "/f",
             "evaluation": "/e"}
-    return check_quality_gate(context, "emb", result, plan)
+    return check_quality_gate(context, "emb", result, plan, warm)
 
 
 def test_gate_passes_and_returns_the_version_record():
@@ -102,3 +109,49 @@ def test_gate_fails_the_run_and_says_why(mrr, previous, message):
 
 def test_a_drop_within_max_mrr_drop_passes():
     assert gate(0.29, previous=0.33)["mrr"] == 0.29        # 0.04 below, limit 0.05
+
+
+def _artifact(path, **files) -> str:
+    """A finished stage's directory as far as the warm start looks: its manifest and files."""
+    import json
+
+    path.mkdir(parents=True)
+    (path / "_manifest.json").write_text(json.dumps({"stage": "x"}))
+    for name, doc in files.items():
+        (path / f"{name}.json").write_text(json.dumps(doc))
+    return str(path)
+
+
+def warm_context(tmp_path, warm_start=True, published=True) -> dict:
+    event = SimpleNamespace(extra={"mrr": 0.3, "logical_date": "2026-10-31T02:00:00+00:00",
+                                   "run_id": "scheduled__old",
+                                   "model_uri": str(tmp_path / "model"),
+                                   "features_uri": str(tmp_path / "features")},
+                            timestamp=WHEN)
+    return {"params": {"warm_start": warm_start}, "dag_run": dag_run(),
+            "inlet_events": {"emb": [event] if published else []}}
+
+
+def test_warm_start_source_plans_from_the_last_published_version(tmp_path):
+    graph = _artifact(tmp_path / "graph")
+    model = _artifact(tmp_path / "model", model_config={"graph": graph})
+    features = _artifact(tmp_path / "features")
+    assert warm_start_source(warm_context(tmp_path), "emb") == {
+        "model_uri": model, "features_uri": features, "run_id": "scheduled__old", "reason": ""}
+
+
+def test_warm_start_source_says_why_it_trains_from_scratch(tmp_path):
+    empty = {"model_uri": "", "features_uri": "", "run_id": ""}
+    assert warm_start_source(warm_context(tmp_path, warm_start=False), "emb") == {
+        **empty, "reason": "off"}
+    assert warm_start_source(warm_context(tmp_path, published=False), "emb") == {
+        **empty, "reason": NOTHING_TO_WARM_START}
+    # artifact retention removed the published model, then only its graph: retrain, never fail
+    gone = warm_start_source(warm_context(tmp_path), "emb")
+    assert gone["model_uri"] == "" and "model" in gone["reason"] and "is gone" in gone["reason"]
+    _artifact(tmp_path / "model", model_config={"graph": str(tmp_path / "graph")})
+    gone = warm_start_source(warm_context(tmp_path), "emb")
+    assert gone["model_uri"] == "" and f"the graph {tmp_path / 'graph'}" in gone["reason"]
+    # the version record carries the reason
+    assert gate(0.3, warm=gone)["warm_start"] == gone["reason"]
+    assert gate(0.3)["warm_start"] == "off"
