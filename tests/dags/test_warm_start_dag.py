@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from test_kg_embedding_refresh import forget_published_versions, load_dag, run_dag, tree
 
+from kg_ops.airflow.runs import NOTHING_TO_WARM_START
 from kg_ops.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,7 @@ def test_second_run_warm_starts_and_drift_forces_full_retrain(airflow_db, ray_he
     assert run_dag(dag, DAY_A, conf).state == DagRunState.SUCCESS
     first = published_versions()[0]
     assert first["model_uri"] == str(tree(root, DAY_A) / "model")
+    assert first["warm_start"] == NOTHING_TO_WARM_START
 
     assert run_dag(dag, DAY_B, conf).state == DagRunState.SUCCESS
     ws = read_manifest(str(tree(root, DAY_B) / "model"))["warm_start"]
