@@ -21,7 +21,8 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
   ``memory`` does the same for a fixed number of steps on the largest partition of P = 1, 4,
   8: peak memory measured against predicted.
 * ``codex-m-step``: one training step of ``kgops train``'s default recipe on partition 0 of
-  CoDEx-M at P=2 (its local batch, 1 thread), split into phases; and each RGCN layer's forward
+  CoDEx-M at P=2 (its local batch, 1 thread), split into phases, in float32 and with
+  ``--precision bf16`` side by side; and each RGCN layer's forward
   and backward on that step's sampled layers with the sparse-matrix aggregation
   (:mod:`kg_ops.models.aggregate`) next to the ``index_add`` aggregation it replaced (kept
   here as the reference), same inputs, side by side.
@@ -423,8 +424,13 @@ def section_codex_m_step(args) -> None:
                            int(part.sampling["seed"]), cfg.loss,
                            candidates_per_type(cfg.loss, cfg.negatives, sampler))
     local = cfg.batch_size // 2
-    step = profile_steps(model, opt, builder, part.core_edges, local, args.steps)
-    step["edges_per_s"] = round(local / step["step"], 1)
+    steps = {}
+    for precision in ("fp32", "bf16"):      # side by side: kgops train --precision
+        step = profile_steps(model, opt, builder, part.core_edges, local, args.steps,
+                             precision=precision)
+        step["edges_per_s"] = round(local / step["step"], 1)
+        steps[precision] = {k: (round(v, 4) if isinstance(v, float) else v)
+                            for k, v in step.items()}
     rng = np.random.default_rng(0)
     batch = builder.build(part.core_edges[rng.integers(0, len(part.core_edges), local)], rng)
     layers = {}
@@ -448,8 +454,7 @@ def section_codex_m_step(args) -> None:
     RESULTS["codex-m step (default recipe, P=2 part 0, 1 thread)"] = {
         "recipe": {k: getattr(cfg, k) for k in ("model", "loss", "batch_size", "embedding_dim",
                                                 "hidden_dim", "out_dim", "optimizer")},
-        "step": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in step.items()},
-        "layers": layers}
+        "step": steps, "layers": layers}
     log.info("codex-m step: %s", RESULTS["codex-m step (default recipe, P=2 part 0, 1 thread)"])
     write_results("bench_scaleout", RESULTS)
 

@@ -264,6 +264,9 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "complex-n3-ls": (1, {"model": "complex", "n3": 0.01, "label_smoothing": 0.1,
                           "relation_dropout": 0.2, "entity_dropout": 0.05, "lr": 0.16}),
     "n3-ls": (1, {"n3": 0.01, "label_smoothing": 0.1}),
+    # --precision bf16: the same recipe with the forward's matrix products in bfloat16
+    "bf16": (1, {"precision": "bf16"}), "complex-bf16": (1, {"model": "complex",
+                                                             "precision": "bf16"}),
     # exploration: LibKGE's CoDEx searches pick batches of 128-512
     "complex-b256": (1, {"model": "complex", "batch_size": 256})}
 

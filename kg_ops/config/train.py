@@ -172,6 +172,11 @@ class TrainConfig(StageConfig):
                                      "vs 0.261)")
     valid_candidates: int = option(200, minimum=1, help="sampled candidates per node type for "
                                    "--valid-ranking sampled")
+    precision: str = option("fp32", choices=("fp32", "bf16"),
+                            help="bf16: the training forward's matrix products in bfloat16 "
+                                 "(CPU autocast; weights, optimiser, aggregation and "
+                                 "evaluation stay float32); for CPUs with bfloat16 units "
+                                 "(AVX512-BF16, AMX)")
     seed: int = option(0, help="random seed")
     threads: int = option(1, minimum=1, recorded=False, help="torch threads per worker")
     prefetch: int = option(1, minimum=0, recorded=False, help="batches built ahead in a "

@@ -54,6 +54,7 @@ def _csr(src: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, n_rows: int
 
 class _Aggregate(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # CSR SpMM: float32
     def forward(ctx, x, weight, src, row, n_rows):
         a = _csr(src, row, weight, n_rows, x.shape[0])
         ctx.save_for_backward(x, src, row)
@@ -61,6 +62,7 @@ class _Aggregate(torch.autograd.Function):
         return (a @ x).view(n_rows, ctx.k, x.shape[1])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
         x, src, row = ctx.saved_tensors
         grad = grad.contiguous()

@@ -70,6 +70,7 @@ class CandidateShards:
         import torch.distributed as dist
 
         m = len(gid)
+        emb = emb.float()        # bfloat16 under --precision bf16: gathered as float32
         if m > self.slots:
             raise ValueError(f"{m} candidates exceed the {self.slots} slots of a shard")
         pad = self.slots - m

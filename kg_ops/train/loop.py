@@ -372,7 +372,8 @@ class _Worker:
             self.opt.zero_grad()
             size = 0 if batch is None else batch.size
             if batch is not None:
-                loss = batch_loss(self.model, batch, self.features, self.shards)
+                loss = batch_loss(self.model, batch, self.features, self.shards,
+                                  self.config.precision)
                 loss.backward()
                 loss_sum += float(loss.detach()) * size
                 seen += size

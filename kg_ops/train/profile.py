@@ -27,8 +27,9 @@ def _loss(model, z, batch):
 
 
 def profile_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
-                  warmup: int = 1, seed: int = 0) -> dict:
-    """Median seconds of every phase over ``steps`` real steps at local batch ``batch``."""
+                  warmup: int = 1, seed: int = 0, precision: str = "fp32") -> dict:
+    """Median seconds of every phase over ``steps`` real steps at local batch ``batch``
+    (``precision``: as ``kgops train --precision``, the forward phases under autocast)."""
     from kg_ops.train.optim import sparse_parameters
 
     rng = np.random.default_rng(seed)
@@ -46,12 +47,13 @@ def profile_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int
         x = model.inputs(torch.from_numpy(cg.nodes[:n]), torch.from_numpy(cg.global_nodes[:n]),
                          None)
         t.append(time.perf_counter())
-        h = x
-        for k, (edge_index, edge_type, n_src, n_dst) in enumerate(b.layers):
-            h = model.encoder.layer(k, h[:n_src], h[:n_dst], edge_index, edge_type)
-        z = h + x[:len(h)] if model.cfg.residual else h
-        t.append(time.perf_counter())
-        loss = _loss(model, z, b)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            h = x
+            for k, (edge_index, edge_type, n_src, n_dst) in enumerate(b.layers):
+                h = model.encoder.layer(k, h[:n_src], h[:n_dst], edge_index, edge_type)
+            z = model._skip(h, x[:len(h)])
+            t.append(time.perf_counter())
+            loss = _loss(model, z, b)
         t.append(time.perf_counter())
         loss.backward()
         t.append(time.perf_counter())
