@@ -516,7 +516,7 @@ def main() -> None:
     previous = RESULTS_DIR / "bench_scaleout.json"
     if previous.exists():
         old = json.loads(previous.read_text())["results"]
-        if "simulate" not in old and "profile" not in old and "codex-m" not in old:
+        if "full_graph" in old:     # the session-2 layout: results at the top level
             old = {"session 2 (before issue 13; bce 1 negative, batch 256)": old}
         RESULTS.update(old)
     RESULTS.update({"published_speedup": PUBLISHED, "network_assumption":
