@@ -146,23 +146,27 @@ def plan_of(inputs: dict, p: int) -> dict:
 class Worker:
     """One (simulated) worker: a partition, the default model, its optimiser and builder."""
 
-    def __init__(self, part, recipe: dict, loss: str, negatives: int):
+    def __init__(self, part, recipe: dict, loss: str, negatives: int,
+                 optimizer: dict | None = None):
+        """``optimizer``: :class:`TrainingOptimizer` options (default Adam at 0.01); with
+        ``1vsall`` the candidates are the partition's whole pool, as the training loop's."""
         import torch
 
         from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
-        from kg_ops.train.batches import BatchBuilder
+        from kg_ops.train.batches import BatchBuilder, candidates_per_type
         from kg_ops.train.negatives import TypedNegativeSampler
         from kg_ops.train.optim import TrainingOptimizer
 
         torch.manual_seed(0)
         self.part = part
         self.model = LinkPredictor(ModelConfig.from_dict(recipe["model"]))
-        self.opt = TrainingOptimizer(self.model, lr=0.01)
+        self.opt = TrainingOptimizer(self.model, **(optimizer or {"lr": 0.01}))
         self.csr = part.graph()
         sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
                                        part.relation_tail_type)
         self.builder = BatchBuilder(self.csr, sampler, recipe["fanouts"],
-                                    int(part.sampling["seed"]), loss, negatives)
+                                    int(part.sampling["seed"]), loss,
+                                    candidates_per_type(loss, negatives, sampler))
         self.table = self.model.inputs.embedding.weight
         self.dense_bytes = sum(p.numel() * 4 for p in self.model.parameters()
                                if p is not self.table)
@@ -401,32 +405,24 @@ def section_codex_m_step(args) -> None:
 
     from benchmarks.bench_train import prepare
     from kg_ops.config import TrainConfig
-    from kg_ops.models.link_predictor import LinkPredictor
     from kg_ops.partition.io import load_partition
-    from kg_ops.train.batches import BatchBuilder, candidates_per_type
     from kg_ops.train.cli import _model_config, _TrainInputs
-    from kg_ops.train.negatives import TypedNegativeSampler
-    from kg_ops.train.optim import TrainingOptimizer
     from kg_ops.train.profile import profile_steps
 
     work = Path(args.work) / "codex"
     work.mkdir(parents=True, exist_ok=True)
     parts = prepare(work, "m", (2,))[2]
     cfg = TrainConfig(partitions=parts, out=str(work / "unused")).resolved()
-    mcfg = _model_config(cfg, _TrainInputs.load(cfg))
     part = load_partition(parts, 0)
-    torch.manual_seed(0)
-    model = LinkPredictor(mcfg)
-    opt = TrainingOptimizer(model, lr=cfg.lr, optimizer=cfg.optimizer, dense_lr=cfg.dense_lr)
-    sampler = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
-                                   part.relation_tail_type)
-    builder = BatchBuilder(part.graph(), sampler, [int(f) for f in part.sampling["fanouts"]],
-                           int(part.sampling["seed"]), cfg.loss,
-                           candidates_per_type(cfg.loss, cfg.negatives, sampler))
+    recipe = {"model": _model_config(cfg, _TrainInputs.load(cfg)).to_dict(),
+              "fanouts": [int(f) for f in part.sampling["fanouts"]]}
+    w = Worker(part, recipe, cfg.loss, cfg.negatives,
+               {"lr": cfg.lr, "optimizer": cfg.optimizer, "dense_lr": cfg.dense_lr})
+    model, builder = w.model, w.builder
     local = cfg.batch_size // 2
     steps = {}
     for precision in ("fp32", "bf16"):      # side by side: kgops train --precision
-        step = profile_steps(model, opt, builder, part.core_edges, local, args.steps,
+        step = profile_steps(model, w.opt, builder, part.core_edges, local, args.steps,
                              precision=precision)
         step["edges_per_s"] = round(local / step["step"], 1)
         steps[precision] = {k: (round(v, 4) if isinstance(v, float) else v)

@@ -6,12 +6,14 @@ w[e, k] * x[src_e]`` for every message ``e`` and every one of ``K`` weights per 
 ``(target, relation)`` count). Written with ``index_add`` this materialises an ``[E, in]``
 gather and an ``[E, in]`` product per weight column, and autograd keeps them all for the
 backward: on a CoDEx-M partition (127k messages, 256 dimensions, 4 bases) that took 0.45 s
-forward and 1.18 s backward on one thread, against 0.15 s and 0.49 s here. Here the messages become one CSR matrix ``A`` of
-shape ``[n_rows * K, n_src]`` (row ``i * K + k`` holds the ``k``-th weights of ``i``'s
-messages, so the product's ``[n_rows, K * in]`` view needs no permute), ``out = A @ x`` is one
-SpMM, and the backward is ``A^T @ grad`` for ``x`` plus, only when the weights need a gradient,
-the per-message dot products ``<grad[row_e, k], x[src_e]>`` taken in cache-sized chunks of
-messages (``benchmarks/bench_scaleout.py --sections codex-m-step``).
+forward and 1.18 s backward on one thread, against 0.15 s and 0.49 s with this module
+(``benchmarks/bench_scaleout.py --sections codex-m-step``).
+
+Here the messages become one CSR matrix ``A`` of shape ``[n_rows * K, n_src]`` (row
+``i * K + k`` holds the ``k``-th weights of ``i``'s messages, so the product's
+``[n_rows, K * in]`` view needs no permute), ``out = A @ x`` is one SpMM, and the backward is
+``A^T @ grad`` for ``x`` plus, only when the weights need a gradient, the per-message dot
+products ``<grad[row_e, k], x[src_e]>`` taken in cache-sized chunks of messages.
 """
 
 from __future__ import annotations

@@ -109,13 +109,19 @@ class BatchBuilder:
             yield self.build(edges[idx], rng) if len(idx) or self.shard is not None else None
 
 
+def autocast(precision: str):
+    """The context a training forward runs in: ``kgops train --precision`` (``bf16``: CPU
+    autocast to bfloat16; ``fp32``: a no-op)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def batch_loss(model, batch: Batch, features=None, shards=None,
                precision: str = "fp32") -> torch.Tensor:
     """Forward and loss of one batch (see :mod:`kg_ops.models.link_predictor`); ``shards``:
     the :class:`kg_ops.train.candidates.CandidateShards` of a sharded-candidate run.
     ``precision="bf16"``: the forward's matrix products in bfloat16 (CPU autocast; weights,
     optimiser and the message aggregation stay float32), for CPUs with bfloat16 units."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with autocast(precision):
         z = model.encode_sampled(batch.cg, features, batch.layers)
         if shards is not None:
             return shards.loss(model, z, batch)

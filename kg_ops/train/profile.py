@@ -30,6 +30,7 @@ def profile_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int
                   warmup: int = 1, seed: int = 0, precision: str = "fp32") -> dict:
     """Median seconds of every phase over ``steps`` real steps at local batch ``batch``
     (``precision``: as ``kgops train --precision``, the forward phases under autocast)."""
+    from kg_ops.train.batches import autocast
     from kg_ops.train.optim import sparse_parameters
 
     rng = np.random.default_rng(seed)
@@ -47,7 +48,7 @@ def profile_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int
         x = model.inputs(torch.from_numpy(cg.nodes[:n]), torch.from_numpy(cg.global_nodes[:n]),
                          None)
         t.append(time.perf_counter())
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision):
             h = x
             for k, (edge_index, edge_type, n_src, n_dst) in enumerate(b.layers):
                 h = model.encoder.layer(k, h[:n_src], h[:n_dst], edge_index, edge_type)
