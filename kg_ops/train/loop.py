@@ -195,8 +195,8 @@ class _Worker:
     def _candidate_shards(self):
         """``(candidates this worker draws per node type, CandidateShards)``, or ``(None,
         None)`` when each worker ranks against its own partition's candidates. 1vsall shards
-        too: the partitions' pools are disjoint, so the gathered pools are every entity of the
-        graph and a P-worker run optimises the 1-worker objective (with local candidates a
+        too: the gathered pools, each entity counted once, are every entity of the graph, and
+        a P-worker run optimises the 1-worker objective (with local candidates a
         query never meets the entities of other partitions, which then rank too high at test
         time)."""
         import torch

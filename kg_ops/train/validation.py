@@ -83,10 +83,14 @@ class FullValidation:
         from kg_ops.progress import Progress
 
         z = model.encode_full(csr, features, fanouts=list(fanouts), seed=sample_seed)
+        # A node at the end of edges owned by two partitions is core in both, where its
+        # sampled neighbourhood, hence its row, is the same: the table takes the mean.
         core = self.part.num_core_nodes
-        table = z.new_zeros(self.filters.num_nodes, z.shape[1])
-        table[torch.from_numpy(self.part.global_ids[:core])] = z[:core]
-        self.comm.sum_tensor(table)                 # each entity is core in one partition
+        table = z.new_zeros(self.filters.num_nodes, z.shape[1] + 1)
+        table[torch.from_numpy(self.part.global_ids[:core])] = torch.cat(
+            [z[:core], z.new_ones(core, 1)], dim=1)
+        self.comm.sum_tensor(table)
+        table = table[:, :-1] / table[:, -1:].clamp(min=1)
         if not len(self.triples):
             return 0.0, 0
         quiet = Progress("train/validate", every_s=float("inf"), logger=_QUIET)

@@ -21,7 +21,9 @@ torch.set_num_threads(1)
 COMMUNITIES, PEOPLE = 12, 10
 
 
-def planted_graph(uri: str, seed: int = 0) -> str:
+def planted_graph(uri: str, seed: int = 0, cross: int = 0) -> str:
+    """``cross``: that many extra ``knows`` edges between random people of any communities
+    (edges a 2-way partition cannot keep inside one part)."""
     rng = np.random.default_rng(seed)
     n_people = COMMUNITIES * PEOPLE
     schema = GraphSchema(
@@ -33,6 +35,10 @@ def planted_graph(uri: str, seed: int = 0) -> str:
     for k in range(4):
         other = community * PEOPLE + (np.arange(n_people) % PEOPLE + 1 + k) % PEOPLE
         knows.append(np.stack([np.arange(n_people), np.zeros(n_people, np.int64), other], 1))
+    if cross:
+        pairs = rng.choice(n_people, size=(cross, 2))
+        pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+        knows.append(np.stack([pairs[:, 0], np.zeros(len(pairs), np.int64), pairs[:, 1]], 1))
     lives = np.stack([np.arange(n_people), np.ones(n_people, np.int64),
                       n_people + community], 1)
     lives = lives[rng.permutation(n_people)]
@@ -55,6 +61,22 @@ def planted(tmp_path_factory):
     parts = {p: join(root, f"parts{p}") for p in (1, 2)}
     for p, uri in parts.items():
         partition(PartitionConfig(graph=graph, parts=p, out=uri, fanout="10,5", seed=0))
+    return {"graph": graph, "parts": parts, "root": root}
+
+
+@pytest.fixture(scope="session")
+def crossed(tmp_path_factory):
+    """The planted graph with 40 cross-community edges, and its 1- and 2-partition splits:
+    nodes at the ends of cut edges are core in both partitions. Every neighbour is kept
+    (fanout -1): a core entity's representation is then the same in either partition."""
+    from kg_ops.config import PartitionConfig
+    from kg_ops.partition.cli import partition
+
+    root = str(tmp_path_factory.mktemp("crossed"))
+    graph = planted_graph(join(root, "graph"), cross=40)
+    parts = {p: join(root, f"parts{p}") for p in (1, 2)}
+    for p, uri in parts.items():
+        partition(PartitionConfig(graph=graph, parts=p, out=uri, fanout="-1,-1", seed=0))
     return {"graph": graph, "parts": parts, "root": root}
 
 

@@ -4,10 +4,11 @@ computation on a tiny hand-built graph, checked one query at a time."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
-from kg_ops.train.candidates import CandidateShards, shard_size
+from kg_ops.train.candidates import CandidateShards, repeated, shard_size
 
 from .gloo import run_gloo
 
@@ -18,6 +19,8 @@ NODE_TYPE = np.array([0] * 6 + [1] * 4)
 POS = {0: np.array([[0, 0, 1], [2, 1, 7], [3, 0, 5]]),   # each worker's positives
        1: np.array([[4, 1, 6], [1, 0, 2]])}
 SHARD = {0: np.array([1, 3, 7]), 1: np.array([0, 4, 5, 6, 8])}   # each worker's candidates
+# Pools overlap where an entity ends edges owned by both partitions: 4 and 7 are sent twice.
+OVERLAPPING = {0: np.array([1, 3, 4, 7]), 1: np.array([0, 4, 5, 6, 7, 8])}
 
 
 def _model() -> LinkPredictor:
@@ -29,19 +32,19 @@ def _model() -> LinkPredictor:
 class _Batch:
     """What :meth:`CandidateShards.loss` reads; ``z`` is indexed by global id here."""
 
-    def __init__(self, rank: int):
+    def __init__(self, rank: int, shard: dict[int, np.ndarray]):
         self.pos_gid = POS[rank][:, [0, 2]]
         self.triples = torch.from_numpy(POS[rank])
-        self.cand = torch.from_numpy(SHARD[rank])
-        self.cand_gid, self.cand_type = SHARD[rank], NODE_TYPE[SHARD[rank]]
+        self.cand = torch.from_numpy(shard[rank])
+        self.cand_gid, self.cand_type = shard[rank], NODE_TYPE[shard[rank]]
         self.size = len(POS[rank])
 
 
-def _sharded(rank: int, world: int) -> tuple[float, torch.Tensor]:
+def _sharded(rank: int, world: int, shard: dict[int, np.ndarray]) -> tuple[float, torch.Tensor]:
     model = _model()
     z = torch.nn.Parameter(torch.randn(10, 8, generator=torch.Generator().manual_seed(1)))
     shards = CandidateShards(world, rank, slots=6, head_type=HEAD_TYPE, tail_type=TAIL_TYPE)
-    loss = shards.loss(model, z, _Batch(rank))
+    loss = shards.loss(model, z, _Batch(rank, shard))
     loss.backward()
     grad = z.grad.clone()
     torch.distributed.all_reduce(grad)      # what the loop's gradient averaging does
@@ -65,11 +68,14 @@ def _per_query_loss(model, z: torch.Tensor, pos: np.ndarray, cands: np.ndarray) 
     return torch.stack(terms).view(len(pos), 2).mean(0).sum() / 2
 
 
-def test_sharded_candidates_give_the_unsharded_loss_and_gradient(tmp_path):
-    results = run_gloo(_sharded, 2, tmp_path)
+@pytest.mark.parametrize("shard", [SHARD, OVERLAPPING], ids=["disjoint", "overlapping"])
+def test_sharded_candidates_give_the_unsharded_loss_and_gradient(tmp_path, shard):
+    """The loss over the gathered shards is the loss over their union: an entity two workers
+    send (their pools overlap) is one candidate, as with one worker."""
+    results = run_gloo(_sharded, 2, tmp_path, shard)
     model = _model()
     z = torch.nn.Parameter(torch.randn(10, 8, generator=torch.Generator().manual_seed(1)))
-    every = np.concatenate([SHARD[0], SHARD[1]])
+    every = np.unique(np.concatenate([shard[0], shard[1]]))
     losses = [_per_query_loss(model, z, POS[r], every) for r in (0, 1)]
     for r in (0, 1):
         assert abs(results[r][0] - float(losses[r])) < 1e-5
@@ -77,10 +83,19 @@ def test_sharded_candidates_give_the_unsharded_loss_and_gradient(tmp_path):
     for r in (0, 1):
         torch.testing.assert_close(results[r][1], z.grad, rtol=1e-5, atol=1e-6)
     # The candidates matter: with one worker's shard alone the loss differs.
-    alone = float(_per_query_loss(model, z, POS[0], SHARD[0]))
+    alone = float(_per_query_loss(model, z, POS[0], shard[0]))
     assert abs(alone - results[0][0]) > 1e-3
 
 
 def test_each_worker_draws_its_share_of_the_candidates():
     assert [shard_size(512, p) for p in (1, 2, 3, 8)] == [512, 256, 171, 64]
     assert shard_size(3, 8) == 1
+
+
+def test_repeated_marks_every_later_copy_of_an_id():
+    gid = torch.tensor([5, 2, 5, -1, 2, 9, -1, 5])
+    seen, want = set(), []
+    for g in gid.tolist():
+        want.append(g >= 0 and g in seen)
+        seen.add(g)
+    assert repeated(gid).tolist() == want

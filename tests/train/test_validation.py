@@ -115,16 +115,22 @@ def test_full_validation_equals_brute_force_over_every_entity(planted, reciproca
     assert abs(rr - want) < 1e-4
 
 
-def test_two_workers_assemble_the_whole_table_and_share_the_triples(planted, tmp_path):
+@pytest.mark.parametrize("graph", ["planted", "crossed"])
+def test_two_workers_assemble_the_whole_table_and_share_the_triples(graph, request, tmp_path):
     """2 gloo workers on 2 partitions: each embeds its core entities, one all-reduce gives
     both the graph's table, and their shares of the triples add up to the 1-worker ranking
     (all neighbours, so a core entity's embedding is the same in its partition as in the
-    whole graph)."""
+    whole graph). On the crossed graph the partitions' cores overlap: an entity core in both
+    still has its one row in the table."""
     from .gloo import run_gloo
 
-    got = run_gloo(_full_on_worker, 2, str(tmp_path), planted["parts"][2], planted["graph"])
+    g = request.getfixturevalue(graph)
+    cores = [set(p.global_ids[:p.num_core_nodes].tolist())
+             for p in (load_partition(g["parts"][2], r) for r in (0, 1))]
+    assert bool(cores[0] & cores[1]) == (graph == "crossed")
+    got = run_gloo(_full_on_worker, 2, str(tmp_path), g["parts"][2], g["graph"])
     assert all(n > 0 for _, n in got)
-    (one_rr, one_n), _, _ = _full(load_partition(planted["parts"][1], 0), planted["graph"],
+    (one_rr, one_n), _, _ = _full(load_partition(g["parts"][1], 0), g["graph"],
                                   1, 0, True, [-1, -1])
     assert sum(n for _, n in got) == one_n
     assert abs(sum(rr for rr, _ in got) - one_rr) < 1e-4
