@@ -57,22 +57,26 @@ class BatchBuilder:
 
     ``shard``: the softmax candidates this worker draws per node type when candidates are
     sharded across workers (:mod:`kg_ops.train.candidates`); ``None``: ``negatives`` per
-    type the batch expects, masks built here."""
+    type the batch expects, masks built here. ``fixed``: sharded 1vsall's ``(local ids,
+    node types)``, this worker's share of every entity, the same every step."""
 
     def __init__(self, csr, sampler, fanouts: list[int], sample_seed: int, loss: str,
-                 negatives: int, shard: int | None = None):
+                 negatives: int, shard: int | None = None,
+                 fixed: tuple[np.ndarray, np.ndarray] | None = None):
         self.csr, self.sampler = csr, sampler
         self.fanouts, self.sample_seed = list(fanouts), int(sample_seed)
         self.softmax = loss in ("softmax", "1vsall")
         self.negatives = int(negatives)
         self.shard = shard if self.softmax else None
+        self.fixed = fixed if self.shard is not None else None
         self.workspace = np.full(csr.num_nodes, -1, dtype=np.int64)   # one builder thread
 
     def build(self, pos: np.ndarray, rng: np.random.Generator) -> Batch:
         pos = np.asarray(pos, dtype=np.int64).reshape(-1, 3)
-        if self.shard is not None:
+        if self.fixed is not None:          # sharded 1vsall: this worker's share, every step
+            cand, cand_type = self.fixed
+        elif self.shard is not None:
             cand, cand_type = self.sampler.draw(self.sampler.pool_types(), self.shard, rng)
-            tail_ok = head_ok = None
         elif self.softmax:
             cand, tail_ok, head_ok = self.sampler.shared_candidates(pos, self.negatives, rng)
         if self.softmax:

@@ -56,6 +56,46 @@ class _GatherRows(torch.autograd.Function):
         return grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m], None, None
 
 
+def balanced_owners(held: np.ndarray) -> np.ndarray:
+    """For every node, the one worker whose 1vsall shard carries it: ``held [P, N]`` says
+    which workers' pools hold it (they overlap where a node ends edges owned by several
+    partitions). A node one pool holds is that worker's; the shared ones are dealt, group by
+    group of the same holders and in id order within a group, to the holders with the fewest
+    so far, so the busiest worker encodes as few as it can (a step waits for the slowest):
+    the fewest possible on 2 workers, within one of it on more. ``-1`` where no pool holds the node. Deterministic:
+    every worker computes the same owners from the same ``held``."""
+    held = np.asarray(held, dtype=bool)
+    holders = held.sum(0)
+    owner = np.where(holders > 0, held.argmax(0), -1)
+    load = np.bincount(owner[holders == 1], minlength=held.shape[0])
+    shared = np.flatnonzero(holders > 1)
+    if not len(shared):
+        return owner
+    pattern = np.packbits(held[:, shared], axis=0, bitorder="little")
+    pattern = pattern.astype(np.int64).T @ (256 ** np.arange(len(pattern)))
+    for key in np.unique(pattern):
+        nodes = shared[pattern == key]
+        ranks = np.flatnonzero(held[:, nodes[0]])
+        got = _water_fill(load[ranks], len(nodes))
+        owner[nodes] = np.repeat(ranks, got)
+        load[ranks] += got
+    return owner
+
+
+def _water_fill(load: np.ndarray, m: int) -> np.ndarray:
+    """How many of ``m`` items each bin takes so that the fullest bin ends as low as possible
+    (leftovers to the lower bins first)."""
+    order = np.argsort(load, kind="stable")
+    level = load[order].astype(np.int64)
+    cost = level * np.arange(1, len(level) + 1) - np.cumsum(level)   # fill bins 0..j to j's
+    j = int(np.searchsorted(cost, m, side="right")) - 1
+    top, extra = divmod(m - int(cost[j]), j + 1)
+    got = np.zeros(len(load), dtype=np.int64)
+    got[order[:j + 1]] = level[j] + top - level[:j + 1]
+    got[order[:extra]] += 1
+    return got
+
+
 def repeated(gid: torch.Tensor) -> torch.Tensor:
     """``True`` where an id (``>= 0``) already occurred earlier in ``gid``."""
     order = torch.argsort(gid, stable=True)

@@ -187,36 +187,61 @@ class _Worker:
         from kg_ops.train.batches import BatchBuilder, candidates_per_type
 
         cfg = self.config
-        shard, self.shards = self._candidate_shards()
+        shard, self.shards, fixed = self._candidate_shards()
         self.builder = BatchBuilder(self.csr, self.sampler, self.fanouts, self.run.sample_seed,
                                     cfg.loss, candidates_per_type(cfg.loss, cfg.negatives,
-                                                                  self.sampler), shard=shard)
+                                                                  self.sampler), shard=shard,
+                                    fixed=fixed)
 
     def _candidate_shards(self):
-        """``(candidates this worker draws per node type, CandidateShards)``, or ``(None,
-        None)`` when each worker ranks against its own partition's candidates. 1vsall shards
-        too: the gathered pools, each entity counted once, are every entity of the graph, and
-        a P-worker run optimises the 1-worker objective (with local candidates a
-        query never meets the entities of other partitions, which then rank too high at test
-        time)."""
+        """``(candidates this worker draws per node type, CandidateShards, 1vsall's fixed
+        share)``, or ``(None, None, None)`` when each worker ranks against its own
+        partition's candidates. 1vsall shards too: the pools overlap (a node ending edges of
+        two partitions is core in both), so each entity is given to one of the workers that
+        hold it (:func:`~kg_ops.train.candidates.balanced_owners`), each worker encodes only
+        its share, and the gathered shares are every entity of the graph once: a P-worker
+        run optimises the 1-worker objective (with local candidates a query never meets the
+        entities of other partitions, which then rank too high at test time)."""
         import torch
 
         from kg_ops.train.candidates import CandidateShards, shard_size
 
         cfg, world = self.config, self.comm.world
         if world == 1 or cfg.candidates != "sharded" or cfg.loss not in ("softmax", "1vsall"):
-            return None, None
+            return None, None, None
         count = self.sampler.count
         types = int(self.comm.all_reduce([float(len(count))], op="max")[0])
+        fixed = None
         if cfg.loss == "softmax":
             shard = shard_size(cfg.negatives, world)
             slots = shard * types
         else:
+            fixed = self._owned_pool()
             shard = int(self.comm.all_reduce([float(count.max())], op="max")[0])
-            slots = int(self.comm.all_reduce([float(count.sum())], op="max")[0])
+            slots = int(self.comm.all_reduce([float(len(fixed[0]))], op="max")[0])
         return shard, CandidateShards(world, self.rank, slots,
                                       torch.from_numpy(self.sampler.head_type),
-                                      torch.from_numpy(self.sampler.tail_type))
+                                      torch.from_numpy(self.sampler.tail_type)), fixed
+
+    def _owned_pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """This worker's share of the entities for sharded 1vsall: ``(local ids, node
+        types)`` of the pool entities :func:`balanced_owners` gives it."""
+        from kg_ops.train.candidates import balanced_owners
+
+        ids, types = self.sampler.draw(self.sampler.pool_types(), int(self.sampler.count.max()),
+                                       np.random.default_rng(0))   # the whole pool, sorted
+        gids = self.csr.to_global(ids)
+        mask = np.zeros(self.mcfg.num_nodes, dtype=bool)
+        mask[gids] = True
+        held = self.comm.all_gather_mask(mask)
+        owner = balanced_owners(held)
+        mine = owner[gids] == self.rank
+        if self.rank == 0:
+            log.info("1vsall candidates: %d entities in the workers' pools, %d of them in "
+                     "more than one; each is encoded by one worker (worker 0: %d of its %d)",
+                     int((owner >= 0).sum()), int((held.sum(0) > 1).sum()), int(mine.sum()),
+                     len(ids))
+        return ids[mine], types[mine]
 
     def _features(self):
         from kg_ops.models.attributes import NodeFeatures

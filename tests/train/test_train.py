@@ -117,11 +117,14 @@ def test_bf16_gnn_learns_through_the_same_ray_train_path(planted, ray_local, tmp
     assert tm.history[-1]["loss"] < tm.history[0]["loss"]
 
 
-def test_two_worker_1vsall_ranks_against_the_whole_graph(planted, ray_local, tmp_path):
+@pytest.mark.parametrize("graph", ["planted", "crossed"])
+def test_two_worker_1vsall_ranks_against_the_whole_graph(graph, request, ray_local, tmp_path):
     """1vsall on 2 partitions shards its candidates: every query meets every entity of its
-    type, as on 1 worker. At (almost) no learning (lr 1e-9, tiny embeddings, scores ~0) the
-    loss is ~log(candidates), so the 2-worker loss equals the 1-worker loss; with local
-    candidates (half the entities each) it is ~log 2 lower."""
+    type once, as on 1 worker. At (almost) no learning (lr 1e-9, tiny embeddings, scores ~0)
+    the loss is ~log(candidates), so the 2-worker loss equals the 1-worker loss; with local
+    candidates (half the entities each) it is ~log 2 lower. On the crossed graph the
+    partitions' pools overlap (entities core in both): still each entity once."""
+    planted = request.getfixturevalue(graph)
     opts = {"model": "complex", "epochs": 1, "batch_size": 64, "patience": 0, "lr": 1e-9,
             "embedding_dim": 2, "out_dim": 2, "entity_dropout": 0.0, "relation_dropout": 0.0,
             "valid_triples": 0}
@@ -133,9 +136,10 @@ def test_two_worker_1vsall_ranks_against_the_whole_graph(planted, ray_local, tmp
 
     one = first_loss(1, "one")
     sharded = first_loss(2, "sharded")
-    local = first_loss(2, "local", candidates="local")
-    assert abs(sharded - one) < 0.1, (one, sharded)
-    assert one - local > 0.4, (one, local)
+    assert abs(sharded - one) < 0.05, (one, sharded)
+    if graph == "planted":
+        local = first_loss(2, "local", candidates="local")
+        assert one - local > 0.4, (one, local)
 
 
 def test_dead_worker_is_restarted_from_the_last_checkpoint(runs):
