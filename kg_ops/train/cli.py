@@ -348,4 +348,5 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
             "final_loss": float(trained[-1]["loss"]) if trained else None,
             "epoch_s": float(np.mean(epoch_s)) if epoch_s else None,
             "edges_per_s": float(np.mean(eps)) if eps else None,
-            "workers": inputs.parts, "stopped_early": bool(last["stopped_early"])}
+            "workers": inputs.parts, "stopped_early": bool(last["stopped_early"]),
+            "precision": trained[-1].get("precision") if trained else None}

@@ -177,8 +177,22 @@ class _Worker:
         self.comm.broadcast_parameters(self.model)
         self.total_edges = int(self.comm.all_reduce([float(len(self.edges))])[0])
         self.steps = max(1, math.ceil(self.total_edges / self.config.batch_size))
+        self.precision = self._precision()
         self._build_batches()
         self.validation = self._validation()
+
+    def _precision(self) -> str:
+        """What ``--precision`` became on the workers (``auto`` follows each one's CPU):
+        ``bf16``, ``fp32``, or ``mixed`` when their CPUs differ."""
+        from kg_ops.train.batches import resolve_precision
+
+        mine = resolve_precision(self.config.precision)
+        bf16 = int(self.comm.all_reduce([float(mine == "bf16")])[0])
+        used = {0: "fp32", self.comm.world: "bf16"}.get(bf16, "mixed")
+        if self.rank == 0:
+            log.info("precision %s: %s on %d of %d workers", self.config.precision,
+                     "bf16" if bf16 else "fp32", bf16 or self.comm.world, self.comm.world)
+        return used
 
     def _build_batches(self) -> None:
         """The batch builder; with softmax or 1vsall on several workers, candidates are sharded
@@ -398,7 +412,7 @@ class _Worker:
             size = 0 if batch is None else batch.size
             if batch is not None:
                 loss = batch_loss(self.model, batch, self.features, self.shards,
-                                  self.config.precision)
+                                  self.config.precision)   # auto: this worker's CPU
                 loss.backward()
                 loss_sum += float(loss.detach()) * size
                 seen += size
@@ -408,7 +422,8 @@ class _Worker:
         loss_total, seen_total = self.comm.all_reduce([loss_sum, float(seen)])
         epoch_s = self.comm.all_reduce([time.perf_counter() - t0], op="max")[0]
         return {"epoch": epoch, "loss": loss_total / max(seen_total, 1),
-                "edges_per_s": self.total_edges / max(epoch_s, 1e-9), "epoch_s": epoch_s}
+                "edges_per_s": self.total_edges / max(epoch_s, 1e-9), "epoch_s": epoch_s,
+                "precision": self.precision}
 
     def _checkpoint_and_report(self, epoch: int, row: dict, stop: bool) -> None:
         """Rank 0 writes the checkpoint to the artifact store; Ray gets a pointer to it."""

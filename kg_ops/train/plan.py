@@ -109,7 +109,7 @@ def model_state_bytes(model) -> int:
 
 
 def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
-                features, depth: int) -> tuple[float, int]:
+                features, depth: int, precision: str) -> tuple[float, int]:
     """Median seconds per step of ``steps`` real steps (after one warm-up) and the peak
     resident memory growth while they ran."""
     from kg_ops.train.batches import batch_loss, prefetch
@@ -123,7 +123,7 @@ def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
                                         steps + 1, rng), depth):
             opt.zero_grad()
             if b is not None:
-                batch_loss(model, b, features).backward()
+                batch_loss(model, b, features, precision=precision).backward()
             opt.step()
             now = time.perf_counter()
             times.append(now - t)
@@ -133,14 +133,14 @@ def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
 
 def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: list[int],
               sample_seed: int, batches: tuple[int, int], steps: int = 6, lr: float = 0.01,
-              features=None, prefetch_depth: int = 1) -> StepCost:
+              features=None, prefetch_depth: int = 1, precision: str = "fp32") -> StepCost:
     """Fit the step cost from real steps on partition ``part`` at two local batch sizes.
     Run it in a fresh process (:func:`calibrate_in_child`): its peak memory is the answer."""
     import torch
 
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
     from kg_ops.partition.expand import estimate_worker_bytes
-    from kg_ops.train.batches import BatchBuilder, candidates_per_type
+    from kg_ops.train.batches import BatchBuilder, candidates_per_type, resolve_precision
     from kg_ops.train.negatives import TypedNegativeSampler
     from kg_ops.train.optim import TrainingOptimizer
 
@@ -155,9 +155,9 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
     builder = BatchBuilder(csr, sampler, fanouts, sample_seed, loss, negatives)
     small, large = sorted(max(1, int(b)) for b in batches)
     t_small, _ = _time_steps(model, opt, builder, part.core_edges, small, steps, features,
-                             prefetch_depth)
+                             prefetch_depth, precision)
     t_large, mem = _time_steps(model, opt, builder, part.core_edges, large, steps, features,
-                               prefetch_depth)
+                               prefetch_depth, precision)
     per_edge = max(0.0, (t_large - t_small) / (large - small)) if large > small \
         else t_large / large
     return StepCost(
@@ -168,6 +168,7 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
         measured_on={"part": int(part.part_id), "batches": [small, large],
                      "step_s": [round(t_small, 5), round(t_large, 5)], "steps": steps,
                      "loss": loss, "negatives": negatives, "fanouts": list(fanouts),
+                     "precision": resolve_precision(precision),
                      "threads": torch.get_num_threads(),
                      "model_state_bytes": model_state_bytes(model)})
 
@@ -231,7 +232,7 @@ def plan_partitions(stats: list[dict], schema, fanouts: list[int], sample_seed: 
     cost = calibrate_in_child(stats[largest]["uri"], model_config=model, loss=d.loss,
                               negatives=d.negatives, fanouts=list(fanouts),
                               sample_seed=sample_seed, batches=(max(1, local // 2), local),
-                              steps=steps, lr=d.lr)
+                              steps=steps, lr=d.lr, precision=d.precision)
     plan = predict(cost, core, [int(s["est_worker_memory_bytes"]) for s in stats],
                    d.batch_size)
     plan["recipe"] = {"model": model, "loss": d.loss, "negatives": d.negatives,

@@ -116,7 +116,7 @@ def test_preset_paper_is_the_published_system(model, lr, weight_decay, regulariz
             "lr_decay": 1.0, "patience": 5, "epochs": 20, "optimizer": "adam", "lr": lr,
             "dense_lr": lr,
             "weight_decay": weight_decay, "regularization": regularization,
-            "attribute_input": "replace"}
+            "attribute_input": "replace", "precision": "fp32"}
     assert {k: getattr(cfg, k) for k in want} == want
     assert cfg.preset == "paper" and cfg.resolved() == cfg          # idempotent
 

@@ -151,3 +151,24 @@ def test_bf16_loss_and_gradients_are_close_to_float32(graph, model):
         assert grads["bf16"][name].dtype == torch.float32
         assert (grads["bf16"][name] - g).norm() <= 0.1 * g.norm() + 0.002 * total, name
     assert all(p.dtype == torch.float32 for p in net.parameters())
+
+
+def test_auto_precision_follows_the_cpus_bfloat16_units():
+    """--precision auto (the default) is bf16 exactly where /proc/cpuinfo lists bfloat16
+    units (AVX512-BF16 or AMX-BF16), where autocast then multiplies in bfloat16."""
+    from pathlib import Path
+
+    from kg_ops.train.batches import autocast, resolve_precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo to check against")
+    flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+             for f in line.split(":", 1)[1].split()}
+    native = bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert resolve_precision("auto") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    a = torch.randn(4, 8)
+    with autocast("auto"):
+        out = a @ a.t()
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)

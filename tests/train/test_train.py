@@ -111,6 +111,7 @@ def test_bf16_gnn_learns_through_the_same_ray_train_path(planted, ray_local, tmp
                           precision="bf16", epochs=10, batch_size=64, patience=0,
                           max_failures=1, embedding_dim=32, hidden_dim=32, out_dim=32))
     assert m["config"]["precision"] == "bf16" and m["metrics"]["workers"] == 2
+    assert m["metrics"]["precision"] == "bf16"          # what the workers ran
     tm = load_trained(m["uri"])
     assert all(p.dtype == torch.float32 for p in tm.model.parameters())
     assert tail_mrr(tm, load_edges(planted["graph"], "test"), CITIES) > 3 * RANDOM_TAIL_MRR
