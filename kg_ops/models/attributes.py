@@ -164,7 +164,8 @@ class AttributeEmbedding(nn.Module):
             has = r >= 0
             if has.any():
                 sel = has.nonzero(as_tuple=True)[0]
-                acc = acc.index_add(0, sel, self.blocks[self.names[key]](values[r[sel]]))
+                mapped = self.blocks[self.names[key]](values[r[sel]])   # bf16 under autocast
+                acc = acc.index_add(0, sel, mapped.to(acc.dtype))
                 count = count + has.to(out.dtype)
         attrs = acc / count.clamp(min=1).unsqueeze(1)       # zero rows without attributes
         if self.mode == "add":

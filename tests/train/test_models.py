@@ -104,8 +104,13 @@ class Block:
         self.dim = self.values.shape[1]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("mode", ["add", "replace"])
-def test_attribute_inputs_mean_of_per_attribute_maps_with_learned_rows(mode):
+def test_attribute_inputs_mean_of_per_attribute_maps_with_learned_rows(mode, precision):
+    """Also under ``--precision bf16``'s autocast, where the attribute maps multiply in
+    bfloat16 and their mean is still taken in float32."""
+    from kg_ops.train.batches import autocast
+
     torch.manual_seed(3)
     blocks = [Block("item", "price", [10, 12], [[1.0], [2.0]]),
               Block("item", "tags", [12, 13], [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])]
@@ -113,7 +118,9 @@ def test_attribute_inputs_mean_of_per_attribute_maps_with_learned_rows(mode):
     feats = NodeFeatures.from_blocks(blocks, space)
     layer = AttributeEmbedding(20, 4, {"item/price": 1, "item/tags": 3}, mode)
     layer.check(feats)
-    out = layer(torch.arange(4), torch.from_numpy(space), feats)
+    with autocast(precision):
+        out = layer(torch.arange(4), torch.from_numpy(space), feats)
+    assert out.dtype == torch.float32
     lin_p = layer.blocks[layer.names["item/price"]]
     lin_t = layer.blocks[layer.names["item/tags"]]
     with torch.no_grad():
@@ -123,8 +130,9 @@ def test_attribute_inputs_mean_of_per_attribute_maps_with_learned_rows(mode):
         row = layer.embedding.weight
         want = {g: (row[g] + a if mode == "add" else a) for g, a in attrs.items()}
         want[11] = row[11]                                                     # no attribute
+    atol = 1e-6 if precision == "fp32" else 2e-2       # bfloat16: 8 bits of mantissa
     for got, g in zip(out.detach(), space, strict=True):
-        assert torch.allclose(got, want[int(g)], atol=1e-6), (mode, g)
+        assert torch.allclose(got, want[int(g)], atol=atol), (mode, g)
 
 
 def test_model_configs_saved_before_attribute_input_mean_replace():
