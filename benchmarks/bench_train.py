@@ -274,7 +274,12 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     # equal to fp32 and 30 % faster, see the bf16 row)
     "long-bf16": (1, {"precision": "bf16", "epochs": 150}),
     "complex-512-long-bf16": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512,
-                                  "precision": "bf16", "epochs": 150})}
+                                  "precision": "bf16", "epochs": 150}),
+    "bf16-2w": (2, {"precision": "bf16"}),
+    # exploration (#13): with 1vsall every step encodes the whole partition, a cost a larger
+    # batch spreads over more queries; does quality hold with 4x fewer steps?
+    "b4096-bf16": (1, {"batch_size": 4096, "precision": "bf16"}),
+    "b4096-lr02-bf16": (1, {"batch_size": 4096, "lr": 0.2, "precision": "bf16"})}
 
 
 def quality_rows(sections: list[str], work: Path, epochs: int | None) -> None:
