@@ -48,13 +48,13 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
     ``announce=False``: no ``KGOPS_MANIFEST`` line (a stage inside another stage).
     """
     from kg_ops.manifest import Stage
-    from kg_ops.train.checkpoints import continue_from, fingerprint
+    from kg_ops.train.checkpoints import continue_from, fingerprint, latest_pointer
 
     refuse_secrets(worker_env or {})
     config = _prepared(config)
     inputs = _TrainInputs.load(config)
     mcfg = _model_config(config, inputs)
-    config = _check_resume(config, mcfg)
+    config, done = _check_resume(config, mcfg)
     recorded, stage_inputs = _recorded(config, inputs, mcfg)
     with Stage("train", config.out, config=recorded, inputs=stage_inputs, force=force,
                announce=announce) as st:
@@ -70,10 +70,10 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
         start = continue_from(config.out, run_fp, config.resume, st.force)
         if start != config.resume:
             st.extra["resumed_from"] = start       # a rerun after a crash continued its run
+            done = latest_pointer(config.out)["epoch"]   # the checkpoint continue_from named
         config = config.replace(resume=start)
         init_state = (_warm_start(st, config, inputs, mcfg)
                       if config.init_from and not config.resume else None)
-        done = _resumed_epoch(config)
         if done >= config.epochs:
             # Nothing left to train (e.g. kgops tune sealing a trial stopped at its budget):
             # no Ray Train run, so no cluster resources are waited for.
@@ -186,22 +186,15 @@ def _model_config(config: TrainConfig, inputs: _TrainInputs):
         raise KGOpsError(f"train: {exc}; see `kgops train --help`") from exc
 
 
-def _resumed_epoch(config: TrainConfig) -> int:
-    """The epoch of the checkpoint this run resumes from (0 when it starts afresh)."""
-    if not config.resume:
-        return 0
-    from kg_ops.train.checkpoints import load_checkpoint
-
-    return int(load_checkpoint(config.resume)["epoch"])
-
-
-def _check_resume(config: TrainConfig, mcfg) -> TrainConfig:
-    """``--resume`` resolved to one checkpoint whose model matches this run's (fails early)."""
+def _check_resume(config: TrainConfig, mcfg) -> tuple[TrainConfig, int]:
+    """``--resume`` resolved to one checkpoint whose model matches this run's (fails early),
+    and that checkpoint's epoch (0 without ``--resume``). Read once: on a large graph a
+    checkpoint holds gigabytes of embeddings and optimiser state."""
     from kg_ops.models.link_predictor import ModelConfig
     from kg_ops.train.checkpoints import load_checkpoint
 
     if not config.resume:
-        return config
+        return config, 0
     state = load_checkpoint(config.resume)
     # Through ModelConfig, so a checkpoint written before a field existed compares with that
     # field's default.
@@ -209,7 +202,7 @@ def _check_resume(config: TrainConfig, mcfg) -> TrainConfig:
         raise KGOpsError(f"--resume {state['uri']}: the checkpoint's model "
                          f"({state['model_config']}) differs from this run's "
                          f"({mcfg.to_dict()}); use the same model options")
-    return config.replace(resume=state["uri"])
+    return config.replace(resume=state["uri"]), int(state["epoch"])
 
 
 _SECRET_NAMES = ("AWS_", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL", "_KEY")
