@@ -285,6 +285,7 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "complex-1024-n3-ls-bf16": (1, {"model": "complex", "embedding_dim": 1024, "out_dim": 1024,
                                     "n3": 0.01, "label_smoothing": 0.1, "relation_dropout": 0.2,
                                     "entity_dropout": 0.05, "lr": 0.16, "precision": "bf16"}),
+    "512-bf16": (1, {"embedding_dim": 512, "out_dim": 512, "precision": "bf16"}),
     "1024-n3-ls-bf16": (1, {"embedding_dim": 1024, "out_dim": 1024, "n3": 0.01,
                             "label_smoothing": 0.1, "precision": "bf16"})}
 
