@@ -275,7 +275,7 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "long-bf16": (1, {"precision": "bf16", "epochs": 150}),
     "complex-512-long-bf16": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512,
                                   "precision": "bf16", "epochs": 150}),
-    "bf16-2w": (2, {"precision": "bf16"}),
+    "bf16-2w": (2, {"precision": "bf16"}), "fp32-2w": (2, {"precision": "fp32"}),
     # exploration (#13): with 1vsall every step encodes the whole partition, a cost a larger
     # batch spreads over more queries; does quality hold with 4x fewer steps?
     "b4096-bf16": (1, {"batch_size": 4096, "precision": "bf16"}),
