@@ -280,6 +280,10 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     # batch spreads over more queries; does quality hold with 4x fewer steps?
     "b4096-bf16": (1, {"batch_size": 4096, "precision": "bf16"}),
     "b4096-lr02-bf16": (1, {"batch_size": 4096, "lr": 0.2, "precision": "bf16"}),
+    "b4096": (1, {"batch_size": 4096}), "b4096-2w-bf16": (2, {"batch_size": 4096,
+                                                               "precision": "bf16"}),
+    "b8192-bf16": (1, {"batch_size": 8192, "precision": "bf16"}),
+    "complex-b4096-bf16": (1, {"model": "complex", "batch_size": 4096, "precision": "bf16"}),
     # exploration: N3 is what lets Lacroix et al. (ICML 2018) use ranks in the thousands; our
     # 512-dim ComplEx beat the 256-dim one by 0.007. Wider, with N3 and label smoothing
     "complex-1024-n3-ls-bf16": (1, {"model": "complex", "embedding_dim": 1024, "out_dim": 1024,
