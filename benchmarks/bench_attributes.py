@@ -128,12 +128,13 @@ def evaluate(model_uri: str, graph: str, out: str) -> dict:
 
 
 def rows(graph: str, work: Path, prep: dict, models: list[str], modes: list[str],
-         epochs: int | None, threads: int) -> list[dict]:
+         epochs: int | None, threads: int, options: dict | None = None,
+         tag: str = "") -> list[dict]:
     out = []
     for model in models:
         for mode in modes:
-            name = f"{model}-{mode}-p{prep['n']}"
-            kw = {"model": model, "threads": threads, "seed": 0}
+            name = f"{model}-{mode}-p{prep['n']}{tag}"
+            kw = {"model": model, "threads": threads, "seed": 0, **(options or {})}
             if epochs:
                 kw["epochs"] = epochs
             if mode != "none":
@@ -142,7 +143,8 @@ def rows(graph: str, work: Path, prep: dict, models: list[str], modes: list[str]
             print(f"== {name}", flush=True)
             tr = run_train(name, parts, work, **kw)
             ev = evaluate(tr["uri"], graph, str(work / f"eval-{name}"))
-            row = {"model": model, "attributes": mode, "train_wall_s": tr["wall_s"],
+            row = {"model": model, "attributes": mode, **(options or {}),
+                   "train_wall_s": tr["wall_s"],
                    "epochs": tr["epochs"], "best_valid_mrr_sampled":
                    tr["best_valid_mrr_sampled"], **ev}
             print(json.dumps(row), flush=True)
@@ -174,6 +176,10 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--epochs", type=int, default=None,
                     help="cap on epochs (default: the config's, with its early stopping)")
+    ap.add_argument("--train-options", type=json.loads, default={},
+                    help='kgops train options besides the defaults, as JSON (e.g. '
+                         '\'{"batch_size": 4096}\'); the section is then keyed '
+                         '"<section> <options>"')
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -205,12 +211,16 @@ def main() -> None:
             raise SystemExit(f"unknown section {section!r}")
         prep = prepare(graph, w, args.parts)
         threads = 2 if args.parts == 1 else 1
-        results[section] = {"graph": graph_stats(graph), "encode": prep["encode"],
-                            "parts": args.parts, "epochs_cap": args.epochs,
-                            "rows": rows(graph, w, prep, models, modes, args.epochs, threads),
-                            "section_wall_s": round(time.perf_counter() - t0, 1),
-                            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        print(json.dumps(results[section], indent=1), flush=True)
+        opts = args.train_options
+        tag = "".join(f"-{k}{v}" for k, v in sorted(opts.items()))
+        key = f"{section} {json.dumps(opts, sort_keys=True)}" if opts else section
+        results[key] = {"graph": graph_stats(graph), "encode": prep["encode"],
+                        "parts": args.parts, "epochs_cap": args.epochs,
+                        "rows": rows(graph, w, prep, models, modes, args.epochs, threads,
+                                     opts, tag),
+                        "section_wall_s": round(time.perf_counter() - t0, 1),
+                        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        print(json.dumps(results[key], indent=1), flush=True)
         write_results("bench_attributes", results)
 
 
