@@ -103,7 +103,9 @@ def run_train(name: str, parts: str, work: Path, **kw) -> dict:
             | {k: m["config"].get(k) for k in ("preset", "reciprocal", "n3", "label_smoothing",
                                                "entity_dropout", "relation_dropout",
                                                "lr_decay", "lr_patience", "patience")}
-            | {"loss": m["config"].get("loss", "bce")}
+            | {"loss": m["config"].get("loss", "bce"),
+               "precision": m["metrics"].get("precision") or m["config"].get("precision",
+                                                                             "fp32")}
             | {k: m["config"]["model"][k] for k in ("embedding_dim", "hidden_dim", "out_dim",
                                                     "num_bases", "dropout", "decoder")}
                                  | {k: m["config"]["model"].get(k, False)
