@@ -9,9 +9,10 @@ Sharded instead: each worker draws ``ceil(k / P)`` candidates of every node type
 partition's negative pool (its core nodes), encodes only those, and one all-gather of their
 embeddings (with their global ids and types) gives every worker the whole set of about ``k``
 per type. The pools overlap: a node at the end of edges owned by two partitions is core in
-both (CoDEx-S at P=2: 462 of 2,034 entities). A gathered entity therefore counts once, from
-the lowest rank that sent it (the other copies become padding), so with 1vsall the gathered
-set is every entity exactly once, as with one worker. Each worker ranks its local positives
+both (CoDEx-S at P=2: 462 of 2,034 entities). With 1vsall each such entity is encoded by one
+of its holders (:func:`balanced_owners`); softmax draws may still meet, so a gathered entity
+counts once, from the lowest rank that sent it (the other copies become padding). Either way
+the gathered set holds each entity once, as with one worker. Each worker ranks its local positives
 against all of them. Backward sends every worker's gradient of the gathered embeddings back
 to the worker that computed them (one all-reduce of the ``[P * slots, d]`` gradient), so the
 averaged gradient is the gradient of the mean loss over the global batch, as with one worker.
@@ -62,8 +63,8 @@ def balanced_owners(held: np.ndarray) -> np.ndarray:
     partitions). A node one pool holds is that worker's; the shared ones are dealt, group by
     group of the same holders and in id order within a group, to the holders with the fewest
     so far, so the busiest worker encodes as few as it can (a step waits for the slowest):
-    the fewest possible on 2 workers, within one of it on more. ``-1`` where no pool holds the node. Deterministic:
-    every worker computes the same owners from the same ``held``."""
+    the fewest possible on 2 workers, within one of it on more. ``-1`` where no pool holds
+    the node. Deterministic: every worker computes the same owners from the same ``held``."""
     held = np.asarray(held, dtype=bool)
     holders = held.sum(0)
     owner = np.where(holders > 0, held.argmax(0), -1)

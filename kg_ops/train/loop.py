@@ -242,8 +242,7 @@ class _Worker:
         types)`` of the pool entities :func:`balanced_owners` gives it."""
         from kg_ops.train.candidates import balanced_owners
 
-        ids, types = self.sampler.draw(self.sampler.pool_types(), int(self.sampler.count.max()),
-                                       np.random.default_rng(0))   # the whole pool, sorted
+        ids, types = self.sampler.pool()
         gids = self.csr.to_global(ids)
         mask = np.zeros(self.mcfg.num_nodes, dtype=bool)
         mask[gids] = True

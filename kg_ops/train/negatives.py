@@ -92,6 +92,13 @@ class TypedNegativeSampler:
             part_types.append(np.full(len(pick), ty, dtype=np.int64))
         return np.concatenate(parts), np.concatenate(part_types)
 
+    def pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every pool entity: ``(local ids, their node types)``, by type then id."""
+        types = self.pool_types()
+        ids = [self.start[t] + np.arange(self.count[t]) for t in types]
+        return (np.concatenate([np.empty(0, np.int64), *ids]),
+                np.repeat(types, self.count[types]).astype(np.int64))
+
     def pool_types(self) -> np.ndarray:
         """Node types with a non-empty pool in this partition."""
         return np.flatnonzero(self.count > 0)
