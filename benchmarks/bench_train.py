@@ -297,6 +297,15 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "complex-1024-n3-ls-bf16": (1, {"model": "complex", "embedding_dim": 1024, "out_dim": 1024,
                                     "n3": 0.01, "label_smoothing": 0.1, "relation_dropout": 0.2,
                                     "entity_dropout": 0.05, "lr": 0.16, "precision": "bf16"}),
+    # exploration: LibKGE's tuned CoDEx ComplEx starts from uniform +-0.81 (ours: Xavier,
+    # +-0.05); init alone, for both models, then LibKGE's CoDEx-M ComplEx recipe in our terms
+    "init08": (1, {"init_scale": 0.81}),
+    "complex-512-init08": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512,
+                               "init_scale": 0.81, "epochs": 150}),
+    "complex-512-libkge": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512,
+                               "init_scale": 0.81, "lr": 0.256, "entity_dropout": 0.12,
+                               "relation_dropout": 0.36, "label_smoothing": 0.2,
+                               "lr_decay": 0.95, "lr_patience": 6, "epochs": 150}),
     "512-bf16": (1, {"embedding_dim": 512, "out_dim": 512, "precision": "bf16"}),
     "1024-n3-ls-bf16": (1, {"embedding_dim": 1024, "out_dim": 1024, "n3": 0.01,
                             "label_smoothing": 0.1, "precision": "bf16"})}

@@ -43,7 +43,8 @@ PAPER_RECIPE: dict[str, Any] = {
     "loss": "bce", "optimizer": "adam", "batch_size": 256, "embedding_dim": 64, "hidden_dim": 64,
     "out_dim": 32, "decoder": "distmult", "dropout": 0.2, "residual": False,
     "residual_gate": False, "reciprocal": False, "entity_dropout": 0.0,
-    "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0, "lr_decay": 1.0,
+    "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0, "init_scale": 0.0,
+    "lr_decay": 1.0,
     "lr_patience": 0, "patience": 5, "epochs": 20, "attribute_input": "replace",
     "precision": "fp32",
 }
@@ -143,6 +144,8 @@ class TrainConfig(StageConfig):
                        "(softmax and 1vsall losses)")
     label_smoothing: float = option(0.0, minimum=0, maximum=0.99,
                                     help="label smoothing of the softmax and 1vsall losses")
+    init_scale: float = option(0.0, minimum=0, help="initial entity embeddings and relation "
+                               "vectors uniform in [-s, s] (0: Xavier-uniform)")
     lr_decay: float = option(1.0, minimum=0.01, maximum=1.0,
                              help="multiply the learning rate by this after every "
                                   "--lr-patience epochs without a better validation MRR "

@@ -72,6 +72,10 @@ class ModelConfig:
     relation_dropout: float = 0.0
     n3: float = 0.0
     label_smoothing: float = 0.0
+    # Initial entity rows and relation vectors: uniform in [-init_scale, init_scale]; 0 keeps
+    # Xavier-uniform (about +-0.05 for 256 dims over CoDEx-S). LibKGE's tuned CoDEx ComplEx
+    # starts from uniform +-0.81. Configs saved before this field existed mean 0.
+    init_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -128,6 +132,9 @@ class LinkPredictor(nn.Module):
                                              relation_dropout=cfg.relation_dropout)
         self.entity_drop = nn.Dropout(cfg.entity_dropout)
         self.gate = nn.Parameter(torch.zeros(1)) if cfg.residual and cfg.residual_gate else None
+        if cfg.init_scale:
+            nn.init.uniform_(self.inputs.embedding.weight, -cfg.init_scale, cfg.init_scale)
+            nn.init.uniform_(self.decoder.rel, -cfg.init_scale, cfg.init_scale)
 
     # --- encoding ---------------------------------------------------------------------------
     def encode_sampled(self, cg, features: NodeFeatures | None = None,

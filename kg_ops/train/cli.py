@@ -181,7 +181,8 @@ def _model_config(config: TrainConfig, inputs: _TrainInputs):
             attribute_input=config.attribute_input, residual=config.residual,
             residual_gate=config.residual_gate, reciprocal=config.reciprocal,
             entity_dropout=config.entity_dropout, relation_dropout=config.relation_dropout,
-            n3=config.n3, label_smoothing=config.label_smoothing)
+            n3=config.n3, label_smoothing=config.label_smoothing,
+            init_scale=config.init_scale)
     except ValueError as exc:
         raise KGOpsError(f"train: {exc}; see `kgops train --help`") from exc
 

@@ -236,3 +236,21 @@ def test_residual_adds_the_input_embedding_on_both_inference_paths(kind):
         assert torch.allclose(z[cg.seed_index], full[seeds], atol=1e-5)
     with pytest.raises(ValueError, match="residual needs embedding_dim == out_dim"):
         ModelConfig(kind, n, r, residual=True, embedding_dim=8, out_dim=6)
+
+
+@pytest.mark.parametrize("kind", ["rgcn", "complex"])
+def test_init_scale_draws_entity_rows_and_relation_vectors_uniformly(kind):
+    """``init_scale`` s: entity rows and relation vectors uniform in [-s, s] (std s/sqrt 3);
+    0 (the default, and configs saved before the field) keeps Xavier-uniform."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind, 400, 3, embedding_dim=64, out_dim=64, decoder="complex",
+                      reciprocal=True, init_scale=0.8)
+    model = LinkPredictor(cfg)
+    for w in (model.inputs.embedding.weight, model.decoder.rel):
+        assert float(w.abs().max()) <= 0.8
+        assert float(w.std()) == pytest.approx(0.8 / 3 ** 0.5, rel=0.05)
+    xavier = LinkPredictor(ModelConfig(kind, 400, 3, embedding_dim=64, out_dim=64,
+                                       decoder="complex"))
+    assert float(xavier.inputs.embedding.weight.abs().max()) <= (6 / (400 + 64)) ** 0.5
+    old = {k: v for k, v in cfg.to_dict().items() if k != "init_scale"}
+    assert ModelConfig.from_dict(old).init_scale == 0.0
