@@ -283,6 +283,10 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "2w-dedup": (2, {}), "2w-owners": (2, {}),   # each shared entity encoded by one worker
     # batch 4096 on 2 workers fell 0.016 below 1 worker (b4096-2w-bf16-dedup): another seed
     # of it and of the default batch, both with --precision auto (the default)
+    # ... and the 1-worker seed spread of batch 4096 (its 2-worker rows look like a gap)
+    "b4096-s1": (1, {"batch_size": 4096, "seed": 1}),
+    "b4096-s2": (1, {"batch_size": 4096, "seed": 2}),
+    "b4096-2w-s2": (2, {"batch_size": 4096, "seed": 2}),
     "2w-s1": (2, {"seed": 1}), "b4096-2w-s1": (2, {"batch_size": 4096, "seed": 1}), "b4096-2w-bf16-dedup": (2, {"batch_size": 4096, "precision": "bf16"}),
     # exploration (#13): with 1vsall every step encodes the whole partition, a cost a larger
     # batch spreads over more queries; does quality hold with 4x fewer steps?
