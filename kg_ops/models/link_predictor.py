@@ -154,7 +154,7 @@ class LinkPredictor(nn.Module):
         h = x
         for i, (edge_index, edge_type, n_src, n_dst) in enumerate(layers):
             h = self.encoder.layer(i, h[:n_src], h[:n_dst], edge_index, edge_type)
-        return self._skip(h, x[:len(h)])
+        return self.skip(h, x[:len(h)])
 
     @torch.no_grad()
     def encode_full(self, csr, features: NodeFeatures | None = None,
@@ -186,9 +186,9 @@ class LinkPredictor(nn.Module):
                 out.append(self.encoder.layer(i, h, h[torch.from_numpy(c)], edge_index,
                                               edge_type))
             h = torch.cat(out) if out else torch.empty(0, self.cfg.out_dim)
-        return self._skip(h, x)
+        return self.skip(h, x)
 
-    def _skip(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def skip(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The encoder output ``h`` of nodes whose inputs are ``x``, with the residual."""
         if not self.cfg.residual:
             return h

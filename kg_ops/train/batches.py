@@ -31,7 +31,7 @@ class Batch:
     """One step's inputs; ``triples`` are ``[z-position, relation, z-position]`` rows."""
 
     pos: np.ndarray                     # (B, 3) positive edges, partition-local ids
-    cg: ComputationGraph
+    cg: ComputationGraph | None         # None: sharded 1vsall (kg_ops.train.layerwise)
     layers: list[tuple[torch.Tensor, torch.Tensor, int, int]]   # (edge_index, type, src, dst)
     triples: torch.Tensor               # bce: positives then negatives; softmax: positives
     cand: torch.Tensor | None = None    # softmax: z-positions of the shared candidates
@@ -58,25 +58,28 @@ class BatchBuilder:
 
     ``shard``: the softmax candidates this worker draws per node type when candidates are
     sharded across workers (:mod:`kg_ops.train.candidates`); ``None``: ``negatives`` per
-    type the batch expects, masks built here. ``fixed``: sharded 1vsall's ``(local ids,
-    node types)``, this worker's share of every entity, the same every step."""
+    type the batch expects, masks built here. ``layerwise``: sharded 1vsall's
+    :class:`~kg_ops.train.layerwise.LayerwiseEncoding`; its batches carry only the positives,
+    as rows of the gathered entity table, and no computation graph."""
 
     def __init__(self, csr, sampler, fanouts: list[int], sample_seed: int, loss: str,
-                 negatives: int, shard: int | None = None,
-                 fixed: tuple[np.ndarray, np.ndarray] | None = None):
+                 negatives: int, shard: int | None = None, layerwise=None):
         self.csr, self.sampler = csr, sampler
         self.fanouts, self.sample_seed = list(fanouts), int(sample_seed)
         self.softmax = loss in ("softmax", "1vsall")
         self.negatives = int(negatives)
         self.shard = shard if self.softmax else None
-        self.fixed = fixed if self.shard is not None else None
+        self.layerwise = layerwise
         self.workspace = np.full(csr.num_nodes, -1, dtype=np.int64)   # one builder thread
 
     def build(self, pos: np.ndarray, rng: np.random.Generator) -> Batch:
         pos = np.asarray(pos, dtype=np.int64).reshape(-1, 3)
-        if self.fixed is not None:          # sharded 1vsall: this worker's share, every step
-            cand, cand_type = self.fixed
-        elif self.shard is not None:
+        if self.layerwise is not None:      # sharded 1vsall: rows of the gathered table
+            gid = self.csr.to_global(pos[:, [0, 2]])
+            rows = self.layerwise.positive_rows(gid)
+            triples = torch.from_numpy(np.stack([rows[:, 0], pos[:, 1], rows[:, 1]], axis=1))
+            return Batch(pos=pos, cg=None, layers=[], triples=triples, pos_gid=gid)
+        if self.shard is not None:
             cand, cand_type = self.sampler.draw(self.sampler.pool_types(), self.shard, rng)
         elif self.softmax:
             cand, tail_ok, head_ok = self.sampler.shared_candidates(pos, self.negatives, rng)
@@ -111,7 +114,8 @@ class BatchBuilder:
         for idx in np.array_split(rng.permutation(len(edges)), steps):
             # Sharded candidates: a worker without positives still draws and encodes its
             # shard (the other workers rank against it).
-            yield self.build(edges[idx], rng) if len(idx) or self.shard is not None else None
+            shared = self.shard is not None or self.layerwise is not None
+            yield self.build(edges[idx], rng) if len(idx) or shared else None
 
 
 @functools.cache
@@ -140,11 +144,14 @@ def autocast(precision: str):
 def batch_loss(model, batch: Batch, features=None, shards=None,
                precision: str = "fp32") -> torch.Tensor:
     """Forward and loss of one batch (see :mod:`kg_ops.models.link_predictor`); ``shards``:
-    the :class:`kg_ops.train.candidates.CandidateShards` of a sharded-candidate run.
+    the :class:`kg_ops.train.candidates.CandidateShards` of a sharded-candidate run (the
+    :class:`kg_ops.train.layerwise.LayerwiseEncoding` of a sharded 1vsall run).
     ``precision="bf16"``: the forward's matrix products in bfloat16 (CPU autocast; weights,
     optimiser and the message aggregation stay float32), for CPUs with bfloat16 units;
     ``"auto"``: bf16 on such a CPU, else fp32."""
     with autocast(precision):
+        if batch.cg is None:
+            return shards.loss(model, batch, features)
         z = model.encode_sampled(batch.cg, features, batch.layers)
         if shards is not None:
             return shards.loss(model, z, batch)

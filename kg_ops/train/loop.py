@@ -199,43 +199,45 @@ class _Worker:
         (:mod:`kg_ops.train.candidates`): each worker draws its share of every node type
         (softmax) or its whole pool (1vsall), and every query is ranked against all of them."""
         from kg_ops.train.batches import BatchBuilder, candidates_per_type
+        from kg_ops.train.layerwise import LayerwiseEncoding
 
         cfg = self.config
-        shard, self.shards, fixed = self._candidate_shards()
-        self.builder = BatchBuilder(self.csr, self.sampler, self.fanouts, self.run.sample_seed,
-                                    cfg.loss, candidates_per_type(cfg.loss, cfg.negatives,
-                                                                  self.sampler), shard=shard,
-                                    fixed=fixed)
+        shard, self.shards = self._candidate_shards()
+        self.builder = BatchBuilder(
+            self.csr, self.sampler, self.fanouts, self.run.sample_seed, cfg.loss,
+            candidates_per_type(cfg.loss, cfg.negatives, self.sampler), shard=shard,
+            layerwise=self.shards if isinstance(self.shards, LayerwiseEncoding) else None)
 
     def _candidate_shards(self):
-        """``(candidates this worker draws per node type, CandidateShards, 1vsall's fixed
-        share)``, or ``(None, None, None)`` when each worker ranks against its own
-        partition's candidates. 1vsall shards too: the pools overlap (a node ending edges of
-        two partitions is core in both), so each entity is given to one of the workers that
-        hold it (:func:`~kg_ops.train.candidates.balanced_owners`), each worker encodes only
-        its share, and the gathered shares are every entity of the graph once: a P-worker
-        run optimises the 1-worker objective (with local candidates a query never meets the
-        entities of other partitions, which then rank too high at test time)."""
+        """``(candidates this worker draws per node type, CandidateShards)`` for sharded
+        softmax, ``(None, LayerwiseEncoding)`` for sharded 1vsall, or ``(None, None)`` when
+        each worker ranks against its own partition's candidates. 1vsall: the pools overlap
+        (a node ending edges of two partitions is core in both), so each entity is given to
+        one of the workers that hold it (:func:`~kg_ops.train.candidates.balanced_owners`),
+        each worker encodes only its share, layer by layer (:mod:`kg_ops.train.layerwise`),
+        and the gathered shares are every entity of the graph once: a P-worker run optimises
+        the 1-worker objective (with local candidates a query never meets the entities of
+        other partitions, which then rank too high at test time)."""
         import torch
 
         from kg_ops.train.candidates import CandidateShards, shard_size
+        from kg_ops.train.layerwise import LayerwiseEncoding
 
         cfg, world = self.config, self.comm.world
         if world == 1 or cfg.candidates != "sharded" or cfg.loss not in ("softmax", "1vsall"):
-            return None, None, None
-        count = self.sampler.count
-        types = int(self.comm.all_reduce([float(len(count))], op="max")[0])
-        fixed = None
+            return None, None
+        head, tail = (torch.from_numpy(self.sampler.head_type),
+                      torch.from_numpy(self.sampler.tail_type))
         if cfg.loss == "softmax":
+            types = int(self.comm.all_reduce([float(len(self.sampler.count))], op="max")[0])
             shard = shard_size(cfg.negatives, world)
-            slots = shard * types
-        else:
-            fixed = self._owned_pool()
-            shard = int(self.comm.all_reduce([float(count.max())], op="max")[0])
-            slots = int(self.comm.all_reduce([float(len(fixed[0]))], op="max")[0])
-        return shard, CandidateShards(world, self.rank, slots,
-                                      torch.from_numpy(self.sampler.head_type),
-                                      torch.from_numpy(self.sampler.tail_type)), fixed
+            return shard, CandidateShards(world, self.rank, shard * types, head, tail)
+        owned, types = self._owned_pool()
+        slots = int(self.comm.all_reduce([float(len(owned))], op="max")[0])
+        return None, LayerwiseEncoding(
+            self.csr, owned, types, self.fanouts, self.run.sample_seed,
+            self.model.encoder.num_layers if self.model.encoder is not None else 0,
+            CandidateShards(world, self.rank, slots, head, tail), self.mcfg.num_nodes)
 
     def _owned_pool(self) -> tuple[np.ndarray, np.ndarray]:
         """This worker's share of the entities for sharded 1vsall: ``(local ids, node

@@ -52,7 +52,7 @@ def profile_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int
             h = x
             for k, (edge_index, edge_type, n_src, n_dst) in enumerate(b.layers):
                 h = model.encoder.layer(k, h[:n_src], h[:n_dst], edge_index, edge_type)
-            z = model._skip(h, x[:len(h)])
+            z = model.skip(h, x[:len(h)])
             t.append(time.perf_counter())
             loss = _loss(model, z, b)
         t.append(time.perf_counter())
