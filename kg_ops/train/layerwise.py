@@ -33,23 +33,24 @@ class LayerwiseEncoding:
     ``owned``: this worker's entities (partition-local ids, ``types`` their node types);
     ``fanouts``: training's, layer ``i`` of ``K`` uses ``fanouts[K-1-i]`` as
     :meth:`~kg_ops.models.link_predictor.LinkPredictor.encode_full` does. Constructing it is
-    a collective (one all-gather of every worker's owned ids)."""
+    a collective (one all-gather of every worker's owned ids), except with ``layout``: the
+    gathered table's ``(global ids, node types)`` given, the owned entities first, on one
+    process (``shards.world == 1``: the cost planner times a P-worker step this way, the
+    other workers' rows left zero)."""
 
     def __init__(self, csr, owned: np.ndarray, types: np.ndarray, fanouts: list[int],
-                 seed: int, num_layers: int, shards: CandidateShards, num_nodes: int):
-        import torch.distributed as dist
-
+                 seed: int, num_layers: int, shards: CandidateShards, num_nodes: int,
+                 layout: tuple[np.ndarray, np.ndarray] | None = None):
         from kg_ops.sampling import sample_messages, unique_int
 
         self.shards, m = shards, len(owned)
         if m > shards.slots:
             raise ValueError(f"{m} owned entities exceed the {shards.slots} slots of a shard")
-        meta = torch.full((2, shards.slots), -1, dtype=torch.long)
-        meta[0, :m] = torch.from_numpy(csr.to_global(owned))
-        meta[1, :m] = torch.from_numpy(np.asarray(types, dtype=np.int64))
-        metas = [torch.empty_like(meta) for _ in range(shards.world)]
-        dist.all_gather(metas, meta)
-        self.gid, self.ntype = torch.cat(metas, dim=1)          # [P * slots], -1 = padding
+        if layout is None:
+            self.gid, self.ntype = self._gather_ids(csr.to_global(owned), types)
+        else:
+            self.gid, self.ntype = (torch.as_tensor(np.asarray(a, dtype=np.int64))
+                                    for a in layout)
         # Global id -> row of the gathered table (every entity once: owners are disjoint).
         self.rows = np.full(num_nodes, -1, dtype=np.int64)
         real = (self.gid >= 0).numpy()
@@ -77,6 +78,19 @@ class LayerwiseEncoding:
         if num_layers == 0:
             self.inputs = np.asarray(owned, dtype=np.int64)
         self.input_gid = csr.to_global(self.inputs)
+
+    def _gather_ids(self, gid: np.ndarray, types: np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[P * slots]`` global ids and node types of every worker's block (-1: padding)."""
+        import torch.distributed as dist
+
+        meta = torch.full((2, self.shards.slots), -1, dtype=torch.long)
+        meta[0, :len(gid)] = torch.from_numpy(np.asarray(gid, dtype=np.int64))
+        meta[1, :len(gid)] = torch.from_numpy(np.asarray(types, dtype=np.int64))
+        metas = [torch.empty_like(meta) for _ in range(self.shards.world)]
+        dist.all_gather(metas, meta)
+        gid, ntype = torch.cat(metas, dim=1)
+        return gid, ntype
 
     def positive_rows(self, gid: np.ndarray) -> np.ndarray:
         """Rows of the gathered table of the positives' ``[head, tail]`` global ids."""
@@ -117,4 +131,6 @@ class LayerwiseEncoding:
         pad = self.shards.slots - h.shape[0]
         if pad:
             h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
+        if self.shards.world == 1:
+            return h
         return _GatherRows.apply(h, self.shards.world, self.shards.rank)

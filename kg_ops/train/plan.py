@@ -18,6 +18,10 @@ steps per epoch, epoch time and peak memory:
   :func:`kg_ops.partition.expand.estimate_worker_bytes`, and the runtime (interpreter, torch,
   numpy) and the per-edge step memory are measured.
 
+With ``1vsall`` on P workers the calibration times the step a worker runs there: its 1/P of
+the entities encoded layer by layer (:mod:`kg_ops.train.layerwise`), its queries ranked
+against all of them; the per-layer all-gathers are not included either.
+
 The partition stage writes the plan into its manifest (``metrics.plan``) for the default
 training recipe, and ``kgops train`` prints it, rescaled to its own batch size, before it
 starts.
@@ -109,7 +113,7 @@ def model_state_bytes(model) -> int:
 
 
 def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
-                features, depth: int, precision: str) -> tuple[float, int]:
+                features, depth: int, precision: str, shards=None) -> tuple[float, int]:
     """Median seconds per step of ``steps`` real steps (after one warm-up) and the peak
     resident memory growth while they ran."""
     from kg_ops.train.batches import batch_loss, prefetch
@@ -123,7 +127,7 @@ def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
                                         steps + 1, rng), depth):
             opt.zero_grad()
             if b is not None:
-                batch_loss(model, b, features, precision=precision).backward()
+                batch_loss(model, b, features, shards, precision=precision).backward()
             opt.step()
             now = time.perf_counter()
             times.append(now - t)
@@ -133,9 +137,12 @@ def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
 
 def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: list[int],
               sample_seed: int, batches: tuple[int, int], steps: int = 6, lr: float = 0.01,
-              features=None, prefetch_depth: int = 1, precision: str = "fp32") -> StepCost:
+              features=None, prefetch_depth: int = 1, precision: str = "fp32",
+              workers: int = 1) -> StepCost:
     """Fit the step cost from real steps on partition ``part`` at two local batch sizes.
-    Run it in a fresh process (:func:`calibrate_in_child`): its peak memory is the answer."""
+    Run it in a fresh process (:func:`calibrate_in_child`): its peak memory is the answer.
+    ``workers``: with ``1vsall`` on several, the step a worker runs there
+    (:func:`_worker_share`), collectives aside."""
     import torch
 
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
@@ -152,12 +159,15 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
                                    part.relation_tail_type)
     # as the training loop does: with 1vsall, the whole pool (every step encodes it)
     negatives = candidates_per_type(loss, negatives, sampler)
-    builder = BatchBuilder(csr, sampler, fanouts, sample_seed, loss, negatives)
+    shards = _worker_share(model, csr, sampler, fanouts, sample_seed, workers) \
+        if loss == "1vsall" and workers > 1 else None
+    builder = BatchBuilder(csr, sampler, fanouts, sample_seed, loss, negatives,
+                           layerwise=shards)
     small, large = sorted(max(1, int(b)) for b in batches)
     t_small, _ = _time_steps(model, opt, builder, part.core_edges, small, steps, features,
-                             prefetch_depth, precision)
+                             prefetch_depth, precision, shards)
     t_large, mem = _time_steps(model, opt, builder, part.core_edges, large, steps, features,
-                               prefetch_depth, precision)
+                               prefetch_depth, precision, shards)
     per_edge = max(0.0, (t_large - t_small) / (large - small)) if large > small \
         else t_large / large
     return StepCost(
@@ -169,8 +179,36 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
                      "step_s": [round(t_small, 5), round(t_large, 5)], "steps": steps,
                      "loss": loss, "negatives": negatives, "fanouts": list(fanouts),
                      "precision": resolve_precision(precision),
-                     "threads": torch.get_num_threads(),
+                     "threads": torch.get_num_threads(), "workers": int(workers),
+                     "owned": None if shards is None else shards.owned,
                      "model_state_bytes": model_state_bytes(model)})
+
+
+def _worker_share(model, csr, sampler, fanouts: list[int], seed: int, workers: int):
+    """One worker's step of a ``workers``-way sharded 1vsall run, on one process: a random
+    1/P of the graph's entities from this partition's pool encoded layer by layer and every
+    query ranked against a table of all the graph's entities (the other workers' rows left
+    zero): the arithmetic of :mod:`kg_ops.train.layerwise` without its collectives."""
+    import torch
+
+    from kg_ops.train.candidates import CandidateShards
+    from kg_ops.train.layerwise import LayerwiseEncoding
+
+    n = model.cfg.num_nodes
+    ids, types = sampler.pool()
+    pick = np.sort(np.random.default_rng(0).choice(len(ids), min(len(ids),
+                                                                 math.ceil(n / workers)),
+                                                   replace=False))
+    owned, owned_types = ids[pick], types[pick]
+    mine = csr.to_global(owned)
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), mine)
+    layout = (np.concatenate([mine, rest]),
+              np.concatenate([owned_types, np.full(len(rest), -1, dtype=np.int64)]))
+    shards = CandidateShards(1, 0, n, torch.from_numpy(sampler.head_type),
+                             torch.from_numpy(sampler.tail_type))
+    layers = model.encoder.num_layers if model.encoder is not None else 0
+    return LayerwiseEncoding(csr, owned, owned_types, fanouts, seed, layers, shards, n,
+                             layout=layout)
 
 
 def calibrate_in_child(part_uri: str, **kwargs) -> StepCost:
@@ -232,7 +270,8 @@ def plan_partitions(stats: list[dict], schema, fanouts: list[int], sample_seed: 
     cost = calibrate_in_child(stats[largest]["uri"], model_config=model, loss=d.loss,
                               negatives=d.negatives, fanouts=list(fanouts),
                               sample_seed=sample_seed, batches=(max(1, local // 2), local),
-                              steps=steps, lr=d.lr, precision=d.precision)
+                              steps=steps, lr=d.lr, precision=d.precision,
+                              workers=len(stats))
     plan = predict(cost, core, [int(s["est_worker_memory_bytes"]) for s in stats],
                    d.batch_size)
     plan["recipe"] = {"model": model, "loss": d.loss, "negatives": d.negatives,

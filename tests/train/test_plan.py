@@ -86,6 +86,24 @@ def test_1vsall_calibration_encodes_every_candidate_as_training_does(planted):
         part.uri, model_config={"model": "rgcn", "num_nodes": 132, "num_relations": 2},
         loss="1vsall", negatives=1, fanouts=[10, 5], sample_seed=0, batches=(8, 32), steps=2)
     assert cost.measured_on["negatives"] == pool
+    assert cost.measured_on["owned"] is None
+
+
+def test_1vsall_calibration_on_several_workers_times_one_workers_share(planted):
+    """On 2 workers a sharded-1vsall step encodes 1/2 of the graph's entities layer by layer
+    and ranks against all of them (kg_ops.train.layerwise): the calibration times that."""
+    from kg_ops.train.negatives import TypedNegativeSampler
+
+    part = load_partition(planted["parts"][2], 0)
+    ids, _ = TypedNegativeSampler(part.negative_pool, part.relation_head_type,
+                                  part.relation_tail_type).pool()
+    cost = calibrate_in_child(
+        part.uri, model_config={"model": "rgcn", "num_nodes": 132, "num_relations": 2},
+        loss="1vsall", negatives=1, fanouts=[10, 5], sample_seed=0, batches=(8, 32), steps=2,
+        workers=2)
+    assert cost.measured_on["workers"] == 2
+    assert cost.measured_on["owned"] == min(len(ids), 66)
+    assert min(cost.measured_on["step_s"]) > 0
 
 
 def test_peak_rss_of_a_child_is_its_own(tmp_path):
