@@ -194,10 +194,11 @@ class TrainConfig(StageConfig):
                                 "or auto (the one moving fewer bytes; same result)")
     candidates: str = option("sharded", choices=("sharded", "local"),
                              help="softmax / 1vsall on several workers: sharded = each "
-                                  "worker draws 1/P of the candidates (1vsall: its partition's "
-                                  "entities) and all rank against all of them (work divides by "
-                                  "P; 1vsall ranks against the whole graph); local = each "
-                                  "draws all of them from its own partition")
+                                  "worker draws 1/P of the candidates (1vsall: encodes its 1/P "
+                                  "of the entities, layer by layer) and all rank against all "
+                                  "of them (work divides by P; 1vsall ranks against the whole "
+                                  "graph); local = each draws all of them from its own "
+                                  "partition")
     max_failures: int = option(2, minimum=0, recorded=False, help="worker failures Ray Train "
                                "recovers from (restart at the last checkpoint)")
     keep_checkpoints: int = option(3, minimum=1, recorded=False, help="epoch checkpoints kept "
