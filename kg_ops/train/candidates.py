@@ -119,22 +119,40 @@ class CandidateShards:
     def gather(self, emb: torch.Tensor, gid: np.ndarray, ntype: np.ndarray
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every worker's candidates: ``(embeddings [P*slots, d], global ids, node types)``;
-        padding rows have id and type -1 (no positive may use them)."""
+        padding rows have id and type -1 (no positive may use them), and an entity two
+        workers sent counts once (the later copies' type is -1)."""
+        gid, ntype = self.gather_ids(gid, ntype)
+        ntype = torch.where(repeated(gid), -1, ntype)
+        return self.gather_rows(emb), gid, ntype
+
+    def gather_ids(self, gid: np.ndarray, ntype: np.ndarray
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every worker's ``[P * slots]`` global ids and node types (-1: padding)."""
         import torch.distributed as dist
 
         m = len(gid)
-        emb = emb.float()        # bfloat16 under --precision bf16: gathered as float32
         if m > self.slots:
             raise ValueError(f"{m} candidates exceed the {self.slots} slots of a shard")
-        pad = self.slots - m
-        emb = torch.cat([emb, emb.new_zeros(pad, emb.shape[1])]) if pad else emb
         meta = torch.full((2, self.slots), -1, dtype=torch.long)
-        meta[0, :m], meta[1, :m] = torch.from_numpy(gid), torch.from_numpy(ntype)
+        meta[0, :m] = torch.from_numpy(np.asarray(gid, dtype=np.int64))
+        meta[1, :m] = torch.from_numpy(np.asarray(ntype, dtype=np.int64))
         metas = [torch.empty_like(meta) for _ in range(self.world)]
         dist.all_gather(metas, meta)
         gid, ntype = torch.cat(metas, dim=1)
-        ntype = torch.where(repeated(gid), -1, ntype)
-        return _GatherRows.apply(emb, self.world, self.rank), gid, ntype
+        return gid, ntype
+
+    def gather_rows(self, emb: torch.Tensor) -> torch.Tensor:
+        """Every worker's ``[m, d]`` rows, each block padded with zeros to ``slots``
+        (differentiable: :class:`_GatherRows`); on one worker its own padded block."""
+        emb = emb.float()        # bfloat16 under --precision bf16: gathered as float32
+        m = emb.shape[0]
+        if m > self.slots:
+            raise ValueError(f"{m} candidates exceed the {self.slots} slots of a shard")
+        if m < self.slots:
+            emb = torch.cat([emb, emb.new_zeros(self.slots - m, emb.shape[1])])
+        if self.world == 1:
+            return emb
+        return _GatherRows.apply(emb, self.world, self.rank)
 
     def masks(self, rel: torch.Tensor, head_gid: torch.Tensor, tail_gid: torch.Tensor,
               cand_gid: torch.Tensor, cand_type: torch.Tensor

@@ -11,7 +11,7 @@ Here each worker computes GNN layer ``l`` for the entities it owns
 gives every worker every entity's representation as layer ``l + 1``'s input (the halo exchange
 of distributed full-graph GNN training): every layer's work is 1/P of the whole. The final
 layer's gathered output is the candidate table; the positives are rows of it. Backward sums
-each gathered block's gradient on its owner (:class:`~kg_ops.train.candidates._GatherRows`).
+each gathered block's gradient on its owner (:meth:`~kg_ops.train.candidates.CandidateShards.gather_rows`).
 
 The messages are the ones the 1-worker computation graph samples: the sampler is globally
 deterministic (:mod:`kg_ops.sampling`) and a partition holds its core nodes' sampled messages,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kg_ops.train.candidates import CandidateShards, _GatherRows
+from kg_ops.train.candidates import CandidateShards
 
 
 class LayerwiseEncoding:
@@ -47,7 +47,7 @@ class LayerwiseEncoding:
         if m > shards.slots:
             raise ValueError(f"{m} owned entities exceed the {shards.slots} slots of a shard")
         if layout is None:
-            self.gid, self.ntype = self._gather_ids(csr.to_global(owned), types)
+            self.gid, self.ntype = shards.gather_ids(csr.to_global(owned), types)
         else:
             self.gid, self.ntype = (torch.as_tensor(np.asarray(a, dtype=np.int64))
                                     for a in layout)
@@ -79,19 +79,6 @@ class LayerwiseEncoding:
             self.inputs = np.asarray(owned, dtype=np.int64)
         self.input_gid = csr.to_global(self.inputs)
 
-    def _gather_ids(self, gid: np.ndarray, types: np.ndarray
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[P * slots]`` global ids and node types of every worker's block (-1: padding)."""
-        import torch.distributed as dist
-
-        meta = torch.full((2, self.shards.slots), -1, dtype=torch.long)
-        meta[0, :len(gid)] = torch.from_numpy(np.asarray(gid, dtype=np.int64))
-        meta[1, :len(gid)] = torch.from_numpy(np.asarray(types, dtype=np.int64))
-        metas = [torch.empty_like(meta) for _ in range(self.shards.world)]
-        dist.all_gather(metas, meta)
-        gid, ntype = torch.cat(metas, dim=1)
-        return gid, ntype
-
     def positive_rows(self, gid: np.ndarray) -> np.ndarray:
         """Rows of the gathered table of the positives' ``[head, tail]`` global ids."""
         rows = self.rows[gid]
@@ -110,9 +97,9 @@ class LayerwiseEncoding:
         for i, (edge_index, edge_type) in enumerate(self.layers):
             h_own = model.encoder.layer(i, h_src, h_own, edge_index, edge_type)
             if i < len(self.layers) - 1:
-                h_src = self._gather(h_own)
+                h_src = self.shards.gather_rows(h_own)
         z = model.skip(h_own, own_x) if self.layers else own_x
-        return self._gather(z)
+        return self.shards.gather_rows(z)
 
     def loss(self, model, batch, features=None) -> torch.Tensor:
         """The 1vsall loss of this worker's positives (``batch.triples``: rows of the gathered
@@ -125,12 +112,3 @@ class LayerwiseEncoding:
                                              torch.from_numpy(batch.pos_gid[:, 1]), self.gid,
                                              self.ntype)
         return model.candidate_loss(c, pos, c, tail_ok, head_ok)
-
-    def _gather(self, h: torch.Tensor) -> torch.Tensor:
-        h = h.float()            # bfloat16 under --precision bf16: gathered as float32
-        pad = self.shards.slots - h.shape[0]
-        if pad:
-            h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
-        if self.shards.world == 1:
-            return h
-        return _GatherRows.apply(h, self.shards.world, self.shards.rank)

@@ -235,8 +235,7 @@ class _Worker:
         owned, types = self._owned_pool()
         slots = int(self.comm.all_reduce([float(len(owned))], op="max")[0])
         return None, LayerwiseEncoding(
-            self.csr, owned, types, self.fanouts, self.run.sample_seed,
-            self.model.encoder.num_layers if self.model.encoder is not None else 0,
+            self.csr, owned, types, self.fanouts, self.run.sample_seed, self.mcfg.num_layers,
             CandidateShards(world, self.rank, slots, head, tail), self.mcfg.num_nodes)
 
     def _owned_pool(self) -> tuple[np.ndarray, np.ndarray]:

@@ -206,9 +206,8 @@ def _worker_share(model, csr, sampler, fanouts: list[int], seed: int, workers: i
               np.concatenate([owned_types, np.full(len(rest), -1, dtype=np.int64)]))
     shards = CandidateShards(1, 0, n, torch.from_numpy(sampler.head_type),
                              torch.from_numpy(sampler.tail_type))
-    layers = model.encoder.num_layers if model.encoder is not None else 0
-    return LayerwiseEncoding(csr, owned, owned_types, fanouts, seed, layers, shards, n,
-                             layout=layout)
+    return LayerwiseEncoding(csr, owned, owned_types, fanouts, seed, model.cfg.num_layers,
+                             shards, n, layout=layout)
 
 
 def calibrate_in_child(part_uri: str, **kwargs) -> StepCost:

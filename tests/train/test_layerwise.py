@@ -63,8 +63,7 @@ def _layerwise(rank: int, world: int, parts_uri: str, model_name: str):
     shards = CandidateShards(world, rank, int(slots), torch.from_numpy(sampler.head_type),
                              torch.from_numpy(sampler.tail_type))
     enc = LayerwiseEncoding(csr, ids[mine], types[mine], fanouts, part.sampling["seed"],
-                            0 if model.encoder is None else model.encoder.num_layers, shards,
-                            part.num_global_nodes)
+                            model.cfg.num_layers, shards, part.num_global_nodes)
     table = enc.encode(model).detach()
     # The batch as training builds it: this worker's positives, partition-local ids.
     to_local = {int(g): i for i, g in enumerate(part.global_ids)}
