@@ -31,7 +31,7 @@ from torch import nn
 from kg_ops.config.train import MODELS, SHALLOW_MODELS
 from kg_ops.models.attributes import ATTRIBUTE_INPUTS, AttributeEmbedding, NodeFeatures
 from kg_ops.models.decoders import DECODERS
-from kg_ops.models.objective import candidate_cross_entropy, n3_penalty
+from kg_ops.models.objective import candidate_cross_entropy, n3_penalty, table_cross_entropy
 
 
 @dataclass
@@ -236,10 +236,35 @@ class LinkPredictor(nn.Module):
             q = self.decoder.query(anchor, rel, tail_side)
             loss = loss + candidate_cross_entropy((q * answer).sum(-1), q @ c.t(), ok,
                                                   self.cfg.label_smoothing)
-        loss = loss / 2 + self.cfg.regularization * self._l2(z)
+        return loss / 2 + self._penalties(z, h, rel, t)
+
+    def table_loss(self, table: torch.Tensor, pos: torch.Tensor,
+                   tail_ok: torch.Tensor | None = None,
+                   head_ok: torch.Tensor | None = None) -> torch.Tensor:
+        """1-vs-all against every row of ``table [N, d]`` (each entity once): the loss of
+        :meth:`softmax_loss` with every entity a candidate. ``pos``: ``[B, 3]`` rows of the
+        table and relation ids; ``tail_ok`` / ``head_ok``: ``[B, N]``, row ``j`` has the type
+        positive ``i``'s relation expects at its tail / head (the answer included), ``None``
+        when every row does. One entity dropout over the table, as :meth:`softmax_loss`
+        drops the encoded batch once."""
+        z = self.entity_drop(table)
+        h, rel, t = z[pos[:, 0]], pos[:, 1], z[pos[:, 2]]
+        loss = 0.0
+        for anchor, answer, ok, tail_side in ((h, pos[:, 2], tail_ok, True),
+                                              (t, pos[:, 0], head_ok, False)):
+            q = self.decoder.query(anchor, rel, tail_side)
+            loss = loss + table_cross_entropy(q @ z.t(), answer, ok, self.cfg.label_smoothing)
+        return loss / 2 + self._penalties(z, h, rel, t)
+
+    def _penalties(self, z: torch.Tensor, h: torch.Tensor, rel: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor | float:
+        """The L2 penalty over the encoded ``z`` and the N3 penalty of the batch's triples."""
+        out = 0.0
+        if self.cfg.regularization:
+            out = self.cfg.regularization * self._l2(z)
         if self.cfg.n3:
-            loss = loss + self.cfg.n3 * self.n3(h, rel, t)
-        return loss
+            out = out + self.cfg.n3 * self.n3(h, rel, t)
+        return out
 
     def n3(self, h: torch.Tensor, rel: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """N3 over both queries of each triple: ``(h, r, t)`` and ``(t, r^-1, h)`` (``r``

@@ -51,10 +51,15 @@ class LayerwiseEncoding:
         else:
             self.gid, self.ntype = (torch.as_tensor(np.asarray(a, dtype=np.int64))
                                     for a in layout)
-        # Global id -> row of the gathered table (every entity once: owners are disjoint).
-        self.rows = np.full(num_nodes, -1, dtype=np.int64)
+        # The 1-vs-all table: the gathered rows without the shards' padding, each entity
+        # once (owners are disjoint); global id -> its row.
         real = (self.gid >= 0).numpy()
-        self.rows[self.gid.numpy()[real]] = np.flatnonzero(real)
+        self.keep = None if real.all() else torch.from_numpy(np.flatnonzero(real))
+        self.rows = np.full(num_nodes, -1, dtype=np.int64)
+        self.rows[self.gid.numpy()[real]] = np.arange(int(real.sum()))
+        gathered = np.full(num_nodes, -1, dtype=np.int64)      # ... and its gathered row
+        gathered[self.gid.numpy()[real]] = np.flatnonzero(real)
+        self.tail_ok, self.head_ok = _type_masks(self.ntype[torch.from_numpy(real)], shards)
 
         self.owned = m
         self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -68,7 +73,7 @@ class LayerwiseEncoding:
                 where[self.inputs] = np.arange(len(self.inputs))
                 src_rows = where[src]
             else:            # the previous layer's gathered output
-                src_rows = self.rows[csr.to_global(src)]
+                src_rows = gathered[csr.to_global(src)]
                 if (src_rows < 0).any():
                     bad = int(csr.to_global(src[src_rows < 0])[0])
                     raise ValueError(f"entity {bad} sends a sampled message but no worker owns "
@@ -80,7 +85,7 @@ class LayerwiseEncoding:
         self.input_gid = csr.to_global(self.inputs)
 
     def positive_rows(self, gid: np.ndarray) -> np.ndarray:
-        """Rows of the gathered table of the positives' ``[head, tail]`` global ids."""
+        """Rows of the 1-vs-all table of the positives' ``[head, tail]`` global ids."""
         rows = self.rows[gid]
         if (rows < 0).any():
             raise ValueError(f"entity {int(gid[rows < 0][0])} ends a training edge but no "
@@ -101,14 +106,31 @@ class LayerwiseEncoding:
         z = model.skip(h_own, own_x) if self.layers else own_x
         return self.shards.gather_rows(z)
 
-    def loss(self, model, batch, features=None) -> torch.Tensor:
-        """The 1vsall loss of this worker's positives (``batch.triples``: rows of the gathered
-        table) against every entity."""
+    def table(self, model, features=None) -> torch.Tensor:
+        """``[N, d]``: the 1-vs-all table, every entity once (:meth:`encode` without the
+        padding rows)."""
         c = self.encode(model, features)
+        return c if self.keep is None else c.index_select(0, self.keep)
+
+    def loss(self, model, batch, features=None) -> torch.Tensor:
+        """The 1vsall loss of this worker's positives (``batch.triples``: rows of the table)
+        against every entity."""
+        table = self.table(model, features)
         if batch.size == 0:      # still part of the collectives, contributes nothing
-            return c.sum() * 0.0
-        pos = batch.triples
-        tail_ok, head_ok = self.shards.masks(pos[:, 1], torch.from_numpy(batch.pos_gid[:, 0]),
-                                             torch.from_numpy(batch.pos_gid[:, 1]), self.gid,
-                                             self.ntype)
-        return model.candidate_loss(c, pos, c, tail_ok, head_ok)
+            return table.sum() * 0.0
+        rel = batch.triples[:, 1]
+        return model.table_loss(table, batch.triples,
+                                None if self.tail_ok is None else self.tail_ok[rel],
+                                None if self.head_ok is None else self.head_ok[rel])
+
+
+def _type_masks(types: torch.Tensor, shards: CandidateShards
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``[R, N]`` per relation: which of the table's entities (``types``, their node types)
+    have the type it expects at its tail / head; ``None`` where every entity has it for every
+    relation (one node type: the masks would cost two passes over each step's scores)."""
+    out = []
+    for expected in (shards.tail_type, shards.head_type):
+        ok = types[None, :] == expected[:, None]
+        out.append(None if bool(ok.all()) else ok)
+    return out[0], out[1]

@@ -202,8 +202,11 @@ def _worker_share(model, csr, sampler, fanouts: list[int], seed: int, workers: i
     owned, owned_types = ids[pick], types[pick]
     mine = csr.to_global(owned)
     rest = np.setdiff1d(np.arange(n, dtype=np.int64), mine)
-    layout = (np.concatenate([mine, rest]),
-              np.concatenate([owned_types, np.full(len(rest), -1, dtype=np.int64)]))
+    # The other workers' entities: node types drawn as the pool's (the type masks, if any,
+    # cost what they will).
+    rest_types = np.random.default_rng(1).choice(types, len(rest)) if len(types) else \
+        np.zeros(len(rest), dtype=np.int64)
+    layout = (np.concatenate([mine, rest]), np.concatenate([owned_types, rest_types]))
     shards = CandidateShards(1, 0, n, torch.from_numpy(sampler.head_type),
                              torch.from_numpy(sampler.tail_type))
     return LayerwiseEncoding(csr, owned, owned_types, fanouts, seed, model.cfg.num_layers,

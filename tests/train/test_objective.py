@@ -65,6 +65,39 @@ def test_one_vs_all_loss_equals_per_query_cross_entropy(decoder, reciprocal, eps
     got = model.softmax_loss(z, torch.from_numpy(pos), torch.from_numpy(cand),
                              torch.from_numpy(tail_ok), torch.from_numpy(head_ok))
     assert float(got) == pytest.approx((want[0] + want[1]) / 2, abs=1e-5)
+    # The same loss from the 1-vs-all table (sharded 1vsall's form): the answers are rows of
+    # ``z``, the masks say only which rows have the expected type.
+    rel = pos[:, 1]
+    table_ok = [torch.from_numpy(types[None, :] == expect[rel][:, None])
+                for expect in (tail_type, head_type)]
+    got = model.table_loss(z, torch.from_numpy(pos), *table_ok)
+    assert float(got) == pytest.approx((want[0] + want[1]) / 2, abs=1e-5)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+@pytest.mark.parametrize("n3", [0.0, 0.1])
+def test_table_loss_with_one_node_type_needs_no_mask(eps, n3):
+    """One node type: ``table_loss`` without masks is the per-query cross-entropy of each
+    answer against every other entity, plus N3."""
+    torch.manual_seed(3)
+    n = 7
+    model = LinkPredictor(ModelConfig(model="complex", num_nodes=n, num_relations=2,
+                                      embedding_dim=4, reciprocal=True, label_smoothing=eps,
+                                      n3=n3, regularization=0.0))
+    z = torch.randn(n, 4)
+    pos = torch.tensor([[0, 0, 3], [6, 1, 2], [4, 0, 4]])     # a self-loop too
+    dec = model.decoder
+    want = 0.0
+    for h, r, t in pos.tolist():
+        tail = [float(dec.score(z[[h]], torch.tensor([r]), z[[e]])) for e in range(n)]
+        q = dec._forward_query(z[[t]], dec.rel[[r + 2]])
+        head = [float((q * z[[e]]).sum()) for e in range(n)]
+        want += _brute_ce(tail[t], tail[:t] + tail[t + 1:], eps) / 2
+        want += _brute_ce(head[h], head[:h] + head[h + 1:], eps) / 2
+    want /= len(pos)
+    if n3:
+        want += n3 * float(model.n3(z[pos[:, 0]], pos[:, 1], z[pos[:, 2]]))
+    assert float(model.table_loss(z, pos)) == pytest.approx(want, abs=1e-5)
 
 
 @pytest.mark.parametrize("decoder", [DistMult, ComplEx])
