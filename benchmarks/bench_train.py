@@ -283,6 +283,9 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
     "2w-dedup": (2, {}), "2w-owners": (2, {}),   # each shared entity encoded by one worker
     # sharded 1vsall encoded layer by layer (kg_ops.train.layerwise), GNN and shallow
     "2w-layerwise": (2, {}), "complex-2w-layerwise": (2, {"model": "complex"}),
+    # the 1-vs-all table loss: one entity dropout over the table (the layer-wise rows
+    # dropped it twice), the answers as columns
+    "2w-table": (2, {}), "complex-2w-table": (2, {"model": "complex"}),
     # batch 4096 on 2 workers fell 0.016 below 1 worker (b4096-2w-bf16-dedup): another seed
     # of it and of the default batch, both with --precision auto (the default)
     # ... and the 1-worker seed spread of batch 4096 (its 2-worker rows look like a gap)
