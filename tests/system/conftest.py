@@ -27,6 +27,19 @@ SERVICES = ("api-server", "scheduler", "dag-processor", "triggerer")
 TERMINAL_RUN = {"success", "failed"}
 
 
+def _sqlite_busy(method: str, resp: requests.Response) -> bool:
+    """Whether ``resp`` is SQLite's lock seen by the api-server, worth the same request again."""
+    if resp.status_code == 503:
+        return "Database is locked" in resp.text
+    if resp.status_code != 500 or method not in ("GET", "PATCH", "PUT", "DELETE"):
+        return False
+    try:
+        detail = resp.json().get("detail")
+    except ValueError:
+        return False
+    return isinstance(detail, dict) and detail.get("reason") == "Database error"
+
+
 class AirflowStack:
     """The four Airflow services of one AIRFLOW_HOME, and a logged-in REST client."""
 
@@ -142,10 +155,12 @@ class AirflowStack:
         resp = self.call(method, "/api/v2" + path, **kwargs)
         # On SQLite (the embedded default) Airflow answers 503 "Database is locked" when the
         # scheduler writes at the same moment (seen for POST /backfills in CI) and asks the
-        # caller to try again: do what a UI user would, for up to a minute.
+        # caller to try again: do what a UI user would, for up to a minute. The same lock
+        # during the request's audit-log INSERT comes back as a 500 "Database error" (seen
+        # for PATCH /dags/{id} in CI, the api-server log naming the `INSERT INTO log`): an
+        # idempotent request is retried on it too (a POST is not: it may have taken effect).
         end = time.monotonic() + 60
-        while (resp.status_code == 503 and "Database is locked" in resp.text
-               and time.monotonic() < end):
+        while _sqlite_busy(method, resp) and time.monotonic() < end:
             time.sleep(2)
             resp = self.call(method, "/api/v2" + path, **kwargs)
         assert resp.ok, f"{method} {path}: {resp.status_code} {resp.text[:2000]}"
