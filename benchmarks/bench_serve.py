@@ -22,6 +22,12 @@ the service's throughput to the floor's at the same batch size.
         --synth-graph /tmp/kgops-bench-serve/synth-2.8m/graph [--ingress proxy,direct]
 
 (``--merge`` runs one dataset at a time and keeps the other's section.)
+
+``--ceiling`` (with ``--codex-m``) measures what HTTP alone allows on this machine: the same
+client against a bare ASGI app under uvicorn (the server Serve's replicas run; httptools,
+uvloop) that parses each request's JSON body and returns a canned answer of the service's
+size and shape, with no Serve, no Ray and no top-k: an upper bound for any per-query HTTP
+service here, to read the throughput goal against.
 """
 
 from __future__ import annotations
@@ -139,6 +145,80 @@ async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
             "p99_ms": pct(lat, 99), "queries_per_s": round(len(lat) * per_request / wall, 1)}
 
 
+# --- the HTTP ceiling ------------------------------------------------------------------------
+_CANNED: bytes | None = None
+
+
+async def ceiling_app(scope, receive, send) -> None:
+    """Bare ASGI app: read and parse the JSON body (as the service must), answer the canned
+    body named by ``KGOPS_CEILING_BODY``. No routing framework, no Serve, no computation."""
+    global _CANNED
+    if scope["type"] != "http":
+        return
+    if _CANNED is None:
+        _CANNED = Path(os.environ["KGOPS_CEILING_BODY"]).read_bytes()
+    body, more = b"", True
+    while more:
+        msg = await receive()
+        body += msg.get("body", b"")
+        more = msg.get("more_body", False)
+    json.loads(body or b"{}")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(_CANNED)).encode())]})
+    await send({"type": "http.response.body", "body": _CANNED})
+
+
+def ceiling(index, bodies: list[dict], duration: float, warmup: float,
+            work: str) -> dict:
+    """The client at each level against :func:`ceiling_app`, with 1 server process (as one
+    replica) and with 2 (every core)."""
+    import subprocess
+    import urllib.request
+
+    from kg_ops.devcluster import free_ports
+
+    q = index.query(**bodies[0])
+    canned = json.dumps({"predict": "tail" if q.tail_side else "head", "query": bodies[0],
+                         "answers": index.topk([q])[0], "version": index.version.id}).encode()
+    path = Path(work) / "ceiling-body.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(canned)
+    out: dict = {"response_bytes": len(canned)}
+    for procs in (1, 2):
+        port = free_ports(1)[0]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "benchmarks.bench_serve:ceiling_app",
+             "--host", "127.0.0.1", "--port", str(port), "--workers", str(procs),
+             "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+             "--log-level", "warning"],
+            cwd=str(Path(__file__).resolve().parents[1]),
+            env={**os.environ, "KGOPS_CEILING_BODY": str(path)})
+        url = f"http://127.0.0.1:{port}/predict"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(urllib.request.Request(
+                        url, data=json.dumps(bodies[0]).encode(), method="POST"), timeout=1)
+                    break
+                except OSError as exc:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError(f"the ceiling server on {url} did not start") \
+                            from exc
+                    time.sleep(0.2)
+            into = out[f"server_processes_{procs}"] = {}
+            for c in LEVELS:
+                r = into[f"concurrency_{c}"] = asyncio.run(
+                    _load(url, bodies, c, duration, warmup))
+                _show(f"HTTP ceiling ({procs} server process{'es' if procs > 1 else ''}) "
+                      f"POST concurrency {c:>2}", r)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return out
+
+
 def service(uri: str, bodies: list[dict], duration: float, warmup: float,
             ingress: str = "proxy") -> dict:
     """Deploy ``uri`` on a fresh local Ray + Serve whose processes run with ``ingress`` and
@@ -191,7 +271,7 @@ def _show(what: str, r: dict) -> None:
           f"{r['queries_per_s']} q/s, {r['errors']} errors", flush=True)
 
 
-def bench(label: str, uri: str, args) -> dict:
+def bench(label: str, uri: str, args, only_ceiling: bool = False) -> dict:
     import torch
 
     from kg_ops.serve.index import LinkIndex
@@ -211,6 +291,15 @@ def bench(label: str, uri: str, args) -> dict:
                                                1),
             "queries": len(bodies), "k": K, "index_load_s": round(load_s, 1)}
     fl = floor(index, bodies, args.duration)
+    if only_ceiling:
+        top = ceiling(index, bodies, args.duration, args.warmup, args.work)
+        floor32 = fl["batch_32"]["queries_per_s"]
+        top["over_floor_qps_at_32"] = {
+            k: round(v["concurrency_32"]["queries_per_s"] / floor32, 3)
+            for k, v in top.items() if k.startswith("server_processes")}
+        print(f"  HTTP ceiling over the floor at concurrency 32: "
+              f"{top['over_floor_qps_at_32']}", flush=True)
+        return {**info, "in_process": fl, "http_ceiling": top}
     del index
     gc.collect()
     by_ingress, goals = {}, {}
@@ -267,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                         "default proxy,direct")
     p.add_argument("--merge", action="store_true",
                    help="keep the other dataset's results from benchmarks/results/bench_serve.json")
+    p.add_argument("--ceiling", action="store_true",
+                   help="with --codex-m: the HTTP ceiling of this machine (a bare ASGI app, "
+                        "no Serve) next to the floor, stored as 'codex-m http ceiling'")
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the synth random version (data preparation, no measurement)")
     args = p.parse_args(argv)
@@ -298,7 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         print(synth_version(args.synth_graph, args.work))
         return 0
-    if args.codex_m:
+    if args.codex_m and args.ceiling:
+        results["codex-m http ceiling"] = bench("codex-m", args.codex_m, args,
+                                                only_ceiling=True)
+    elif args.codex_m:
         results["codex-m"] = bench("codex-m", args.codex_m, args)
     if args.synth_graph:
         uri = synth_version(args.synth_graph, args.work)
@@ -308,8 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = RESULTS / "bench_serve.json"
     if args.merge and previous.exists():  # keep the other dataset's section of an earlier run
         old = json.loads(previous.read_text())
-        kept = {k: {"measured_at": old["created_at"], **v} for k, v in old["results"].items()
-                if k in ("codex-m", "synth-2.8m") and k not in results}
+        kept = {k: ({"measured_at": old["created_at"], **v} if "measured_at" not in v else v)
+                for k, v in old["results"].items()
+                if k not in results and k not in ("setup", "peak_rss_mib")}
         results = {**kept, **results}
     write_results("bench_serve", results)
     return 0
