@@ -21,7 +21,7 @@ the service's throughput to the floor's at the same batch size.
         --codex-m /tmp/kgops-bench-serve/codex-m/evaluation \\
         --synth-graph /tmp/kgops-bench-serve/synth-2.8m/graph [--ingress proxy,direct]
 
-(``--merge`` runs one dataset at a time and keeps the other's section.)
+(``--merge`` keeps every section of the earlier results that this run does not measure.)
 
 ``--ceiling`` (with ``--codex-m``) measures what HTTP alone allows on this machine: the same
 client against a bare ASGI app under uvicorn (the server Serve's replicas run; httptools,
@@ -169,12 +169,28 @@ async def ceiling_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": _CANNED})
 
 
+def _wait_answering(server, url: str, body: bytes, timeout_s: float = 30.0) -> None:
+    """Until ``url`` answers a POST of ``body``; an error if ``server`` exits or the deadline
+    passes first."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"),
+                                   timeout=1)
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"the ceiling server on {url} did not start") from exc
+            time.sleep(0.2)
+
+
 def ceiling(index, bodies: list[dict], duration: float, warmup: float,
             work: str) -> dict:
     """The client at each level against :func:`ceiling_app`, with 1 server process (as one
     replica) and with 2 (every core)."""
     import subprocess
-    import urllib.request
 
     from kg_ops.devcluster import free_ports
 
@@ -196,17 +212,7 @@ def ceiling(index, bodies: list[dict], duration: float, warmup: float,
             env={**os.environ, "KGOPS_CEILING_BODY": str(path)})
         url = f"http://127.0.0.1:{port}/predict"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(urllib.request.Request(
-                        url, data=json.dumps(bodies[0]).encode(), method="POST"), timeout=1)
-                    break
-                except OSError as exc:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise RuntimeError(f"the ceiling server on {url} did not start") \
-                            from exc
-                    time.sleep(0.2)
+            _wait_answering(server, url, json.dumps(bodies[0]).encode())
             into = out[f"server_processes_{procs}"] = {}
             for c in LEVELS:
                 r = into[f"concurrency_{c}"] = asyncio.run(
@@ -355,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(RAY_SERVE_THROUGHPUT_OPTIMIZED=1, direct ingress and more); "
                         "default proxy,direct")
     p.add_argument("--merge", action="store_true",
-                   help="keep the other dataset's results from benchmarks/results/bench_serve.json")
+                   help="keep the sections of benchmarks/results/bench_serve.json this run does "
+                        "not measure")
     p.add_argument("--ceiling", action="store_true",
                    help="with --codex-m: the HTTP ceiling of this machine (a bare ASGI app, "
                         "no Serve) next to the floor, stored as 'codex-m http ceiling'")
@@ -401,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         results["synth-2.8m"]["embeddings"] = "random (write_random_version), not trained"
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
     previous = RESULTS / "bench_serve.json"
-    if args.merge and previous.exists():  # keep the other dataset's section of an earlier run
+    if args.merge and previous.exists():  # keep the sections of an earlier run not measured now
         old = json.loads(previous.read_text())
         kept = {k: ({"measured_at": old["created_at"], **v} if "measured_at" not in v else v)
                 for k, v in old["results"].items()
