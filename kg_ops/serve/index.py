@@ -5,10 +5,11 @@ the model that produced them, the graph's schema (node types own contiguous id r
 relation declares its head and tail type) and the evaluator's :class:`FilterIndex` of every
 known true triple (train + valid + test).
 
-Top-k is exact: the queries of a batch that want the same candidate type in the same direction
-are scored with one matrix product against that type's rows (chunked only when the score
-matrix would exceed ``memory_mib``), known true answers are masked out (unless the query
-keeps them), and ``torch.topk`` picks the best. Entities are named by their source keys.
+Top-k is exact: the queries of a batch that want the same candidate type (head and tail
+queries alike: each is a query vector dotted with the candidates) are scored with one matrix
+product against that type's rows (chunked only when the score matrix would exceed
+``memory_mib``), known true answers are masked out (unless the query keeps them), and
+``torch.topk`` picks the best. Entities are named by their source keys.
 """
 
 from __future__ import annotations
@@ -168,31 +169,28 @@ class LinkIndex:
     @torch.inference_mode()
     def topk(self, queries: list[Query]) -> list[list[dict[str, Any]]]:
         """The answers of each query, best first: ``{key, score[, label], type}``."""
-        groups: dict[tuple[bool, int, int], list[int]] = defaultdict(list)
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, q in enumerate(queries):
-            groups[(q.tail_side, *self.candidate_range(q.rel, q.tail_side))].append(i)
+            groups[self.candidate_range(q.rel, q.tail_side)].append(i)
         out: list[list[dict[str, Any]]] = [[] for _ in queries]
-        for (tail_side, lo, hi), rows in groups.items():
+        for (lo, hi), rows in groups.items():
             group = [queries[i] for i in rows]
-            scores, ids = self._topk_group(group, tail_side, lo, hi)
+            scores, ids = self._topk_group(group, lo, hi)
             for i, q, s, e in zip(rows, group, scores, ids, strict=True):
                 out[i] = self._entities(e[:q.k], s[:q.k])
         return out
 
-    def _topk_group(self, group: list[Query], tail_side: bool, lo: int, hi: int,
+    def _topk_group(self, group: list[Query], lo: int, hi: int,
                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        anchors = np.fromiter((q.anchor for q in group), np.int64, len(group))
-        rels = np.fromiter((q.rel for q in group), np.int64, len(group))
+        """Top-k of queries sharing the candidate rows ``lo:hi``, head and tail queries alike:
+        one product reads the candidate rows once for the whole group."""
         k = min(max(q.k for q in group), hi - lo)
-        rel_t = torch.from_numpy(rels)
-        a_emb = self.emb[torch.from_numpy(anchors)]
-        score = self.decoder.score_tails if tail_side else self.decoder.score_heads
-        mask_rows, mask_ents = self._known(group, anchors, rels, tail_side, lo, hi)
+        query, mask_rows, mask_ents = self._query_vectors(group, lo, hi)
         step = max(1, int(self.memory_mib * 2**20 // (4 * len(group))))
         best_s, best_i = [], []
         for start in range(lo, hi, step):
             stop = min(hi, start + step)
-            s = score(a_emb, rel_t, self.emb[start:stop])
+            s = query @ self.emb[start:stop].t()
             sel = (mask_ents >= start) & (mask_ents < stop)
             s[mask_rows[sel], mask_ents[sel] - start] = -math.inf
             v, p = torch.topk(s, min(k, stop - start), dim=1)
@@ -207,13 +205,29 @@ class LinkIndex:
         return ([v[f] for v, f in zip(vals, finite, strict=True)],
                 [i[f] for i, f in zip(ids, finite, strict=True)])
 
-    def _known(self, group: list[Query], anchors: np.ndarray, rels: np.ndarray,
-               tail_side: bool, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row, candidate id) of the known true answers to mask, for queries that filter."""
-        rows, ents = self.filters.known(anchors, rels, tail_side)
-        keep = np.fromiter((q.filter_known for q in group), bool, len(group))[rows] \
-            & (ents >= lo) & (ents < hi)
-        return torch.from_numpy(rows[keep]), torch.from_numpy(ents[keep])
+    def _query_vectors(self, group: list[Query], lo: int, hi: int,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, d]`` query vectors (``score = <query, candidate>``) and the (row, candidate
+        id) pairs of the known true answers to mask, for the queries that filter."""
+        anchors = np.fromiter((q.anchor for q in group), np.int64, len(group))
+        rels = np.fromiter((q.rel for q in group), np.int64, len(group))
+        tails = np.fromiter((q.tail_side for q in group), bool, len(group))
+        filtering = np.fromiter((q.filter_known for q in group), bool, len(group))
+        query = torch.empty(len(group), self.emb.shape[1], dtype=self.emb.dtype)
+        mask_rows, mask_ents = [], []
+        for tail_side in (True, False):
+            pos = np.flatnonzero(tails == tail_side)
+            if not len(pos):
+                continue
+            query[torch.from_numpy(pos)] = self.decoder.query(
+                self.emb[torch.from_numpy(anchors[pos])], torch.from_numpy(rels[pos]),
+                tail_side)
+            rows, ents = self.filters.known(anchors[pos], rels[pos], tail_side)
+            keep = filtering[pos][rows] & (ents >= lo) & (ents < hi)
+            mask_rows.append(pos[rows[keep]])
+            mask_ents.append(ents[keep])
+        return (query, torch.from_numpy(np.concatenate(mask_rows)),
+                torch.from_numpy(np.concatenate(mask_ents)))
 
     def _entities(self, ids: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
         types = self.schema.type_of(ids)
