@@ -27,25 +27,34 @@ the service's throughput to the floor's at the same batch size.
 client against a bare ASGI app under uvicorn (the server Serve's replicas run; httptools,
 uvloop) that parses each request's JSON body and returns a canned answer of the service's
 size and shape, with no Serve, no Ray and no top-k: an upper bound for any per-query HTTP
-service here, to read the throughput goal against.
+service here, to read the throughput goal against. Then, per ``--ingress``, the same for Ray
+Serve: a no-op deployment with the service's ``/predict`` (FastAPI ingress, the same request
+validation and ``@serve.batch``) answering the canned body: the bound for any Serve service.
+
+Per level, ``mean_batch_formed`` is the mean number of queries per ``@serve.batch`` call the
+replica made, read from Serve's ``serve_actual_batch_size`` histogram.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from fastapi import Query
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, peak_rss_mib, write_results  # noqa: E402
+from kg_ops.serve.app import PredictRequest  # noqa: E402
 
 LEVELS = (1, 8, 32)
 BULK = (32, 256)      # queries per POST /predict/batch request
@@ -186,6 +195,13 @@ def _wait_answering(server, url: str, body: bytes, timeout_s: float = 30.0) -> N
             time.sleep(0.2)
 
 
+def canned_answer(index, body: dict) -> bytes:
+    """The service's answer to ``body``, as the ceilings send it back to every request."""
+    q = index.query(**body)
+    return json.dumps({"predict": "tail" if q.tail_side else "head", "query": body,
+                       "answers": index.topk([q])[0], "version": index.version.id}).encode()
+
+
 def ceiling(index, bodies: list[dict], duration: float, warmup: float,
             work: str) -> dict:
     """The client at each level against :func:`ceiling_app`, with 1 server process (as one
@@ -194,9 +210,7 @@ def ceiling(index, bodies: list[dict], duration: float, warmup: float,
 
     from kg_ops.devcluster import free_ports
 
-    q = index.query(**bodies[0])
-    canned = json.dumps({"predict": "tail" if q.tail_side else "head", "query": bodies[0],
-                         "answers": index.topk([q])[0], "version": index.version.id}).encode()
+    canned = canned_answer(index, bodies[0])
     path = Path(work) / "ceiling-body.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(canned)
@@ -225,15 +239,46 @@ def ceiling(index, bodies: list[dict], duration: float, warmup: float,
     return out
 
 
-def service(uri: str, bodies: list[dict], duration: float, warmup: float,
-            ingress: str = "proxy") -> dict:
-    """Deploy ``uri`` on a fresh local Ray + Serve whose processes run with ``ingress`` and
-    load it at each level."""
+# How often Ray's processes report metrics (Ray's default is 10 s): the batch sizes the replica
+# formed at one level are read from Serve's own histogram before the next level starts.
+METRICS_REPORT_MS = 1000
+
+
+def batches_formed(metrics_port: int) -> tuple[float, float]:
+    """(batches, queries) so far of the replica's ``@serve.batch``: the count and sum of
+    Serve's ``serve_actual_batch_size`` histogram, read from this node's metrics endpoint."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                  timeout=10).read().decode()
+    got = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        for what in got:
+            if line.startswith(f"ray_serve_actual_batch_size_{what}{{"):
+                got[what] += float(line.rsplit(" ", 1)[1])
+    return got["count"], got["sum"]
+
+
+def _measured(metrics_port: int, *load_args, **load_kwargs) -> dict:
+    """:func:`_load`'s figures plus the mean size of the batches the replica formed meanwhile
+    (warm-up included)."""
+    before = batches_formed(metrics_port)
+    r = asyncio.run(_load(*load_args, **load_kwargs))
+    time.sleep(2.5 * METRICS_REPORT_MS / 1000)  # the last report of this level
+    after = batches_formed(metrics_port)
+    batches = after[0] - before[0]
+    r["mean_batch_formed"] = round((after[1] - before[1]) / batches, 1) if batches else None
+    return r
+
+
+@contextlib.contextmanager
+def local_serve(ingress: str):
+    """A fresh local Ray whose processes run with ``ingress``; yields the port of its metrics
+    endpoint, and shuts Serve and Ray down after."""
     import ray
     from ray import serve
 
     from kg_ops.devcluster import free_ports
-    from kg_ops.serve.deploy import deploy
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray starts its workers (Serve's proxy, the replica) at nice 15; on a machine shared with
@@ -243,8 +288,26 @@ def service(uri: str, bodies: list[dict], duration: float, warmup: float,
     os.environ.update(INGRESS_ENV[ingress])
     # No load balancer has to deregister a replica here: shut down without the 30 s drain.
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray's system settings are read from case-sensitive RAY_<name> variables.
+    os.environ["RAY_metrics_report_interval_ms"] = str(METRICS_REPORT_MS)  # noqa: SIM112
+    metrics_port = free_ports(1)[0]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _metrics_export_port=metrics_port)
     try:
+        yield metrics_port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def service(uri: str, bodies: list[dict], duration: float, warmup: float,
+            ingress: str = "proxy") -> dict:
+    """Deploy ``uri`` on a fresh local Ray + Serve whose processes run with ``ingress`` and
+    load it at each level."""
+    from kg_ops.devcluster import free_ports
+    from kg_ops.serve.deploy import deploy
+
+    with local_serve(ingress) as metrics_port:
         t = time.perf_counter()
         manifest = deploy(uri, name="bench", route_prefix="/kg", http_port=free_ports(1)[0],
                           out=os.path.join(os.environ.get("TMPDIR", "/tmp"),
@@ -259,22 +322,76 @@ def service(uri: str, bodies: list[dict], duration: float, warmup: float,
         out = {"deploy_s": round(deploy_s, 1), "url": url}
         for method, into in (("POST", out), ("GET", out.setdefault("get", {}))):
             for c in LEVELS:
-                r = into[f"concurrency_{c}"] = asyncio.run(
-                    _load(url, bodies, c, duration, warmup, method))
+                r = into[f"concurrency_{c}"] = _measured(metrics_port, url, bodies, c,
+                                                         duration, warmup, method)
                 _show(f"{ingress} {method:<4} concurrency {c:>2}", r)
         for b in BULK:
             r = out.setdefault("batch", {})[f"queries_{b}"] = asyncio.run(
                 _load(url, bodies, BULK_CONCURRENCY, duration, warmup, per_request=b))
             _show(f"{ingress} POST /predict/batch of {b:>3}, {BULK_CONCURRENCY} in flight", r)
         return out
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+
+
+def noop_service(canned: bytes):
+    """A Serve application with the service's ``/predict`` surface (FastAPI ingress, the same
+    pydantic validation of the query, ``@serve.batch`` of the same size and wait) that answers
+    ``canned`` without computing anything: what Serve itself costs per request. (FastAPI reads
+    the endpoints' annotations from this module's globals, hence the imports at the top.)"""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+    from ray import serve
+
+    from kg_ops.serve.app import BATCH_SIZE, BATCH_WAIT_S
+
+    api = FastAPI()
+
+    @serve.deployment(name="NoOp", max_ongoing_requests=256)
+    @serve.ingress(api)
+    class NoOp:
+        @api.post("/predict")
+        async def predict(self, req: PredictRequest):
+            return await self._answer(req.model_dump(exclude_none=True))
+
+        @api.get("/predict")
+        async def predict_get(self, req: Annotated[PredictRequest, Query()]):
+            return await self._answer(req.model_dump(exclude_none=True))
+
+        @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+        async def _answer(self, bodies: list[dict]) -> list[Response]:
+            return [Response(canned, media_type="application/json") for _ in bodies]
+
+        @api.get("/health")
+        async def health(self):
+            return JSONResponse({"status": "ok", "version": "noop"})
+
+    return NoOp.options(ray_actor_options={"num_cpus": 1}).bind()
+
+
+def serve_ceiling(canned: bytes, bodies: list[dict], duration: float, warmup: float,
+                  ingress: str) -> dict:
+    """The client at each level (GET and POST) against :func:`noop_service` with ``ingress``."""
+    from ray import serve
+
+    from kg_ops.devcluster import free_ports
+    from kg_ops.serve.deploy import http_url, ingress_in_effect, start_serve
+
+    with local_serve(ingress) as metrics_port:
+        endpoint = start_serve("127.0.0.1", free_ports(1)[0])
+        serve.run(noop_service(canned), name="noop", route_prefix="/kg")
+        url = ingress_in_effect("noop", endpoint, http_url(endpoint, "/kg"), "noop", 120)["url"]
+        out: dict = {"url": url}
+        for method, into in (("POST", out), ("GET", out.setdefault("get", {}))):
+            for c in LEVELS:
+                r = into[f"concurrency_{c}"] = _measured(metrics_port, url + "/predict",
+                                                         bodies, c, duration, warmup, method)
+                _show(f"Serve no-op ({ingress}) {method:<4} concurrency {c:>2}", r)
+        return out
 
 
 def _show(what: str, r: dict) -> None:
+    formed = f", batches of {r['mean_batch_formed']}" if "mean_batch_formed" in r else ""
     print(f"  service {what}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-          f"{r['queries_per_s']} q/s, {r['errors']} errors", flush=True)
+          f"{r['queries_per_s']} q/s, {r['errors']} errors{formed}", flush=True)
 
 
 def bench(label: str, uri: str, args, only_ceiling: bool = False) -> dict:
@@ -305,7 +422,18 @@ def bench(label: str, uri: str, args, only_ceiling: bool = False) -> dict:
             for k, v in top.items() if k.startswith("server_processes")}
         print(f"  HTTP ceiling over the floor at concurrency 32: "
               f"{top['over_floor_qps_at_32']}", flush=True)
-        return {**info, "in_process": fl, "http_ceiling": top}
+        canned = canned_answer(index, bodies[0])
+        del index
+        gc.collect()
+        noop = {ingress: serve_ceiling(canned, bodies, args.duration, args.warmup, ingress)
+                for ingress in args.ingress}
+        for sv in noop.values():
+            sv["over_floor_qps_at_32"] = {
+                m: round(r["concurrency_32"]["queries_per_s"] / floor32, 3)
+                for m, r in (("post", sv), ("get", sv["get"]))}
+        print(f"  Serve no-op over the floor at concurrency 32: "
+              f"{ {k: v['over_floor_qps_at_32'] for k, v in noop.items()} }", flush=True)
+        return {**info, "in_process": fl, "http_ceiling": top, "serve_noop_ceiling": noop}
     del index
     gc.collect()
     by_ingress, goals = {}, {}
@@ -365,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                         "not measure")
     p.add_argument("--ceiling", action="store_true",
                    help="with --codex-m: the HTTP ceiling of this machine (a bare ASGI app, "
-                        "no Serve) next to the floor, stored as 'codex-m http ceiling'")
+                        "no Serve) and Serve's (a no-op deployment with the service's /predict, "
+                        "per --ingress) next to the floor, stored as 'codex-m http ceiling'")
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the synth random version (data preparation, no measurement)")
     args = p.parse_args(argv)
@@ -393,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
                                     "replica's event loop, buffered logs, GC frozen)",
                          "ratios": "over_floor_qps: service q/s over the in-process floor's "
                                    "at the same batch size (batch: over the floor at batch "
-                                   "32)"}}
+                                   "32)",
+                         "mean_batch_formed": "queries per @serve.batch call of the replica "
+                                              "during the level (warm-up included), from "
+                                              "Serve's serve_actual_batch_size histogram"}}
     if args.prepare_only:
         print(synth_version(args.synth_graph, args.work))
         return 0

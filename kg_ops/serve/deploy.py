@@ -215,7 +215,7 @@ def _swap(name: str, reg, state: dict[str, Any], spec: dict[str, Any], timeout_s
     _replicas_holding(name, reg, vid, "live", timeout_s)
 
 
-def _ingress(name: str, endpoint: dict[str, Any], proxy_url: str, vid: str,
+def ingress_in_effect(name: str, endpoint: dict[str, Any], proxy_url: str, vid: str,
              timeout_s: float) -> dict[str, Any]:
     """Which ingress is in effect and the URL to call: with direct ingress, wait until every
     running replica answers on its own port, and call the replica (``url``; ``urls`` lists
@@ -284,7 +284,7 @@ def deploy(version_uri: str, *, name: str = DEFAULT_NAME,
                 _start_service(name, route_prefix, reg, state, spec, url, timeout_s)
             _wait(f"{url}/health to answer version {version.id}",
                   lambda: _answering([url], version.id), timeout_s)
-            ingress = _ingress(name, endpoint, url, version.id, timeout_s)
+            ingress = ingress_in_effect(name, endpoint, url, version.id, timeout_s)
         new_state = ray.get(reg.get.remote())
         previous = new_state["previous"] or {}
         url = ingress["url"]
