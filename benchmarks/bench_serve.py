@@ -32,7 +32,8 @@ Serve: a no-op deployment with the service's ``/predict`` (FastAPI ingress, the 
 validation and ``@serve.batch``) answering the canned body: the bound for any Serve service.
 
 Per level, ``mean_batch_formed`` is the mean number of queries per ``@serve.batch`` call the
-replica made, read from Serve's ``serve_actual_batch_size`` histogram.
+replica made: the queries answered over the calls counted by Serve's
+``serve_actual_batch_size`` histogram.
 """
 
 from __future__ import annotations
@@ -129,11 +130,13 @@ async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
 
     lat: list[float] = []
     errors: list[str] = []
+    answered = 0  # answers, warm-up included (refusals are never batched)
     start = time.perf_counter()
     measure_from, end = start + warmup, start + warmup + duration
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=conn) as session:
         async def worker(w: int) -> None:
+            nonlocal answered
             j = w
             while (t := time.perf_counter()) < end:
                 body = bodies[j % len(bodies)]
@@ -143,6 +146,7 @@ async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
                 async with send as resp:
                     await resp.read()
                     status = resp.status
+                answered += status == 200
                 if t >= measure_from:
                     if status == 200:
                         lat.append(time.perf_counter() - t)
@@ -151,7 +155,8 @@ async def _load(url: str, bodies: list[dict], concurrency: int, duration: float,
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
     wall = time.perf_counter() - measure_from
     return {"requests": len(lat), "errors": len(errors), "p50_ms": pct(lat, 50),
-            "p99_ms": pct(lat, 99), "queries_per_s": round(len(lat) * per_request / wall, 1)}
+            "p99_ms": pct(lat, 99), "queries_per_s": round(len(lat) * per_request / wall, 1),
+            "answered_with_warmup": answered}
 
 
 # --- the HTTP ceiling ------------------------------------------------------------------------
@@ -244,30 +249,26 @@ def ceiling(index, bodies: list[dict], duration: float, warmup: float,
 METRICS_REPORT_MS = 1000
 
 
-def batches_formed(metrics_port: int) -> tuple[float, float]:
-    """(batches, queries) so far of the replica's ``@serve.batch``: the count and sum of
-    Serve's ``serve_actual_batch_size`` histogram, read from this node's metrics endpoint."""
+def batches_formed(metrics_port: int) -> float:
+    """How many ``@serve.batch`` calls the replica has made: the count of Serve's
+    ``serve_actual_batch_size`` histogram, from this node's metrics endpoint. (Not its sum:
+    Ray exports a histogram's sum from bucket midpoints, so batches of 1 add 0.5.)"""
     import urllib.request
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
                                   timeout=10).read().decode()
-    got = {"count": 0.0, "sum": 0.0}
-    for line in text.splitlines():
-        for what in got:
-            if line.startswith(f"ray_serve_actual_batch_size_{what}{{"):
-                got[what] += float(line.rsplit(" ", 1)[1])
-    return got["count"], got["sum"]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("ray_serve_actual_batch_size_count{"))
 
 
 def _measured(metrics_port: int, *load_args, **load_kwargs) -> dict:
-    """:func:`_load`'s figures plus the mean size of the batches the replica formed meanwhile
-    (warm-up included)."""
+    """:func:`_load`'s figures plus the mean size of the batches the replica formed meanwhile:
+    the queries answered (warm-up included) over the batch calls counted."""
     before = batches_formed(metrics_port)
     r = asyncio.run(_load(*load_args, **load_kwargs))
     time.sleep(2.5 * METRICS_REPORT_MS / 1000)  # the last report of this level
-    after = batches_formed(metrics_port)
-    batches = after[0] - before[0]
-    r["mean_batch_formed"] = round((after[1] - before[1]) / batches, 1) if batches else None
+    batches = batches_formed(metrics_port) - before
+    r["mean_batch_formed"] = round(r["answered_with_warmup"] / batches, 1) if batches else None
     return r
 
 
@@ -524,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                                    "at the same batch size (batch: over the floor at batch "
                                    "32)",
                          "mean_batch_formed": "queries per @serve.batch call of the replica "
-                                              "during the level (warm-up included), from "
+                                              "during the level: the queries answered "
+                                              "(warm-up included) over the calls counted by "
                                               "Serve's serve_actual_batch_size histogram"}}
     if args.prepare_only:
         print(synth_version(args.synth_graph, args.work))
