@@ -216,7 +216,7 @@ def _swap(name: str, reg, state: dict[str, Any], spec: dict[str, Any], timeout_s
 
 
 def ingress_in_effect(name: str, endpoint: dict[str, Any], proxy_url: str, vid: str,
-             timeout_s: float) -> dict[str, Any]:
+                      timeout_s: float) -> dict[str, Any]:
     """Which ingress is in effect and the URL to call: with direct ingress, wait until every
     running replica answers on its own port, and call the replica (``url``; ``urls`` lists
     every replica's); else Serve's proxy. ``proxy_url`` is the proxy's in both modes."""
