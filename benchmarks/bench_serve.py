@@ -47,15 +47,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-from fastapi import Query
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, peak_rss_mib, write_results  # noqa: E402
-from kg_ops.serve.app import PredictRequest  # noqa: E402
 
 LEVELS = (1, 8, 32)
 BULK = (32, 256)      # queries per POST /predict/batch request
@@ -272,6 +269,18 @@ def _measured(metrics_port: int, *load_args, **load_kwargs) -> dict:
     return r
 
 
+def _levels(metrics_port: int, url: str, bodies: list[dict], duration: float, warmup: float,
+            label: str) -> dict:
+    """POST (``concurrency_C``) and GET (``get.concurrency_C``) ``url`` at every level."""
+    out: dict = {}
+    for method, into in (("POST", out), ("GET", out.setdefault("get", {}))):
+        for c in LEVELS:
+            r = into[f"concurrency_{c}"] = _measured(metrics_port, url, bodies, c, duration,
+                                                     warmup, method)
+            _show(f"{label} {method:<4} concurrency {c:>2}", r)
+    return out
+
+
 @contextlib.contextmanager
 def local_serve(ingress: str):
     """A fresh local Ray whose processes run with ``ingress``; yields the port of its metrics
@@ -320,12 +329,8 @@ def service(uri: str, bodies: list[dict], duration: float, warmup: float,
                                f"{manifest['outputs']['ingress']}")
         url = manifest["outputs"]["url"] + "/predict"
         print(f"  {ingress} ingress: {url}", flush=True)
-        out = {"deploy_s": round(deploy_s, 1), "url": url}
-        for method, into in (("POST", out), ("GET", out.setdefault("get", {}))):
-            for c in LEVELS:
-                r = into[f"concurrency_{c}"] = _measured(metrics_port, url, bodies, c,
-                                                         duration, warmup, method)
-                _show(f"{ingress} {method:<4} concurrency {c:>2}", r)
+        out = {"deploy_s": round(deploy_s, 1), "url": url,
+               **_levels(metrics_port, url, bodies, duration, warmup, ingress)}
         for b in BULK:
             r = out.setdefault("batch", {})[f"queries_{b}"] = asyncio.run(
                 _load(url, bodies, BULK_CONCURRENCY, duration, warmup, per_request=b))
@@ -333,46 +338,13 @@ def service(uri: str, bodies: list[dict], duration: float, warmup: float,
         return out
 
 
-def noop_service(canned: bytes):
-    """A Serve application with the service's ``/predict`` surface (FastAPI ingress, the same
-    pydantic validation of the query, ``@serve.batch`` of the same size and wait) that answers
-    ``canned`` without computing anything: what Serve itself costs per request. (FastAPI reads
-    the endpoints' annotations from this module's globals, hence the imports at the top.)"""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
-    from ray import serve
-
-    from kg_ops.serve.app import BATCH_SIZE, BATCH_WAIT_S
-
-    api = FastAPI()
-
-    @serve.deployment(name="NoOp", max_ongoing_requests=256)
-    @serve.ingress(api)
-    class NoOp:
-        @api.post("/predict")
-        async def predict(self, req: PredictRequest):
-            return await self._answer(req.model_dump(exclude_none=True))
-
-        @api.get("/predict")
-        async def predict_get(self, req: Annotated[PredictRequest, Query()]):
-            return await self._answer(req.model_dump(exclude_none=True))
-
-        @serve.batch(max_batch_size=BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
-        async def _answer(self, bodies: list[dict]) -> list[Response]:
-            return [Response(canned, media_type="application/json") for _ in bodies]
-
-        @api.get("/health")
-        async def health(self):
-            return JSONResponse({"status": "ok", "version": "noop"})
-
-    return NoOp.options(ray_actor_options={"num_cpus": 1}).bind()
-
-
 def serve_ceiling(canned: bytes, bodies: list[dict], duration: float, warmup: float,
                   ingress: str) -> dict:
-    """The client at each level (GET and POST) against :func:`noop_service` with ``ingress``."""
+    """The client at each level (GET and POST) against
+    :func:`benchmarks.serve_noop.noop_service` with ``ingress``."""
     from ray import serve
 
+    from benchmarks.serve_noop import noop_service
     from kg_ops.devcluster import free_ports
     from kg_ops.serve.deploy import http_url, ingress_in_effect, start_serve
 
@@ -380,13 +352,8 @@ def serve_ceiling(canned: bytes, bodies: list[dict], duration: float, warmup: fl
         endpoint = start_serve("127.0.0.1", free_ports(1)[0])
         serve.run(noop_service(canned), name="noop", route_prefix="/kg")
         url = ingress_in_effect("noop", endpoint, http_url(endpoint, "/kg"), "noop", 120)["url"]
-        out: dict = {"url": url}
-        for method, into in (("POST", out), ("GET", out.setdefault("get", {}))):
-            for c in LEVELS:
-                r = into[f"concurrency_{c}"] = _measured(metrics_port, url + "/predict",
-                                                         bodies, c, duration, warmup, method)
-                _show(f"Serve no-op ({ingress}) {method:<4} concurrency {c:>2}", r)
-        return out
+        return {"url": url, **_levels(metrics_port, url + "/predict", bodies, duration, warmup,
+                                      f"Serve no-op ({ingress})")}
 
 
 def _show(what: str, r: dict) -> None:
