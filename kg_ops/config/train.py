@@ -125,9 +125,10 @@ class TrainConfig(StageConfig):
     negatives: int | None = option(None, minimum=1, help="type-constrained negatives: bce, per "
                                    "positive edge (default 1); softmax, candidates per node "
                                    "type shared by the batch (default 512)")
-    embedding_dim: int = option(256, minimum=1, help="input embedding size")
+    embedding_dim: int = option(1000, minimum=1, help="input embedding size (ComplEx: "
+                                "half real, half imaginary)")
     hidden_dim: int = option(128, minimum=1, help="hidden layer size")
-    out_dim: int = option(256, minimum=1, help="output embedding size")
+    out_dim: int = option(1000, minimum=1, help="output embedding size")
     residual: bool = option(True, help="add each node's input embedding to the encoder "
                             "output (a skip connection; needs --embedding-dim equal to "
                             "--out-dim)")
@@ -136,16 +137,16 @@ class TrainConfig(StageConfig):
                                  "shallow model the residual network contains)")
     reciprocal: bool = option(True, help="a second vector per relation answers head "
                               "queries (?, r, t) as (t, r^-1, ?)")
-    entity_dropout: float = option(0.1, minimum=0, maximum=0.99,
+    entity_dropout: float = option(0.0, minimum=0, maximum=0.99,
                                    help="dropout on the entity embeddings the decoder scores")
-    relation_dropout: float = option(0.1, minimum=0, maximum=0.99,
+    relation_dropout: float = option(0.0, minimum=0, maximum=0.99,
                                      help="dropout on the decoder's relation vectors")
-    n3: float = option(0.0, minimum=0, help="weight of the N3 penalty on each query's factors "
+    n3: float = option(0.01, minimum=0, help="weight of the N3 penalty on each query's factors "
                        "(softmax and 1vsall losses)")
     label_smoothing: float = option(0.0, minimum=0, maximum=0.99,
                                     help="label smoothing of the softmax and 1vsall losses")
-    init_scale: float = option(0.0, minimum=0, help="initial entity embeddings and relation "
-                               "vectors uniform in [-s, s] (0: Xavier-uniform)")
+    init_scale: float = option(0.001, minimum=0, help="initial entity embeddings and "
+                               "relation vectors uniform in [-s, s] (0: Xavier-uniform)")
     lr_decay: float = option(1.0, minimum=0.01, maximum=1.0,
                              help="multiply the learning rate by this after every "
                                   "--lr-patience epochs without a better validation MRR "

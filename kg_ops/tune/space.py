@@ -32,7 +32,7 @@ KINDS = ("loguniform", "uniform", "choice")
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "optimizer": {"choice": ["adagrad", "adam"]},
     "lr": {"loguniform": {"adagrad": [0.02, 0.5], "adam": [0.0003, 0.003]}, "by": "optimizer"},
-    "embedding_dim": {"choice": [128, 256]},
+    "embedding_dim": {"choice": [512, 1000]},
     "hidden_dim": {"choice": [64, 128]},
     "dropout": {"uniform": [0.0, 0.4]},
     "entity_dropout": {"uniform": [0.0, 0.3]},

@@ -93,10 +93,11 @@ def test_default_recipe_is_the_documented_one():
     """The best measured recipe (benchmarks/bench_train.py; README): what `kgops train`,
     the operator and the refresh DAG all use."""
     cfg = TrainConfig(**REQUIRED).resolved()
-    want = {"model": "rgcn", "loss": "1vsall", "batch_size": 1024, "embedding_dim": 256,
-            "hidden_dim": 128, "out_dim": 256, "residual": True, "residual_gate": True,
-            "decoder": "complex", "reciprocal": True, "dropout": 0.2, "entity_dropout": 0.1,
-            "relation_dropout": 0.1, "n3": 0.0, "label_smoothing": 0.0, "optimizer": "adagrad",
+    want = {"model": "rgcn", "loss": "1vsall", "batch_size": 1024, "embedding_dim": 1000,
+            "hidden_dim": 128, "out_dim": 1000, "residual": True, "residual_gate": True,
+            "decoder": "complex", "reciprocal": True, "dropout": 0.2, "entity_dropout": 0.0,
+            "relation_dropout": 0.0, "n3": 0.01, "init_scale": 0.001, "label_smoothing": 0.0,
+            "optimizer": "adagrad",
             "lr": 0.1, "dense_lr": 0.001, "weight_decay": 0.0, "regularization": 0.0, "lr_decay": 1.0, "epochs": 40,
             "patience": 10, "preset": None, "attribute_input": "add"}
     assert {k: getattr(cfg, k) for k in want} == want

@@ -56,7 +56,7 @@ def test_fanout_beyond_the_partitions_is_refused(planted, tmp_path):
 
 
 def test_residual_with_unequal_dims_is_refused(planted, tmp_path):
-    with pytest.raises(KGOpsError, match=r"residual needs embedding_dim == out_dim, got 256 "
+    with pytest.raises(KGOpsError, match=r"residual needs embedding_dim == out_dim, got 1000 "
                                          r"and 32.*kgops train --help"):
         train(config(planted["parts"][1], tmp_path, residual=True, out_dim=32))
     assert not (tmp_path / "out" / "_manifest.json").exists()

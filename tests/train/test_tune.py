@@ -19,10 +19,10 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 4
 # The published recipe learns the planted graph in a few epochs.
-# embedding_dim 256 is `kgops train`'s default and not the preset's 64: the trials must train
+# embedding_dim 1000 is `kgops train`'s default and not the preset's 64: the trials must train
 # with the sampled value, not take it for "left at its default".
 SPACE = {"lr": {"choice": [0.0001, 0.01]}, "dropout": {"uniform": [0.0, 0.3]},
-         "embedding_dim": {"choice": [256]}}
+         "embedding_dim": {"choice": [1000]}}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_the_manifest_holds_both_trials_and_the_best_recipe(tuned):
     for t in trials:
         assert t["status"] == "completed" and t["epochs"] == EPOCHS
         trained_with = require_manifest(t["out"], "train")["config"]
-        assert trained_with["embedding_dim"] == 256 and trained_with["loss"] == "bce"
+        assert trained_with["embedding_dim"] == 1000 and trained_with["loss"] == "bce"
         assert trained_with["dropout"] == t["options"]["dropout"]
         assert trained_with["lr"] == t["options"]["lr"]
         assert 0 <= t["options"]["dropout"] <= 0.3
