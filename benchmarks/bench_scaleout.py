@@ -500,9 +500,9 @@ def main() -> None:
     ap.add_argument("--gbit", type=float, default=10.0, help="assumed network, Gbit/s")
     ap.add_argument("--latency-us", type=float, default=50.0)
     ap.add_argument("--m-epochs", type=int, default=3)
-    ap.add_argument("--m-recipe", default='{"loss": "softmax", "negatives": 1024, '
-                    '"batch_size": 1024, "fanout": "10,5", "decoder": "complex"}',
-                    help="kgops train options of the CoDEx-M runs (JSON)")
+    ap.add_argument("--m-recipe", default="{}",
+                    help="kgops train options of the CoDEx-M runs besides its defaults (JSON; "
+                         "default: none, i.e. the default recipe)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
