@@ -248,6 +248,7 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from kg_ops.raycluster import init_ray
+    from kg_ops.train.hugepages import step_env
     from kg_ops.train.loop import train_worker
     from kg_ops.train.worker_errors import raise_reported
 
@@ -264,7 +265,7 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Ray Train's INFO lines (resources, checkpoints) would flood the relayed log.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks,
-            worker_runtime_env={"env_vars": dict(worker_env)} if worker_env else None))
+            worker_runtime_env={"env_vars": step_env(worker_env)}))
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface a user error's own message

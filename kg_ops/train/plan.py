@@ -215,14 +215,18 @@ def _worker_share(model, csr, sampler, fanouts: list[int], seed: int, workers: i
 
 def calibrate_in_child(part_uri: str, **kwargs) -> StepCost:
     """:func:`calibrate` on the partition directory ``part_uri`` in a fresh Python process
-    (one thread), as a training worker runs."""
+    (one thread, the workers' allocator settings: :mod:`kg_ops.train.hugepages`), as a
+    training worker runs."""
     import json
+    import os
     import subprocess
     import sys
 
+    from kg_ops.train.hugepages import step_env
+
     spec = json.dumps({"part_uri": part_uri, **kwargs})
     proc = subprocess.run([sys.executable, "-m", "kg_ops.train.plan", spec],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=step_env(os.environ))
     if proc.returncode != 0:
         raise RuntimeError(f"step-cost calibration on {part_uri} failed:\n"
                            f"{proc.stderr[-3000:]}")
