@@ -13,7 +13,10 @@ Here the messages become one CSR matrix ``A`` of shape ``[n_rows * K, n_src]`` (
 ``i * K + k`` holds the ``k``-th weights of ``i``'s messages, so the product's
 ``[n_rows, K * in]`` view needs no permute), ``out = A @ x`` is one SpMM, and the backward is
 ``A^T @ grad`` for ``x`` plus, only when the weights need a gradient, the per-message dot
-products ``<grad[row_e, k], x[src_e]>`` taken in cache-sized chunks of messages.
+products ``<grad[row_e, k], x[src_e]>``: ``grad @ x^T`` sampled at ``A``'s non-zeros (one
+SDDMM, ``torch.sparse.sampled_addmm``). On the first layer of a 2-worker CoDEx-M step (83k
+messages, 1000 dimensions, 4 bases, one thread) that takes 0.03 s; gathering both rows of
+every message for a batched matrix-vector product per chunk of messages took 0.39 s.
 """
 
 from __future__ import annotations
@@ -22,14 +25,11 @@ import warnings
 
 import torch
 
-# Messages per chunk of the weights' gradient: ``[chunk, K, in]`` floats stay in cache.
-GRAD_CHUNK = 512
-
-
 def _csr(src: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, n_rows: int,
-         n_src: int) -> torch.Tensor:
+         n_src: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The CSR matrix ``[n_rows * K, n_src]`` of the weighted messages (a row's messages in
-    their given order)."""
+    their given order) and ``[E, K]``: the position of message ``e``'s ``k``-th weight among
+    the matrix's values."""
     k = weight.shape[1]
     order = torch.argsort(row, stable=True)
     r, s = row[order], src[order]
@@ -51,32 +51,33 @@ def _csr(src: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, n_rows: int
         # meant, so torch's sorted-and-unique invariant check must stay off.
         a = torch.sparse_csr_tensor(crow, cols, vals, (n_rows * k, n_src),
                                     check_invariants=False)
-    return a
+    where = torch.empty(len(r), k, dtype=torch.long)
+    where[order] = base.t()
+    return a, where
 
 
 class _Aggregate(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # CSR SpMM: float32
     def forward(ctx, x, weight, src, row, n_rows):
-        a = _csr(src, row, weight, n_rows, x.shape[0])
-        ctx.save_for_backward(x, src, row)
+        a, where = _csr(src, row, weight, n_rows, x.shape[0])
+        ctx.save_for_backward(x, where)
         ctx.a, ctx.k = a, weight.shape[1]
         return (a @ x).view(n_rows, ctx.k, x.shape[1])
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
-        x, src, row = ctx.saved_tensors
-        grad = grad.contiguous()
+        x, where = ctx.saved_tensors
+        grad = grad.contiguous().view(-1, x.shape[1])
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = ctx.a.t() @ grad.view(-1, x.shape[1])
+            gx = ctx.a.t() @ grad
         if ctx.needs_input_grad[1]:
-            gw = torch.empty(len(src), ctx.k, dtype=grad.dtype)
-            for a in range(0, len(src), GRAD_CHUNK):
-                xs = x.index_select(0, src[a:a + GRAD_CHUNK]).unsqueeze(2)      # [c, in, 1]
-                gw[a:a + GRAD_CHUNK] = torch.bmm(grad.index_select(0, row[a:a + GRAD_CHUNK]),
-                                                 xs).squeeze(2)                 # [c, K]
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                dots = torch.sparse.sampled_addmm(ctx.a, grad, x.t(), beta=0.0).values()
+            gw = dots[where]
         return gx, gw, None, None, None
 
 
