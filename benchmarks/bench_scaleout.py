@@ -303,7 +303,7 @@ def section_simulate(inputs: dict, args) -> None:
 
 def run_child(spec: dict) -> dict:
     """``child_run(spec)`` in a fresh process; its result and its own peak memory."""
-    from kg_ops.train.hugepages import step_env
+    from kg_ops.train.allocator import step_env
 
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                           capture_output=True, text=True, env=step_env(os.environ))

@@ -25,6 +25,7 @@ import warnings
 
 import torch
 
+
 def _csr(src: torch.Tensor, row: torch.Tensor, weight: torch.Tensor, n_rows: int,
          n_src: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The CSR matrix ``[n_rows * K, n_src]`` of the weighted messages (a row's messages in

@@ -248,7 +248,7 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from kg_ops.raycluster import init_ray
-    from kg_ops.train.hugepages import step_env
+    from kg_ops.train.allocator import step_env
     from kg_ops.train.loop import train_worker
     from kg_ops.train.worker_errors import raise_reported
 

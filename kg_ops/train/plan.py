@@ -215,14 +215,14 @@ def _worker_share(model, csr, sampler, fanouts: list[int], seed: int, workers: i
 
 def calibrate_in_child(part_uri: str, **kwargs) -> StepCost:
     """:func:`calibrate` on the partition directory ``part_uri`` in a fresh Python process
-    (one thread, the workers' allocator settings: :mod:`kg_ops.train.hugepages`), as a
+    (one thread, the workers' allocator settings: :mod:`kg_ops.train.allocator`), as a
     training worker runs."""
     import json
     import os
     import subprocess
     import sys
 
-    from kg_ops.train.hugepages import step_env
+    from kg_ops.train.allocator import step_env
 
     spec = json.dumps({"part_uri": part_uri, **kwargs})
     proc = subprocess.run([sys.executable, "-m", "kg_ops.train.plan", spec],
