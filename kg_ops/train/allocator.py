@@ -19,10 +19,12 @@ So the workers run on jemalloc, which keeps freed memory and hands it out again:
 * ``THP_MEM_ALLOC_ENABLE=1``: PyTorch aligns large allocations to 2 MiB and asks for
   transparent huge pages, 512 times fewer faults where jemalloc is not found.
 
-One worker's share of a 2-worker CoDEx-M step, one thread (``/proc`` counters around each
-step): 2.34 s with the C library (0.93 s of it in the kernel), 1.89 s with huge pages alone,
-0.93 s with jemalloc (no time in the kernel), resident memory 1,280 MiB against a peak of
-1,155 MiB. The environment must be set before the process starts, hence at launch: Ray
+One worker's share of a 2-worker CoDEx-M step, one thread, the loop in a thread as Ray Train
+runs it (``getrusage`` around each step, two rounds): 2.23-2.49 s with the C library (1.0-1.2
+s of it in the kernel, 476,000 faults), 1.53-1.73 s with huge pages alone, 1.11 s with
+jemalloc (no faults); resident memory 1,280 MiB against the C library's peak of 1,200 MiB.
+Keeping memory with the C library's own switches (no ``mmap``, no trimming, one arena) gave
+1.20 s at 1,590-1,660 MiB. The environment must be set before the process starts, hence at launch: Ray
 Train's workers (:mod:`kg_ops.train.cli`), the cost planner's child, the benchmark's children.
 A user's own value for any of these variables wins (``LD_PRELOAD=""`` turns jemalloc off).
 """
