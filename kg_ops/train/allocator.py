@@ -24,8 +24,10 @@ runs it (``getrusage`` around each step, two rounds): 2.23-2.49 s with the C lib
 s of it in the kernel, 476,000 faults), 1.53-1.73 s with huge pages alone, 1.11 s with
 jemalloc (no faults); resident memory 1,280 MiB against the C library's peak of 1,200 MiB.
 Keeping memory with the C library's own switches (no ``mmap``, no trimming, one arena) gave
-1.20 s at 1,590-1,660 MiB. The environment must be set before the process starts, hence at launch: Ray
-Train's workers (:mod:`kg_ops.train.cli`), the cost planner's child, the benchmark's children.
+1.20 s at 1,590-1,660 MiB.
+
+The environment must be set before the process starts, hence at launch: Ray Train's workers
+(:mod:`kg_ops.train.cli`), the cost planner's child, the benchmark's children.
 A user's own value for any of these variables wins (``LD_PRELOAD=""`` turns jemalloc off).
 """
 
