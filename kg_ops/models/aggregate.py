@@ -75,9 +75,7 @@ class _Aggregate(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = ctx.a.t() @ grad
         if ctx.needs_input_grad[1]:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                dots = torch.sparse.sampled_addmm(ctx.a, grad, x.t(), beta=0.0).values()
+            dots = torch.sparse.sampled_addmm(ctx.a, grad, x.t(), beta=0.0).values()
             gw = dots[where]
         return gx, gw, None, None, None
 
