@@ -4,7 +4,7 @@ A ``1vsall`` step at the default 1000 dimensions allocates and frees dozens of t
 to hundreds of megabytes (each direction's ``[queries, entities]`` scores and their gradients,
 the entity table, its bfloat16 copy and gradient, the message aggregates: 35-140 MB each on
 CoDEx-M). The C library returns every freed one to the kernel and the next step faults its
-pages in again: on a 2-worker CoDEx-M step, 476,000 page faults and 45 % of the worker's CPU
+pages in again: on a 2-worker CoDEx-M step, 476,000 page faults and 45-50 % of the worker's CPU
 time in the kernel (on virtual machines that hand freed memory back to the host, each fault
 also waits for the host).
 
