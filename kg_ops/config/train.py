@@ -183,7 +183,9 @@ class TrainConfig(StageConfig):
                                  "evaluation stay float32), fast on CPUs with bfloat16 units "
                                  "(AVX512-BF16, AMX) and slow elsewhere; auto: bf16 on each "
                                  "worker whose CPU has them, else fp32 (CoDEx-S: the same "
-                                 "test MRR, 1.4x faster on 1 worker, 1.6x on 2)")
+                                 "test MRR, 1.4x faster on 1 worker, 1.6x on 2); when every "
+                                 "worker is bf16, the gathered embeddings and the embedding "
+                                 "gradients also travel between workers as bfloat16")
     seed: int = option(0, help="random seed")
     threads: int = option(1, minimum=1, recorded=False, help="torch threads per worker")
     prefetch: int = option(1, minimum=0, recorded=False, help="batches built ahead in a "

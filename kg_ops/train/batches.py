@@ -134,6 +134,14 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
+def wire_dtype(used: str) -> torch.dtype:
+    """What activations and embedding gradients travel between workers as, for the precision
+    the workers settled on (``bf16``, ``fp32`` or ``mixed``): bfloat16 only when every
+    worker computes in it, since its forward products round to bfloat16 anyway (half the
+    bytes through gloo); float32 otherwise."""
+    return torch.bfloat16 if used == "bf16" else torch.float32
+
+
 def autocast(precision: str):
     """The context a training forward runs in: ``kgops train --precision`` (``bf16``: CPU
     autocast to bfloat16; ``fp32``: a no-op; ``auto``: as :func:`resolve_precision`)."""

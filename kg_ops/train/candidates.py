@@ -16,6 +16,9 @@ the gathered set holds each entity once, as with one worker. Each worker ranks i
 against all of them. Backward sends every worker's gradient of the gathered embeddings back
 to the worker that computed them (one all-reduce of the ``[P * slots, d]`` gradient), so the
 averaged gradient is the gradient of the mean loss over the global batch, as with one worker.
+When every worker computes in bfloat16 (``--precision``), the rows and their gradient travel
+as bfloat16 (:func:`kg_ops.train.batches.wire_dtype`): half the bytes, and the forward's
+matrix products had rounded them to bfloat16 already.
 Candidate masks are computed from global ids after the gather: a candidate may replace a
 positive's tail (head) when it has the type the relation expects there and is not the true
 entity.
@@ -37,24 +40,26 @@ def shard_size(k: int, world: int) -> int:
 
 class _GatherRows(torch.autograd.Function):
     """All-gather of equally shaped ``[m, d]`` row blocks, differentiable: the backward sums
-    every worker's gradient of the gathered rows and hands each worker its own block."""
+    every worker's gradient of the gathered rows and hands each worker its own block. Both
+    travel as ``wire`` (bfloat16 halves the bytes when the workers compute in bf16) and come
+    back as float32."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, world: int, rank: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, world: int, rank: int, wire: torch.dtype) -> torch.Tensor:
         import torch.distributed as dist
 
-        ctx.rank, ctx.m = rank, x.shape[0]
-        out = [torch.empty_like(x) for _ in range(world)]
-        dist.all_gather(out, x.contiguous())
-        return torch.cat(out)
+        ctx.rank, ctx.m, ctx.wire = rank, x.shape[0], wire
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]), dtype=wire)
+        dist.all_gather_into_tensor(out, x.to(wire).contiguous())
+        return out.float()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         import torch.distributed as dist
 
-        grad = grad.contiguous().clone()
+        grad = grad.to(ctx.wire, copy=True).contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m], None, None
+        return grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m].float(), None, None, None
 
 
 def balanced_owners(held: np.ndarray) -> np.ndarray:
@@ -115,6 +120,7 @@ class CandidateShards:
     slots: int
     head_type: torch.Tensor     # node type each relation expects at its head
     tail_type: torch.Tensor
+    wire: torch.dtype = torch.float32   # what the gathered rows travel as (batches.wire_dtype)
 
     def gather(self, emb: torch.Tensor, gid: np.ndarray, ntype: np.ndarray
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -143,8 +149,9 @@ class CandidateShards:
 
     def gather_rows(self, emb: torch.Tensor) -> torch.Tensor:
         """Every worker's ``[m, d]`` rows, each block padded with zeros to ``slots``
-        (differentiable: :class:`_GatherRows`); on one worker its own padded block."""
-        emb = emb.float()        # bfloat16 under --precision bf16: gathered as float32
+        (differentiable: :class:`_GatherRows`), as float32; on one worker its own padded
+        block."""
+        emb = emb.float()        # bfloat16 under --precision bf16
         m = emb.shape[0]
         if m > self.slots:
             raise ValueError(f"{m} candidates exceed the {self.slots} slots of a shard")
@@ -152,7 +159,7 @@ class CandidateShards:
             emb = torch.cat([emb, emb.new_zeros(self.slots - m, emb.shape[1])])
         if self.world == 1:
             return emb
-        return _GatherRows.apply(emb, self.world, self.rank)
+        return _GatherRows.apply(emb, self.world, self.rank, self.wire)
 
     def masks(self, rel: torch.Tensor, head_gid: torch.Tensor, tail_gid: torch.Tensor,
               cand_gid: torch.Tensor, cand_type: torch.Tensor

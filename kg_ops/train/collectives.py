@@ -11,7 +11,10 @@ class Collectives:
     """Collectives over torch.distributed (gloo), no-ops for a single worker."""
 
     def __init__(self, world: int, exchange: str = "auto"):
+        import torch
+
         self.world, self.exchange = world, exchange
+        self.wire = torch.float32     # what embedding gradients travel as (batches.wire_dtype)
         self.last_exchange = None
 
     def _dist(self):
@@ -44,9 +47,10 @@ class Collectives:
         return np.stack([o.numpy().astype(bool) for o in out])
 
     def average_gradients(self, model) -> None:
-        """Average every gradient across workers: dense ones with one flat all-reduce, sparse
-        ones (embedding rows) by the cheaper of a gather of each worker's touched rows and a
-        dense all-reduce of the table (:mod:`kg_ops.train.exchange`)."""
+        """Average every gradient across workers: dense ones with one flat all-reduce
+        (float32), sparse ones (embedding rows) by the cheaper of a gather of each worker's
+        touched rows and a dense all-reduce of the table (:mod:`kg_ops.train.exchange`),
+        sent as ``self.wire``."""
         import torch
 
         from kg_ops.train.exchange import sparse_mean
@@ -72,7 +76,8 @@ class Collectives:
             offset += n
         for p in params:
             if id(p) in sparse:
-                p.grad, self.last_exchange = sparse_mean(p.grad, self.world, self.exchange)
+                p.grad, self.last_exchange = sparse_mean(p.grad, self.world, self.exchange,
+                                                         self.wire)
 
     def broadcast_parameters(self, model) -> None:
         if self.world == 1:

@@ -13,7 +13,9 @@ The gather wins while steps touch a small part of the table (the 2.8M-node graph
 2.8M rows); the dense all-reduce wins when every step touches most of it (CoDEx-M). The row
 counts are exchanged first, so every worker knows them and picks the same exchange, by the
 bytes above (``mode="auto"``). Both give the same rows and, in exact arithmetic, the same
-values: the sum over workers, then divided by ``P``.
+values: the sum over workers, then divided by ``P``. ``wire=torch.bfloat16`` (every worker
+computes in bf16) sends the values as bfloat16, half the bytes, and sums them there; the
+result is float32 again.
 """
 
 from __future__ import annotations
@@ -35,27 +37,31 @@ class Exchange:
     dense_bytes: int
 
 
-def exchange_bytes(rows: list[int], num_rows: int, dim: int) -> tuple[int, int]:
-    """Bytes each worker receives with the ``gather`` and with the ``dense`` exchange."""
+def exchange_bytes(rows: list[int], num_rows: int, dim: int, value_bytes: int = 4
+                   ) -> tuple[int, int]:
+    """Bytes each worker receives with the ``gather`` and with the ``dense`` exchange, for
+    values of ``value_bytes`` each (4: float32, 2: bfloat16)."""
     p = len(rows)
-    gather = p * max(rows, default=0) * (4 * dim + 8)
-    dense = int(2 * (p - 1) / p * num_rows * 4 * (dim + 1)) if p > 1 else 0
+    gather = p * max(rows, default=0) * (value_bytes * dim + 8)
+    dense = int(2 * (p - 1) / p * num_rows * value_bytes * (dim + 1)) if p > 1 else 0
     return gather, dense
 
 
-def choose(rows: list[int], num_rows: int, dim: int, mode: str = "auto") -> str:
+def choose(rows: list[int], num_rows: int, dim: int, mode: str = "auto",
+           value_bytes: int = 4) -> str:
     if mode not in MODES:
         raise ValueError(f"gradient exchange must be one of {MODES}, not {mode!r}")
     if mode != "auto":
         return mode
-    gather, dense = exchange_bytes(rows, num_rows, dim)
+    gather, dense = exchange_bytes(rows, num_rows, dim, value_bytes)
     return "gather" if gather <= dense else "dense"
 
 
-def sparse_mean(grad: torch.Tensor, world: int, mode: str = "auto"
-                ) -> tuple[torch.Tensor, Exchange]:
+def sparse_mean(grad: torch.Tensor, world: int, mode: str = "auto",
+                wire: torch.dtype = torch.float32) -> tuple[torch.Tensor, Exchange]:
     """The mean over the ``world`` workers of each worker's sparse row gradient ``grad``
-    (a ``[N, d]`` sparse COO tensor), coalesced, and how it was exchanged."""
+    (a ``[N, d]`` sparse COO tensor), coalesced, and how it was exchanged; the values
+    travel as ``wire``."""
     import torch.distributed as dist
 
     g = grad.coalesce()
@@ -64,39 +70,46 @@ def sparse_mean(grad: torch.Tensor, world: int, mode: str = "auto"
     dist.all_gather(counts, torch.tensor([len(rows)]))
     n = [int(c) for c in counts]
     num_rows, dim = grad.shape[0], vals.shape[1] if vals.dim() > 1 else 1
-    picked = choose(n, num_rows, dim, mode)
-    info = Exchange(picked, n, *exchange_bytes(n, num_rows, dim))
+    size = torch.empty(0, dtype=wire).element_size()
+    picked = choose(n, num_rows, dim, mode, size)
+    info = Exchange(picked, n, *exchange_bytes(n, num_rows, dim, size))
     if picked == "dense":
-        return _dense_sum(rows, vals, grad.shape, world) , info
-    return _gather_sum(rows, vals, grad.shape, world, n), info
+        total = _dense_sum(rows, vals, grad.shape, wire)
+    else:
+        total = _gather_sum(rows, vals, grad.shape, world, n, wire)
+    return torch.sparse_coo_tensor(total.indices(), total.values() / world, grad.shape,
+                                   is_coalesced=True), info
 
 
-def _gather_sum(rows, vals, shape, world: int, counts: list[int]) -> torch.Tensor:
+def _gather_sum(rows, vals, shape, world: int, counts: list[int], wire: torch.dtype
+                ) -> torch.Tensor:
+    """The sum over workers of their ``(rows, vals)``, coalesced: one all-gather of the row
+    ids and one of the values (as ``wire``), summed in ``vals``' dtype."""
     import torch.distributed as dist
 
     width = max(counts)
     pad_rows = torch.zeros(width, dtype=torch.long)
-    pad_vals = torch.zeros(width, *vals.shape[1:], dtype=vals.dtype)
+    pad_vals = torch.zeros(width, *vals.shape[1:], dtype=wire)
     pad_rows[:len(rows)], pad_vals[:len(rows)] = rows, vals
     all_rows = [torch.empty_like(pad_rows) for _ in range(world)]
     all_vals = [torch.empty_like(pad_vals) for _ in range(world)]
     dist.all_gather(all_rows, pad_rows)
     dist.all_gather(all_vals, pad_vals)
     rows = torch.cat([r[:k] for r, k in zip(all_rows, counts, strict=True)])
-    vals = torch.cat([v[:k] for v, k in zip(all_vals, counts, strict=True)])
-    total = torch.sparse_coo_tensor(rows.unsqueeze(0), vals, shape).coalesce()
-    return torch.sparse_coo_tensor(total.indices(), total.values() / world, shape,
-                                   is_coalesced=True)
+    sent = torch.cat([v[:k] for v, k in zip(all_vals, counts, strict=True)]).to(vals.dtype)
+    return torch.sparse_coo_tensor(rows.unsqueeze(0), sent, shape).coalesce()
 
 
-def _dense_sum(rows, vals, shape, world: int) -> torch.Tensor:
+def _dense_sum(rows, vals, shape, wire: torch.dtype) -> torch.Tensor:
+    """The sum over workers of their ``(rows, vals)``, coalesced: one all-reduce of a
+    ``wire`` table whose last column marks the rows some worker touched."""
     import torch.distributed as dist
 
     flat = vals.reshape(len(rows), -1)
-    table = torch.zeros(shape[0], flat.shape[1] + 1, dtype=vals.dtype)
-    table[rows, :-1] = flat
+    table = torch.zeros(shape[0], flat.shape[1] + 1, dtype=wire)
+    table[rows, :-1] = flat.to(wire)
     table[rows, -1] = 1.0
     dist.all_reduce(table)
     touched = torch.nonzero(table[:, -1] > 0).squeeze(1)
-    values = (table[touched, :-1] / world).reshape(len(touched), *vals.shape[1:])
+    values = table[touched, :-1].to(vals.dtype).reshape(len(touched), *vals.shape[1:])
     return torch.sparse_coo_tensor(touched.unsqueeze(0), values, shape, is_coalesced=True)

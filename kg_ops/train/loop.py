@@ -174,10 +174,13 @@ class _Worker:
 
     def connect(self) -> None:
         """The collectives of the start: equal parameters, global step count, who validates."""
+        from kg_ops.train.batches import wire_dtype
+
         self.comm.broadcast_parameters(self.model)
         self.total_edges = int(self.comm.all_reduce([float(len(self.edges))])[0])
         self.steps = max(1, math.ceil(self.total_edges / self.config.batch_size))
         self.precision = self._precision()
+        self.comm.wire = wire_dtype(self.precision)
         self._build_batches()
         self.validation = self._validation()
 
@@ -231,12 +234,14 @@ class _Worker:
         if cfg.loss == "softmax":
             types = int(self.comm.all_reduce([float(len(self.sampler.count))], op="max")[0])
             shard = shard_size(cfg.negatives, world)
-            return shard, CandidateShards(world, self.rank, shard * types, head, tail)
+            return shard, CandidateShards(world, self.rank, shard * types, head, tail,
+                                          self.comm.wire)
         owned, types = self._owned_pool()
         slots = int(self.comm.all_reduce([float(len(owned))], op="max")[0])
         return None, LayerwiseEncoding(
             self.csr, owned, types, self.fanouts, self.run.sample_seed, self.mcfg.num_layers,
-            CandidateShards(world, self.rank, slots, head, tail), self.mcfg.num_nodes)
+            CandidateShards(world, self.rank, slots, head, tail, self.comm.wire),
+            self.mcfg.num_nodes)
 
     def _owned_pool(self) -> tuple[np.ndarray, np.ndarray]:
         """This worker's share of the entities for sharded 1vsall: ``(local ids, node

@@ -87,6 +87,39 @@ def test_sharded_candidates_give_the_unsharded_loss_and_gradient(tmp_path, shard
     assert abs(alone - results[0][0]) > 1e-3
 
 
+def _gather_bf16(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.nn.Parameter(_rows(rank))
+    shards = CandidateShards(world, rank, slots=4, head_type=HEAD_TYPE, tail_type=TAIL_TYPE,
+                             wire=torch.bfloat16)
+    c = shards.gather_rows(x)
+    (c * _weights()).sum().backward()
+    return c.detach(), x.grad
+
+
+def _rows(rank: int) -> torch.Tensor:
+    return torch.randn(3, 5, generator=torch.Generator().manual_seed(10 + rank)) / 3
+
+
+def _weights() -> torch.Tensor:
+    """Each worker's gradient of the gathered rows (the same on both: the sum is 2x it)."""
+    return torch.randn(8, 5, generator=torch.Generator().manual_seed(7)) / 7
+
+
+def test_bfloat16_wire_gathers_rounded_rows_and_sums_rounded_gradients(tmp_path):
+    """With ``wire=bfloat16`` the rows and their gradient travel rounded to bfloat16 and come
+    back as float32: every worker sees each block (zero-padded to the slots) rounded, and each
+    worker's own block gets the rounded sum of both workers' gradients."""
+    results = run_gloo(_gather_bf16, 2, tmp_path)
+    blocks = [torch.cat([_rows(r), torch.zeros(1, 5)]) for r in (0, 1)]
+    want = torch.cat(blocks).bfloat16().float()
+    summed = (2 * _weights().bfloat16().float()).bfloat16().float()
+    for rank, (c, grad) in enumerate(results):
+        assert c.dtype == grad.dtype == torch.float32
+        assert torch.equal(c, want)
+        assert not torch.equal(c, torch.cat(blocks))          # the rounding did happen
+        assert torch.equal(grad, summed[rank * 4:rank * 4 + 3])
+
+
 def test_each_worker_draws_its_share_of_the_candidates():
     assert [shard_size(512, p) for p in (1, 2, 3, 8)] == [512, 256, 171, 64]
     assert shard_size(3, 8) == 1

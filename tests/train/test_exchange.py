@@ -63,3 +63,29 @@ def test_byte_counts_follow_the_formulas():
     assert gather == 2 * 30 * (4 * 8 + 8)
     assert dense == int(2 * 1 / 2 * 1000 * 4 * 9)
     assert exchange_bytes([5], 1000, 8)[1] == 0
+
+
+def _exchange_bf16(rank: int, world: int) -> dict:
+    out = {}
+    for mode in ("gather", "dense"):
+        grad, info = sparse_mean(_local_grad(rank), world, mode, torch.bfloat16)
+        out[mode] = (grad.indices().clone(), grad.values().clone(), info)
+    return out
+
+
+def test_bfloat16_wire_sends_rounded_values_and_returns_float32(tmp_path):
+    """Under --precision bf16 the values travel as bfloat16: each worker's summed rows are
+    rounded to bfloat16 (the dense all-reduce also rounds the sum), the mean is float32."""
+    results = run_gloo(_exchange_bf16, 2, tmp_path)
+    rounded = [_local_grad(r).coalesce().to_dense().bfloat16().float() for r in range(2)]
+    gathered = (rounded[0] + rounded[1]) / 2                 # summed after the gather
+    reduced = (rounded[0] + rounded[1]).bfloat16().float() / 2   # summed on the wire
+    exact = sum(_local_grad(r).to_dense() for r in range(2)) / 2
+    rows = [len(_local_grad(r).coalesce().indices()[0]) for r in range(2)]
+    for res in results:
+        (ig, vg, info_g), (idn, vd, info_d) = res["gather"], res["dense"]
+        assert torch.equal(ig, idn) and vg.dtype == vd.dtype == torch.float32
+        assert torch.equal(vg, gathered[ig[0]]) and torch.equal(vd, reduced[idn[0]])
+        assert not torch.equal(vg, exact[ig[0]])             # the rounding did happen
+        assert (info_g.mode, info_d.mode) == ("gather", "dense")
+        assert (info_g.gather_bytes, info_g.dense_bytes) == exchange_bytes(rows, N, D, 2)

@@ -1,0 +1,135 @@
+"""The collectives of one sharded-1vsall training step, float32 against bfloat16 on the wire.
+
+A 2-worker CoDEx-M step of ``kgops train``'s default recipe (1000 dimensions, 2 RGCN layers)
+sends through gloo, per worker:
+
+* ``gather``: the all-gather of each layer's output block (:class:`CandidateShards.gather_rows
+  <kg_ops.train.candidates.CandidateShards>`, forward), ``[slots, d]`` per worker, once per
+  layer;
+* ``gather_backward``: its backward, an all-reduce of the gathered ``[P * slots, d]``
+  gradient, once per layer;
+* ``table``: the embedding table's sparse gradient averaged by
+  :func:`kg_ops.train.exchange.sparse_mean` (at CoDEx-M sizes it picks the dense all-reduce).
+
+Each is timed as the training code calls it, on ``P`` real gloo processes over 127.0.0.1,
+with the float32 and the bfloat16 wire alternating rep by rep (the machine is shared and
+noisy: a ratio is measured side by side). Prints and writes
+``benchmarks/results/bench_collectives.json``.
+
+Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_collectives.py`` (~1 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_results  # noqa: E402
+
+WIRES = ("float32", "bfloat16")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _timed(fn) -> float:
+    import torch.distributed as dist
+
+    dist.barrier()
+    t0 = time.perf_counter()
+    fn()
+    dist.barrier()
+    return time.perf_counter() - t0
+
+
+def _worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from kg_ops.train.candidates import CandidateShards
+    from kg_ops.train.exchange import sparse_mean
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    block = torch.randn(args.slots, args.dim, generator=g)
+    upstream = torch.randn(world * args.slots, args.dim, generator=g)
+    rows = torch.randperm(args.nodes, generator=g)[:args.touched]
+    grad = torch.sparse_coo_tensor(rows[None], torch.randn(args.touched, args.dim, generator=g),
+                                   (args.nodes, args.dim))
+    none = torch.zeros(1, dtype=torch.long)
+    times: dict[str, dict[str, list[float]]] = {w: {"gather": [], "gather_backward": [],
+                                                    "table": []} for w in WIRES}
+    for rep in range(args.reps + 1):          # rep 0 warms up
+        for wire in (WIRES if rep % 2 else WIRES[::-1]):
+            shards = CandidateShards(world, rank, args.slots, none, none, getattr(torch, wire))
+            x = block.clone().requires_grad_()
+            out = {}
+            t_fwd = _timed(lambda: out.setdefault("c", shards.gather_rows(x)))  # noqa: B023
+            t_bwd = _timed(lambda: out["c"].backward(upstream))  # noqa: B023
+            t_tab = _timed(lambda: sparse_mean(grad, world, "auto", getattr(torch, wire)))  # noqa: B023
+            if rep:
+                for name, t in (("gather", t_fwd), ("gather_backward", t_bwd), ("table", t_tab)):
+                    times[wire][name].append(t)
+    if rank == 0:
+        torch.save(times, os.path.join(out_dir, "times.pt"))
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--world", type=int, default=2)
+    ap.add_argument("--nodes", type=int, default=17_050, help="entities (CoDEx-M)")
+    ap.add_argument("--slots", type=int, default=8_525,
+                    help="rows each worker gathers (CoDEx-M at P=2: its owned entities)")
+    ap.add_argument("--dim", type=int, default=1000, help="embedding width (the default)")
+    ap.add_argument("--touched", type=int, default=11_000,
+                    help="table rows a worker's step touches (CoDEx-M at P=2: ~11k)")
+    ap.add_argument("--layers", type=int, default=2, help="gathers per step (RGCN layers)")
+    ap.add_argument("--reps", type=int, default=12)
+    args = ap.parse_args()
+    import torch
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
+        times = torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
+    per_op = {w: {op: round(1000 * statistics.median(ts), 1) for op, ts in times[w].items()}
+              for w in WIRES}
+    step = {w: round(args.layers * (per_op[w]["gather"] + per_op[w]["gather_backward"])
+                     + per_op[w]["table"], 1) for w in WIRES}
+    print(f"{'collective':<18}{'float32 ms':>12}{'bfloat16 ms':>13}{'ratio':>8}")
+    for op in ("gather", "gather_backward", "table"):
+        a, b = per_op["float32"][op], per_op["bfloat16"][op]
+        print(f"{op:<18}{a:>12.1f}{b:>13.1f}{a / b:>8.2f}")
+    print(f"{'per step':<18}{step['float32']:>12.1f}{step['bfloat16']:>13.1f}"
+          f"{step['float32'] / step['bfloat16']:>8.2f}")
+    key = f"codex-m p{args.world} d{args.dim}"
+    previous = {}
+    path = Path(__file__).resolve().parent / "results" / "bench_collectives.json"
+    if path.exists():
+        import json
+
+        previous = json.loads(path.read_text())["results"]
+    previous[key] = {"sizes": {"world": args.world, "nodes": args.nodes, "slots": args.slots,
+                               "dim": args.dim, "touched": args.touched,
+                               "layers": args.layers, "reps": args.reps},
+                     "median_ms": per_op, "step_ms": step,
+                     "step_ratio": round(step["float32"] / step["bfloat16"], 2)}
+    write_results("bench_collectives", previous)
+
+
+if __name__ == "__main__":
+    main()
