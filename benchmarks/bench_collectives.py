@@ -13,7 +13,9 @@ sends through gloo, per worker:
 
 Each is timed as the training code calls it, on ``P`` real gloo processes over 127.0.0.1,
 with the float32 and the bfloat16 wire alternating rep by rep (the machine is shared and
-noisy: a ratio is measured side by side). Prints and writes
+noisy: a ratio is measured side by side), under the training workers' allocator
+(:mod:`kg_ops.train.allocator`: with the C library's, fresh buffers fault their pages in on
+every rep and the faults, not the bytes, dominate). Prints and writes
 ``benchmarks/results/bench_collectives.json``.
 
 Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_collectives.py`` (~1 min).
@@ -100,6 +102,11 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2, help="gathers per step (RGCN layers)")
     ap.add_argument("--reps", type=int, default=12)
     args = ap.parse_args()
+    if "KGOPS_BENCH_ALLOCATOR" not in os.environ:     # as the training workers run
+        from kg_ops.train.allocator import step_env
+
+        env = step_env({**os.environ, "KGOPS_BENCH_ALLOCATOR": "1"})
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     import torch
     import torch.multiprocessing as mp
 

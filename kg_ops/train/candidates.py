@@ -50,7 +50,7 @@ class _GatherRows(torch.autograd.Function):
 
         ctx.rank, ctx.m, ctx.wire = rank, x.shape[0], wire
         out = x.new_empty((world * x.shape[0], *x.shape[1:]), dtype=wire)
-        dist.all_gather_into_tensor(out, x.to(wire).contiguous())
+        dist.all_gather_single(out, x.to(wire).contiguous())
         return out.float()
 
     @staticmethod
