@@ -117,7 +117,9 @@ def partition(config: PartitionConfig, *, force: bool = False) -> dict:
             with st.phase("plan"):
                 st.metrics["plan"] = plan_partitions(stats, schema, fanouts, config.seed,
                                                      config.plan_steps)
-            log.info("partition: %s", describe(st.metrics["plan"]))
+            plan = st.metrics["plan"]
+            (log.info if plan.get("fits", True) else log.warning)("partition: %s",
+                                                                   describe(plan))
         st.outputs.update({"parts": config.parts, "format": "kgops-partition/1",
                            "features_uri": features, "partitions": stats})
         log.info("partition: edge replication %.3f, node replication %.3f, balance %.3f, "

@@ -126,7 +126,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    worker = _Worker(loop_config["config"], loop_config["run"], rank, Collectives(world, loop_config["config"].exchange))
+    worker = _Worker(loop_config["config"], loop_config["run"], rank,
+                     Collectives(world, loop_config["config"].exchange),
+                     node_workers=ctx.get_local_world_size())
     error = None
     try:
         worker.load()
@@ -148,10 +150,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 class _Worker:
     """One worker's partition, model, optimiser and validation; one method per epoch."""
 
-    def __init__(self, config: TrainConfig, run: TrainRun, rank: int, comm: Collectives):
+    def __init__(self, config: TrainConfig, run: TrainRun, rank: int, comm: Collectives,
+                 node_workers: int = 1):
         import torch
 
         self.config, self.run, self.rank, self.comm = config, run, rank, comm
+        self.node_workers = node_workers      # this run's workers on this worker's node
         torch.set_num_threads(config.threads)
 
     def load(self) -> None:
@@ -161,6 +165,7 @@ class _Worker:
         from kg_ops.partition.io import load_partition
         from kg_ops.train.negatives import TypedNegativeSampler
 
+        self._check_memory()
         self.part = load_partition(self.config.partitions, self.rank)
         self.features = self._features()
         self._build_model()
@@ -171,6 +176,18 @@ class _Worker:
         self.edges = self.part.core_edges
         self.valid = load_edges(self.run.graph, "valid")
         self.known = np.concatenate([self.valid, load_edges(self.run.graph, "test")])
+
+    def _check_memory(self) -> None:
+        """Stop before allocating when the recipe's tables alone exceed this node's memory
+        (:mod:`kg_ops.train.memory`); first thing a worker does, so that no worker on the
+        node has allocated its own yet."""
+        from kg_ops.train.memory import available_bytes, check_fits, footprint, local_batch
+
+        cfg = self.config
+        terms = footprint(self.run.model_config, cfg.loss, cfg.optimizer,
+                          local_batch(cfg.batch_size, self.comm.world))
+        check_fits(terms, available_bytes(), self.node_workers,
+                   where=f"worker {self.rank}'s node")
 
     def connect(self) -> None:
         """The collectives of the start: equal parameters, global step count, who validates."""

@@ -24,7 +24,9 @@ against all of them; the per-layer all-gathers are not included either.
 
 The partition stage writes the plan into its manifest (``metrics.plan``) for the default
 training recipe, and ``kgops train`` prints it, rescaled to its own batch size, before it
-starts.
+starts. When the recipe's tables alone would not fit this machine's memory
+(:mod:`kg_ops.train.memory`; the default recipe on a graph of millions of entities), nothing
+is calibrated: the plan says why (``fits: false``) and what to change.
 """
 
 from __future__ import annotations
@@ -258,10 +260,12 @@ def predict(cost: StepCost, core_edges: list[int], data_bytes: list[int],
 
 
 def plan_partitions(stats: list[dict], schema, fanouts: list[int], sample_seed: int,
-                    steps: int = 6) -> dict:
+                    steps: int = 6, available: int | None = None) -> dict:
     """The plan the partition stage records: :func:`calibrate_in_child` on the partition with
     the most core edges, with ``kgops train``'s default recipe (:class:`TrainConfig`'s
-    defaults), then :func:`predict`."""
+    defaults), then :func:`predict`; ``{"fits": False, "reason": ...}`` without calibrating
+    when the recipe's tables alone exceed ``available`` bytes (default: what this machine
+    has now)."""
     from kg_ops.config import TrainConfig
 
     d = TrainConfig(partitions="-", out="-").resolved()
@@ -273,6 +277,11 @@ def plan_partitions(stats: list[dict], schema, fanouts: list[int], sample_seed: 
              "hidden_dim": d.hidden_dim, "out_dim": d.out_dim, "num_layers": len(fanouts),
              "num_bases": d.num_bases, "num_blocks": d.num_blocks, "dropout": d.dropout,
              "decoder": d.decoder, "residual": d.residual, "regularization": d.regularization}
+    recipe = {"model": model, "loss": d.loss, "negatives": d.negatives,
+              "batch_size": d.batch_size, "fanouts": list(fanouts)}
+    skipped = _too_large(model, d.loss, d.optimizer, local, available)
+    if skipped:
+        return {"fits": False, "reason": skipped, "recipe": recipe}
     cost = calibrate_in_child(stats[largest]["uri"], model_config=model, loss=d.loss,
                               negatives=d.negatives, fanouts=list(fanouts),
                               sample_seed=sample_seed, batches=(max(1, local // 2), local),
@@ -280,14 +289,30 @@ def plan_partitions(stats: list[dict], schema, fanouts: list[int], sample_seed: 
                               workers=len(stats))
     plan = predict(cost, core, [int(s["est_worker_memory_bytes"]) for s in stats],
                    d.batch_size)
-    plan["recipe"] = {"model": model, "loss": d.loss, "negatives": d.negatives,
-                      "batch_size": d.batch_size, "fanouts": list(fanouts)}
+    plan["recipe"] = recipe
     return plan
+
+
+def _too_large(model: dict, loss: str, optimizer: str, local: int,
+               available: int | None) -> str | None:
+    """Why the recipe cannot be calibrated here (its tables alone exceed this machine's
+    memory: :mod:`kg_ops.train.memory`), or ``None``."""
+    from kg_ops.train.memory import RecipeTooLarge, available_bytes, check_fits, footprint
+
+    try:
+        check_fits(footprint(model, loss, optimizer, local),
+                   available_bytes() if available is None else available,
+                   where="the machine of the partition stage")
+    except RecipeTooLarge as exc:
+        return str(exc)
+    return None
 
 
 def for_run(plan: dict, global_batch: int, loss: str, model: str) -> str:
     """The partition stage's plan rescaled to a run's global batch, as a log line that says
     when the run's recipe differs from the measured one."""
+    if not plan.get("workers"):
+        return describe(plan)
     w = plan["workers"]
     line = describe(predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
                             [x["data_bytes"] for x in w], global_batch))
@@ -300,6 +325,8 @@ def for_run(plan: dict, global_batch: int, loss: str, model: str) -> str:
 
 def describe(plan: dict) -> str:
     """One line for the log before a run starts."""
+    if plan.get("fits") is False:
+        return f"plan: not measured, {plan['reason']}"
     return (f"plan: {len(plan['workers'])} worker(s), {plan['steps_per_epoch']} steps/epoch "
             f"at global batch {plan['global_batch']}: epoch ~{plan['epoch_s']:.0f} s "
             f"(slowest partition {plan['slowest_part']}), ~"
