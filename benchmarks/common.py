@@ -55,6 +55,28 @@ class Timer:
         self.s = time.perf_counter() - self.t0
 
 
+def cpu_facts() -> dict:
+    """The CPU a figure was measured on: its model and the vector units that decide the
+    training step's speed (a 2-core AVX2-only EPYC takes several times as long as a 2-core
+    Xeon with AVX-512 and bfloat16 units, where ``--precision auto`` is bf16)."""
+    import torch
+
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    units = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    return {"cpu": model, "cpu_units": units,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def write_results(name: str, results: dict) -> Path:
     """Print a compact table and write ``results/<name>.json`` with machine facts."""
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -62,7 +84,7 @@ def write_results(name: str, results: dict) -> Path:
         "benchmark": name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": sys.version.split()[0]},
+                    "python": sys.version.split()[0], **cpu_facts()},
         "results": results,
     }
     path = RESULTS / f"{name}.json"
