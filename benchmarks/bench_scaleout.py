@@ -28,7 +28,8 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
   here as the reference), same inputs, side by side.
 * ``codex-m``: ``kgops train`` on CoDEx-M with 1 worker (1 torch thread), 1 worker (2 torch
   threads: the fair single-process reference on 2 cores) and 2 workers (1 thread each), same
-  recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)|.
+  recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)| (``--m-runs``: a
+  subset, ``--m-key``: the results key).
 
 Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_scaleout.py --sections ...``
 (creates the synth graph and partitions under ``--work`` when missing: ~15 min).
@@ -466,24 +467,27 @@ def section_codex_m(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     m = prepare(work, "m", (1, 2))
     kw = {"model": "rgcn", "epochs": args.m_epochs, "patience": 0, **json.loads(args.m_recipe)}
-    runs = {}
-    for name, parts, workers, threads in (("1w-1t", 1, 1, 1), ("1w-2t", 1, 1, 2),
-                                          ("2w-1t", 2, 2, 1)):
+    runs, key = {}, args.m_key
+    for name in args.m_runs.split(","):
+        parts, workers, threads = M_RUNS[name]
         r = run_train(f"m-{name}", m[parts], work, workers=workers, threads=threads, **kw)
         r["test"] = evaluate(r["uri"], m["graph"], str(work / f"m-{name}-eval"))
         runs[name] = r
         log.info("codex-m %s: %s", name, r)
-        RESULTS["codex-m"] = {"runs": runs, "recipe": kw}
+        RESULTS[key] = {"runs": runs, "recipe": kw}
         write_results("bench_scaleout", RESULTS)
-    if len(runs) == 3:
-        RESULTS["codex-m"].update({
-            "speedup_2w_vs_1w_1thread": round(runs["1w-1t"]["epoch_s"]
-                                              / runs["2w-1t"]["epoch_s"], 2),
-            "speedup_2w_vs_1w_2threads": round(runs["1w-2t"]["epoch_s"]
-                                               / runs["2w-1t"]["epoch_s"], 2),
-            "abs_test_mrr_diff_2w_1w": round(abs(runs["2w-1t"]["test"]["mrr"]
-                                                 - runs["1w-1t"]["test"]["mrr"]), 4)})
-        write_results("bench_scaleout", RESULTS)
+    ratios = {"speedup_2w_vs_1w_1thread": ("1w-1t", "2w-1t"),
+              "speedup_2w_vs_1w_2threads": ("1w-2t", "2w-1t")}
+    for name, (one, two) in ratios.items():
+        if one in runs and two in runs:
+            RESULTS[key][name] = round(runs[one]["epoch_s"] / runs[two]["epoch_s"], 2)
+    if "1w-1t" in runs and "2w-1t" in runs:
+        RESULTS[key]["abs_test_mrr_diff_2w_1w"] = round(abs(runs["2w-1t"]["test"]["mrr"]
+                                                            - runs["1w-1t"]["test"]["mrr"]), 4)
+    write_results("bench_scaleout", RESULTS)
+
+
+M_RUNS = {"1w-1t": (1, 1, 1), "1w-2t": (1, 1, 2), "2w-1t": (2, 2, 1)}   # parts, workers, threads
 
 
 def main() -> None:
@@ -505,8 +509,15 @@ def main() -> None:
     ap.add_argument("--m-recipe", default="{}",
                     help="kgops train options of the CoDEx-M runs besides its defaults (JSON; "
                          "default: none, i.e. the default recipe)")
+    ap.add_argument("--m-runs", default=",".join(M_RUNS),
+                    help="which CoDEx-M runs, in order (a 1-thread worker's epoch on a slow "
+                         "CPU can take most of the hour)")
+    ap.add_argument("--m-key", default="codex-m", help="results key of the CoDEx-M runs")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    unknown = set(args.m_runs.split(",")) - set(M_RUNS)
+    if unknown:
+        ap.error(f"--m-runs: unknown {sorted(unknown)}; choose from {', '.join(M_RUNS)}")
     if args.child:
         print(json.dumps(child_run(json.loads(args.child))))
         return
