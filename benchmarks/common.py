@@ -57,8 +57,9 @@ class Timer:
 
 def cpu_facts() -> dict:
     """The CPU a figure was measured on: its model and the vector units that decide the
-    training step's speed (a 2-core AVX2-only EPYC takes several times as long as a 2-core
-    Xeon with AVX-512 and bfloat16 units, where ``--precision auto`` is bf16)."""
+    training step's speed (a 2-core AVX2-only EPYC takes 5-7 times as long per step as the
+    2-core machine with bfloat16 units, where ``--precision auto`` is bf16, that measured the
+    figures before 2026-12-04)."""
     import torch
 
     model, flags = platform.processor(), set()
