@@ -70,9 +70,8 @@ def sparse_mean(grad: torch.Tensor, world: int, mode: str = "auto",
     dist.all_gather(counts, torch.tensor([len(rows)]))
     n = [int(c) for c in counts]
     num_rows, dim = grad.shape[0], vals.shape[1] if vals.dim() > 1 else 1
-    size = torch.empty(0, dtype=wire).element_size()
-    picked = choose(n, num_rows, dim, mode, size)
-    info = Exchange(picked, n, *exchange_bytes(n, num_rows, dim, size))
+    picked = choose(n, num_rows, dim, mode, wire.itemsize)
+    info = Exchange(picked, n, *exchange_bytes(n, num_rows, dim, wire.itemsize))
     if picked == "dense":
         total = _dense_sum(rows, vals, grad.shape, wire)
     else:

@@ -1,10 +1,10 @@
 """What a training recipe must hold in memory per worker, known before anything is allocated.
 
-The default recipe (1-vs-all, 1000 dimensions) suits graphs like CoDEx-M (17k entities: about
-1.3 GiB per worker). Its memory grows with the entity count: the entity table and its
-optimiser state, the encoded table of every entity that 1-vs-all ranks against, and each
-query's scores against all of them. On the published system's 2.8M-entity graph that is over
-60 GiB per worker; allocated blindly, the run (or the partition stage's cost calibration)
+The default recipe (1-vs-all, 1000 dimensions) suits graphs like CoDEx-M (17k entities: at
+least 0.34 GiB per worker at P=2, 1.3 GiB measured). Its memory grows with the entity count:
+the entity table and its optimiser state, the encoded table of every entity that 1-vs-all
+ranks against, and each query's scores against all of them. On the published system's
+2.8M-entity graph that is at least 44 GiB per worker at P=8; allocated blindly, the run (or the partition stage's cost calibration)
 would swap or be killed by the kernel with no word of why. So the worker, and the planner,
 add up these terms from the recipe's shapes first (the model is built on PyTorch's ``meta``
 device: shapes, no storage) and stop with the terms, the memory this node has and what to
