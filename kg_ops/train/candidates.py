@@ -27,10 +27,12 @@ entity.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from kg_ops.train.steptime import StepTimes
 
 
 def shard_size(k: int, world: int) -> int:
@@ -42,24 +44,28 @@ class _GatherRows(torch.autograd.Function):
     """All-gather of equally shaped ``[m, d]`` row blocks, differentiable: the backward sums
     every worker's gradient of the gathered rows and hands each worker its own block. Both
     travel as ``wire`` (bfloat16 halves the bytes when the workers compute in bf16) and come
-    back as float32."""
+    back as float32. Both are timed as ``collectives`` in ``times``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, world: int, rank: int, wire: torch.dtype) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, world: int, rank: int, wire: torch.dtype,
+                times: StepTimes) -> torch.Tensor:
         import torch.distributed as dist
 
-        ctx.rank, ctx.m, ctx.wire = rank, x.shape[0], wire
-        out = x.new_empty((world * x.shape[0], *x.shape[1:]), dtype=wire)
-        dist.all_gather_single(out, x.to(wire).contiguous())
-        return out.float()
+        ctx.rank, ctx.m, ctx.wire, ctx.times = rank, x.shape[0], wire, times
+        with times.collective():
+            out = x.new_empty((world * x.shape[0], *x.shape[1:]), dtype=wire)
+            dist.all_gather_single(out, x.to(wire).contiguous())
+            return out.float()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         import torch.distributed as dist
 
-        grad = grad.to(ctx.wire, copy=True).contiguous()
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m].float(), None, None, None
+        with ctx.times.collective():
+            grad = grad.to(ctx.wire, copy=True).contiguous()
+            dist.all_reduce(grad)
+            mine = grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m].float()
+        return mine, None, None, None, None
 
 
 def balanced_owners(held: np.ndarray) -> np.ndarray:
@@ -121,6 +127,7 @@ class CandidateShards:
     head_type: torch.Tensor     # node type each relation expects at its head
     tail_type: torch.Tensor
     wire: torch.dtype = torch.float32   # what the gathered rows travel as (batches.wire_dtype)
+    times: StepTimes = field(default_factory=StepTimes)    # the loop's: Collectives.times
 
     def gather(self, emb: torch.Tensor, gid: np.ndarray, ntype: np.ndarray
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -143,7 +150,8 @@ class CandidateShards:
         meta[0, :m] = torch.from_numpy(np.asarray(gid, dtype=np.int64))
         meta[1, :m] = torch.from_numpy(np.asarray(ntype, dtype=np.int64))
         metas = [torch.empty_like(meta) for _ in range(self.world)]
-        dist.all_gather(metas, meta)
+        with self.times.collective():
+            dist.all_gather(metas, meta)
         gid, ntype = torch.cat(metas, dim=1)
         return gid, ntype
 
@@ -159,7 +167,7 @@ class CandidateShards:
             emb = torch.cat([emb, emb.new_zeros(self.slots - m, emb.shape[1])])
         if self.world == 1:
             return emb
-        return _GatherRows.apply(emb, self.world, self.rank, self.wire)
+        return _GatherRows.apply(emb, self.world, self.rank, self.wire, self.times)
 
     def masks(self, rel: torch.Tensor, head_gid: torch.Tensor, tail_gid: torch.Tensor,
               cand_gid: torch.Tensor, cand_type: torch.Tensor

@@ -343,5 +343,13 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
             "final_loss": float(trained[-1]["loss"]) if trained else None,
             "epoch_s": float(np.mean(epoch_s)) if epoch_s else None,
             "edges_per_s": float(np.mean(eps)) if eps else None,
+            "step_s": _mean_step_times(trained),
             "workers": inputs.parts, "stopped_early": bool(last["stopped_early"]),
             "precision": trained[-1].get("precision") if trained else None}
+
+
+def _mean_step_times(trained: list[dict]) -> dict[str, float] | None:
+    """The epochs' mean split of a step (:mod:`kg_ops.train.steptime`); None when no epoch
+    recorded one (runs checkpointed before it was measured)."""
+    rows = [h["step_s"] for h in trained if h.get("step_s")]
+    return {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in rows[0]} if rows else None

@@ -13,9 +13,12 @@ class Collectives:
     def __init__(self, world: int, exchange: str = "auto"):
         import torch
 
+        from kg_ops.train.steptime import StepTimes
+
         self.world, self.exchange = world, exchange
         self.wire = torch.float32     # what embedding gradients travel as (batches.wire_dtype)
         self.last_exchange = None
+        self.times = StepTimes()      # the training loop's split of each step
 
     def _dist(self):
         import torch.distributed as dist
@@ -46,14 +49,24 @@ class Collectives:
         self._dist().all_gather(out, torch.from_numpy(mask.astype(np.uint8)))
         return np.stack([o.numpy().astype(bool) for o in out])
 
+    def all_gather_values(self, values: np.ndarray) -> np.ndarray:
+        """``[world, n]``: every worker's ``n`` float64 values (the same ``n`` everywhere)."""
+        import torch
+
+        values = np.asarray(values, dtype=np.float64)
+        if self.world == 1:
+            return values[None, :]
+        out = [torch.zeros(len(values), dtype=torch.float64) for _ in range(self.world)]
+        self._dist().all_gather(out, torch.from_numpy(values))
+        return np.stack([o.numpy() for o in out])
+
     def average_gradients(self, model) -> None:
         """Average every gradient across workers: dense ones with one flat all-reduce
         (float32), sparse ones (embedding rows) by the cheaper of a gather of each worker's
         touched rows and a dense all-reduce of the table (:mod:`kg_ops.train.exchange`),
-        sent as ``self.wire``."""
+        sent as ``self.wire``. Timed as ``collectives`` in ``self.times``."""
         import torch
 
-        from kg_ops.train.exchange import sparse_mean
         from kg_ops.train.optim import sparse_parameters
 
         sparse = {id(p) for p in sparse_parameters(model)}
@@ -65,6 +78,14 @@ class Collectives:
                           if id(p) in sparse else torch.zeros_like(p))
         if self.world == 1:
             return
+        with self.times.collective():
+            self._average(params, sparse)
+
+    def _average(self, params: list, sparse: set[int]) -> None:
+        import torch
+
+        from kg_ops.train.exchange import sparse_mean
+
         dense = [p for p in params if id(p) not in sparse]
         flat = torch.cat([p.grad.reshape(-1) for p in dense])
         self._dist().all_reduce(flat)

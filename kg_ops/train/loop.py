@@ -252,12 +252,13 @@ class _Worker:
             types = int(self.comm.all_reduce([float(len(self.sampler.count))], op="max")[0])
             shard = shard_size(cfg.negatives, world)
             return shard, CandidateShards(world, self.rank, shard * types, head, tail,
-                                          self.comm.wire)
+                                          self.comm.wire, self.comm.times)
         owned, types = self._owned_pool()
         slots = int(self.comm.all_reduce([float(len(owned))], op="max")[0])
         return None, LayerwiseEncoding(
             self.csr, owned, types, self.fanouts, self.run.sample_seed, self.mcfg.num_layers,
-            CandidateShards(world, self.rank, slots, head, tail, self.comm.wire),
+            CandidateShards(world, self.rank, slots, head, tail, self.comm.wire,
+                            self.comm.times),
             self.mcfg.num_nodes)
 
     def _owned_pool(self) -> tuple[np.ndarray, np.ndarray]:
@@ -428,24 +429,43 @@ class _Worker:
         loss_sum, seen = 0.0, 0
         progress = Progress(f"train epoch {epoch}/{self.config.epochs} worker {self.rank}",
                             total=len(self.edges), unit="edges", every_s=self.run.log_every_s)
+        times = self.comm.times
+        times.reset()
         batches = self.builder.epoch(self.edges, self.steps, rng)
-        for batch in prefetch(batches, self.config.prefetch):
-            self.opt.zero_grad()
+        for batch in times.batches(prefetch(batches, self.config.prefetch)):
+            with times.phase("optimizer"):
+                self.opt.zero_grad()
             size = 0 if batch is None else batch.size
-            if batch is not None:
-                loss = batch_loss(self.model, batch, self.features, self.shards,
-                                  self.config.precision)   # auto: this worker's CPU
-                loss.backward()
-                loss_sum += float(loss.detach()) * size
-                seen += size
+            with times.step():
+                if batch is not None:
+                    loss = batch_loss(self.model, batch, self.features, self.shards,
+                                      self.config.precision)   # auto: this worker's CPU
+                    loss.backward()
+                    loss_sum += float(loss.detach()) * size
+                    seen += size
             self.comm.average_gradients(self.model)
-            self.opt.step()
-            progress.update(size, loss=loss_sum / max(seen, 1))
+            with times.phase("optimizer"):
+                self.opt.step()
+            progress.update(size, loss=loss_sum / max(seen, 1), **times.running())
         loss_total, seen_total = self.comm.all_reduce([loss_sum, float(seen)])
         epoch_s = self.comm.all_reduce([time.perf_counter() - t0], op="max")[0]
         return {"epoch": epoch, "loss": loss_total / max(seen_total, 1),
                 "edges_per_s": self.total_edges / max(epoch_s, 1e-9), "epoch_s": epoch_s,
-                "precision": self.precision}
+                "precision": self.precision, "step_s": self._step_times(epoch)}
+
+    def _step_times(self, epoch: int) -> dict[str, float]:
+        """Where this epoch's steps went, the workers' mean seconds per step
+        (:mod:`kg_ops.train.steptime`); rank 0 logs it, with the workers' range."""
+        from kg_ops.train.steptime import KEYS, describe
+
+        times = self.comm.times
+        mine = times.summary(self.comm.all_gather_values(times.compute), self.rank)
+        keys = [k for k, _ in KEYS]
+        per_worker = self.comm.all_gather_values([mine[k] for k in keys])
+        if self.rank == 0:
+            log.info("epoch %d/%d %s", epoch, self.config.epochs,
+                     describe(per_worker, len(times.compute)))
+        return {k: float(v) for k, v in zip(keys, per_worker.mean(axis=0), strict=True)}
 
     def _checkpoint_and_report(self, epoch: int, row: dict, stop: bool) -> None:
         """Rank 0 writes the checkpoint to the artifact store; Ray gets a pointer to it."""

@@ -17,6 +17,7 @@ from kg_ops.graph.kg import load_edges
 from kg_ops.models.trained import load_trained
 from kg_ops.train.checkpoints import checkpoint_uri, load_checkpoint
 from kg_ops.train.cli import train
+from kg_ops.train.steptime import TIMED
 from kg_ops.train.validation import FULL_KIND, SAMPLED_KIND
 
 from .conftest import COMMUNITIES, PEOPLE, crash_once_after, tail_mrr
@@ -168,9 +169,9 @@ def test_resume_continues_from_the_right_epoch_and_state(runs):
     names = sorted(p.name for p in (root / "resumed" / "checkpoints").glob("epoch-*.pt"))
     assert names == [f"epoch-{e:05d}.pt" for e in (EPOCHS - 1, EPOCHS)]
     # history carried over, and continuing gives exactly the uninterrupted run's state
-    strip = [{k: v for k, v in h.items() if k not in ("epoch_s", "edges_per_s")}
+    strip = [{k: v for k, v in h.items() if k not in TIMED}
              for h in first["history"]]
-    assert [{k: v for k, v in h.items() if k not in ("epoch_s", "edges_per_s")}
+    assert [{k: v for k, v in h.items() if k not in TIMED}
             for h in again["history"]] == strip
     for k, v in first["model"].items():
         assert torch.equal(v, again["model"][k]), k
