@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import kgops, run_train  # noqa: E402
-from benchmarks.common import DATASETS, RESULTS, start_local_ray, write_results  # noqa: E402
+from benchmarks.common import DATASETS, read_results, start_local_ray, write_results  # noqa: E402
 from kg_ops.config.train import ATTRIBUTE_INPUTS  # noqa: E402
 
 MODES = ("none", *ATTRIBUTE_INPUTS)   # none: partitions built without features
@@ -184,8 +184,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start_local_ray()
-    previous = RESULTS / "bench_attributes.json"
-    results = json.loads(previous.read_text())["results"] if previous.exists() else {}
+    results = read_results("bench_attributes")["results"]
     results["protocol"] = {
         "rows": "kgops train defaults, each section's `parts` partitions, one worker each; only "
                 "--model and --attribute-input differ (and --epochs when capped); attributes "

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import read_results, write_results  # noqa: E402
 
 WIRES = ("float32", "bfloat16")
 
@@ -124,12 +124,7 @@ def main() -> None:
     print(f"{'per step':<18}{step['float32']:>12.1f}{step['bfloat16']:>13.1f}"
           f"{step['float32'] / step['bfloat16']:>8.2f}")
     key = f"codex-m p{args.world} d{args.dim}"
-    previous = {}
-    path = Path(__file__).resolve().parent / "results" / "bench_collectives.json"
-    if path.exists():
-        import json
-
-        previous = json.loads(path.read_text())["results"]
+    previous = read_results("bench_collectives")["results"]
     previous[key] = {"sizes": {"world": args.world, "nodes": args.nodes, "slots": args.slots,
                                "dim": args.dim, "touched": args.touched,
                                "layers": args.layers, "reps": args.reps},

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DATASETS, RESULTS, run_measured, write_results  # noqa: E402
+from benchmarks.common import DATASETS, read_results, run_measured, write_results  # noqa: E402
 
 WORK = Path(os.environ.get("KGOPS_BENCH_DIR", "/tmp/kgops-bench-encode"))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}  # + the Ray head's address and token in main()
@@ -283,9 +283,8 @@ def main() -> None:
         else:
             run_all(graphs, args, results)
     results["load_average_at_end"] = os.getloadavg()[0]
-    previous = RESULTS / "bench_encode.json"
-    if args.only and previous.exists():  # part re-measured: keep the other figures
-        kept = json.loads(previous.read_text())["results"]
+    if args.only:  # part re-measured: keep the other figures
+        kept = read_results("bench_encode")["results"]
         if args.only == "debian-whole":
             kept["debian"] = {**kept.get("debian", {}), **results.pop("debian")}
             results = {**kept, "whole_graph_load_average": [results["load_average_at_start"],

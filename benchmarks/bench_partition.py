@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DATASETS, run_measured, write_results  # noqa: E402
+from benchmarks.common import DATASETS, read_results, run_measured, write_results  # noqa: E402
 
 KGOPS = [sys.executable, "-m", "kg_ops.cli"]
 KEEP = ("parts", "edge_replication_factor", "node_replication_factor", "balance",
@@ -120,9 +120,8 @@ def main() -> None:
 
     # A skipped section keeps the figures of the previous run in the same results file,
     # labelled with when they were measured.
-    earlier = Path(__file__).resolve().parent / "results" / f"{args.name}.json"
-    if earlier.exists():
-        doc = json.loads(earlier.read_text())
+    doc = read_results(args.name)
+    if doc["results"]:
         for skipped, keys in ((args.skip_codex, ("codex_m", "target_codex_m_p4_edge_"
                                                  "replication_le_2")),
                               (args.skip_synth, ("synth_2_8m", "target_synth_p8_under_"

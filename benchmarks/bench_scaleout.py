@@ -52,8 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS as RESULTS_DIR  # noqa: E402
-from benchmarks.common import peak_rss_mib, start_local_ray, write_results  # noqa: E402
+from benchmarks.common import peak_rss_mib, read_results, start_local_ray, write_results  # noqa: E402
 
 log = logging.getLogger("bench_scaleout")
 PUBLISHED = {4: 12.0, 8: 16.0}
@@ -522,9 +521,8 @@ def main() -> None:
         print(json.dumps(child_run(json.loads(args.child))))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    previous = RESULTS_DIR / "bench_scaleout.json"
-    if previous.exists():
-        old = json.loads(previous.read_text())["results"]
+    old = read_results("bench_scaleout")["results"]
+    if old:
         if "full_graph" in old:     # the session-2 layout: results at the top level
             old = {"session 2 (before issue 13; bce 1 negative, batch 256)": old}
         RESULTS.update(old)

@@ -52,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, peak_rss_mib, write_results  # noqa: E402
+from benchmarks.common import peak_rss_mib, read_results, write_results  # noqa: E402
 
 LEVELS = (1, 8, 32)
 BULK = (32, 256)      # queries per POST /predict/batch request
@@ -508,10 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         results["synth-2.8m"] = bench("synth-2.8m (random embeddings)", uri, args)
         results["synth-2.8m"]["embeddings"] = "random (write_random_version), not trained"
     results["peak_rss_mib"] = round(peak_rss_mib(), 1)
-    previous = RESULTS / "bench_serve.json"
-    if args.merge and previous.exists():  # keep the sections of an earlier run not measured now
-        old = json.loads(previous.read_text())
-        kept = {k: ({"measured_at": old["created_at"], **v} if "measured_at" not in v else v)
+    if args.merge:  # keep the sections of an earlier run not measured now
+        old = read_results("bench_serve")
+        kept = {k: ({"measured_at": old.get("created_at"), **v} if "measured_at" not in v else v)
                 for k, v in old["results"].items()
                 if k not in results and k not in ("setup", "peak_rss_mib")}
         results = {**kept, **results}

@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import DATASETS, start_local_ray, write_results  # noqa: E402
+from benchmarks.common import DATASETS, read_results, start_local_ray, write_results  # noqa: E402
 
 log = logging.getLogger("bench_train")
 RESULTS: dict = {"notes": [
@@ -384,12 +384,8 @@ def main() -> None:
     ap.add_argument("--m-negatives", type=int, default=None,
                     help="default: bce 1, softmax 1024 of each partition's entities")
     args = ap.parse_args()
-    previous = Path(__file__).resolve().parent / "results" / "bench_train.json"
-    if previous.exists():   # keep the sections of earlier runs
-        import json
-
-        RESULTS.update({k: v for k, v in json.loads(previous.read_text())["results"].items()
-                        if k != "notes"})
+    RESULTS.update({k: v for k, v in read_results("bench_train")["results"].items()
+                    if k != "notes"})     # keep the sections of earlier runs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import torch

@@ -95,6 +95,14 @@ def write_results(name: str, results: dict) -> Path:
     return path
 
 
+def read_results(name: str) -> dict:
+    """What :func:`write_results` wrote for ``name`` on an earlier run (``created_at``,
+    ``machine``, ``results``); ``{"results": {}}`` when there is none. Benchmarks that
+    re-measure some sections keep the others from it."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {"results": {}}
+
+
 def start_local_ray(num_cpus: int = 2, attempts: int = 3) -> None:
     """A local Ray instance for an in-process benchmark, retried: a loaded machine can time
     Ray's start-up out, and a benchmark that waited an hour for the CPU lock should not die of it."""
