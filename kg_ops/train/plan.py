@@ -105,15 +105,6 @@ class StepCost:
         return cls(**d)
 
 
-def model_state_bytes(model) -> int:
-    """Parameters, Adam's two moments and a gradient of every dense parameter (4 B each); the
-    embedding table's gradient is sparse (counted in the step memory)."""
-    from kg_ops.train.optim import sparse_parameters
-
-    sparse = {id(p) for p in sparse_parameters(model)}
-    return sum(p.numel() * 4 * (3 if id(p) in sparse else 4) for p in model.parameters())
-
-
 def _time_steps(model, opt, builder, edges: np.ndarray, batch: int, steps: int,
                 features, depth: int, precision: str, shards=None) -> tuple[float, int]:
     """Median seconds per step of ``steps`` real steps (after one warm-up) and the peak
@@ -150,6 +141,7 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
     from kg_ops.partition.expand import estimate_worker_bytes
     from kg_ops.train.batches import BatchBuilder, candidates_per_type, resolve_precision
+    from kg_ops.train.memory import footprint
     from kg_ops.train.negatives import TypedNegativeSampler
     from kg_ops.train.optim import TrainingOptimizer
 
@@ -183,7 +175,8 @@ def calibrate(part, model_config: dict, *, loss: str, negatives: int, fanouts: l
                      "precision": resolve_precision(precision),
                      "threads": torch.get_num_threads(), "workers": int(workers),
                      "owned": None if shards is None else shards.owned,
-                     "model_state_bytes": model_state_bytes(model)})
+                     "model_state_bytes": sum(footprint(model_config, "bce", opt.name,
+                                                        0).values())})
 
 
 def _worker_share(model, csr, sampler, fanouts: list[int], seed: int, workers: int):
