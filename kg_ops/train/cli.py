@@ -86,9 +86,21 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
         with st.phase("write"):
             final = _finish(st, config, mcfg, inputs, recorded, run_id)
         st.metrics.update(final)
+        _check_plan(st, config, inputs.plan)
         st.counts.update({"nodes": inputs.schema.num_nodes,
                           "relations": inputs.schema.num_relations, "partitions": inputs.parts})
     return st.manifest
+
+
+def _check_plan(st, config: TrainConfig, plan: dict | None) -> None:
+    """The partition stage's plan beside what this run measured: logged, and in the
+    manifest (``metrics.plan_check``)."""
+    from kg_ops.train.plan import against_run, describe_check
+
+    check = against_run(plan, config.batch_size, config.loss, config.model, st.metrics)
+    if check:
+        st.metrics["plan_check"] = check
+        log.info("train: %s", describe_check(check))
 
 
 def _prepared(config: TrainConfig) -> TrainConfig:

@@ -309,10 +309,51 @@ def for_run(plan: dict, global_batch: int, loss: str, model: str) -> str:
     w = plan["workers"]
     line = describe(predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
                             [x["data_bytes"] for x in w], global_batch))
-    r = plan.get("recipe", {})
-    if (r.get("loss"), r.get("model", {}).get("model")) != (loss, model):
+    if not _same_recipe(plan, loss, model):
+        r = plan.get("recipe", {})
         line += (f"; measured with {r.get('model', {}).get('model')}/{r.get('loss')}, this "
                  f"run is {model}/{loss}: a rough guide only")
+    return line
+
+
+def _same_recipe(plan: dict, loss: str, model: str) -> bool:
+    r = plan.get("recipe", {})
+    return (r.get("loss"), r.get("model", {}).get("model")) == (loss, model)
+
+
+def against_run(plan: dict | None, global_batch: int, loss: str, model: str,
+                metrics: dict) -> dict | None:
+    """The plan rescaled to a run's global batch beside what the run measured (``metrics``:
+    the training manifest's): epoch seconds, and the step's compute (what the plan times:
+    it leaves the collectives out) against the planned step. None without a measured plan
+    or a trained epoch."""
+    if not plan or not plan.get("workers") or not metrics.get("epoch_s"):
+        return None
+    w = plan["workers"]
+    p = predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
+                [x["data_bytes"] for x in w], global_batch)
+    out = {"same_recipe": _same_recipe(plan, loss, model),
+           "predicted_epoch_s": p["epoch_s"], "measured_epoch_s": round(metrics["epoch_s"], 1),
+           "measured_over_predicted": round(metrics["epoch_s"] / p["epoch_s"], 3),
+           "predicted_step_s": round(p["epoch_s"] / p["steps_per_epoch"], 4)}
+    step = metrics.get("step_s")
+    if step:
+        out["measured_compute_step_s"] = round(step["slowest_compute"], 4)
+        out["measured_collectives_step_s"] = round(step["collectives"] - step["imbalance"], 4)
+    return out
+
+
+def describe_check(check: dict) -> str:
+    """:func:`against_run` as one log line."""
+    line = (f"epoch {check['measured_epoch_s']:.0f} s against the plan's "
+            f"{check['predicted_epoch_s']:.0f} s (x{check['measured_over_predicted']:.2f})")
+    if "measured_compute_step_s" in check:
+        line += (f"; per step: compute of the slowest worker "
+                 f"{check['measured_compute_step_s']:.3g} s against the planned "
+                 f"{check['predicted_step_s']:.3g} s, collectives "
+                 f"{check['measured_collectives_step_s']:.3g} s (not planned)")
+    if not check["same_recipe"]:
+        line += "; the plan measured another recipe"
     return line
 
 

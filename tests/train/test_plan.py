@@ -12,7 +12,15 @@ import pytest
 
 from kg_ops.config.train import TrainConfig
 from kg_ops.partition.io import load_partition, load_partitions_manifest
-from kg_ops.train.plan import RSSPeak, StepCost, calibrate_in_child, describe, predict
+from kg_ops.train.plan import (
+    RSSPeak,
+    StepCost,
+    against_run,
+    calibrate_in_child,
+    describe,
+    describe_check,
+    predict,
+)
 
 TRAIN_DEFAULT_BATCH = {f.name: f.default for f in dataclasses.fields(TrainConfig)}["batch_size"]
 
@@ -45,6 +53,33 @@ def test_prediction_follows_the_cost_model():
     assert w1["peak_bytes"] == 500 * 2**20 - 20 * 2**20 + 1000 * (25 - 64)
     assert plan["edges_per_s_per_worker"] == pytest.approx(2000 / w0["epoch_s"], rel=1e-3)
     assert "2 worker(s)" in describe(plan) and "40 steps/epoch" in describe(plan)
+
+
+def test_a_run_is_checked_against_the_plan_at_its_own_batch():
+    """The plan was measured at global batch 100; the run used 200: half the steps, each
+    with twice the edges. The measured compute is the slowest worker's; the collectives
+    are what the workers spent in them beyond waiting for it."""
+    plan = {**predict(_cost(), [3000, 1000], [120 * 2**20, 80 * 2**20], global_batch=100),
+            "recipe": {"loss": "1vsall", "model": {"model": "rgcn"}}}
+    step = {"compute": 0.14, "slowest_compute": 0.17, "collectives": 0.05,
+            "imbalance": 0.03, "optimizer": 0.01, "batch": 0.0}
+    check = against_run(plan, 200, "1vsall", "rgcn", {"epoch_s": 4.4, "step_s": step})
+    planned_step = 0.01 + 0.001 * 150                     # 20 steps of 150 edges on part 0
+    assert check["predicted_epoch_s"] == pytest.approx(20 * planned_step)
+    assert check["predicted_step_s"] == pytest.approx(planned_step)
+    assert check["measured_over_predicted"] == pytest.approx(4.4 / (20 * planned_step),
+                                                             abs=1e-3)
+    assert check["measured_compute_step_s"] == 0.17
+    assert check["measured_collectives_step_s"] == pytest.approx(0.02)
+    assert check["same_recipe"]
+    line = describe_check(check)
+    assert line.startswith("epoch 4 s against the plan's 3 s (x1.38)")
+    assert "compute of the slowest worker 0.17 s against the planned 0.16 s" in line
+    other = against_run(plan, 200, "softmax", "rgcn", {"epoch_s": 4.4})
+    assert not other["same_recipe"] and "measured_compute_step_s" not in other
+    assert describe_check(other).endswith("the plan measured another recipe")
+    assert against_run({"fits": False, "reason": "x"}, 200, "1vsall", "rgcn",
+                       {"epoch_s": 4.4}) is None
 
 
 def test_calibration_measures_real_steps_on_a_partition(planted):

@@ -74,6 +74,13 @@ def test_learns_the_planted_graph_far_above_random(runs, planted):
     assert (config["lr"], config["negatives"], config["model"]["model"]) == (0.01, 1, "rgcn")
     assert m["best_valid_mrr"] == max(h["valid_mrr_sampled"] for h in hist)
     assert m["epoch_s"] > 0 and m["edges_per_s"] > 0
+    # where the steps' time went (1 worker: nothing to wait for), beside the partition
+    # stage's plan, which measured the default recipe (1vsall), not this one (bce)
+    assert m["step_s"]["compute"] > 0 and m["step_s"]["imbalance"] == 0.0
+    assert m["step_s"]["collectives"] == 0.0
+    check = m["plan_check"]
+    assert check["measured_epoch_s"] == round(m["epoch_s"], 1)
+    assert check["predicted_epoch_s"] > 0 and not check["same_recipe"]
 
 
 def test_softmax_loss_learns_the_planted_graph(runs, planted):
@@ -156,6 +163,7 @@ def test_two_workers_reach_what_one_worker_reaches(runs, planted):
     tm2 = load_trained(runs["two"]["uri"])              # from the S3 server
     two = tail_mrr(tm2, load_edges(planted["graph"], "test"), CITIES)
     assert runs["two"]["metrics"]["workers"] == 2
+    assert runs["two"]["metrics"]["step_s"]["collectives"] > 0
     assert two > 0.9 and abs(one - two) < 0.1
     assert runs["two"]["uri"].startswith("s3://")
 
