@@ -98,6 +98,7 @@ def run_train(name: str, parts: str, work: Path, **kw) -> dict:
             "epoch_s": round(met["epoch_s"], 2), "edges_per_s": round(met["edges_per_s"], 1),
             "best_valid_mrr_sampled": round(met["best_valid_mrr"], 4),
             "step_s": {k: round(v, 4) for k, v in (met.get("step_s") or {}).items()},
+            "plan_check": met.get("plan_check"),
             "hyperparameters": {k: m["config"][k] for k in
                                 ("lr", "weight_decay", "regularization", "batch_size",
                                  "fanouts", "negatives", "epochs")}
