@@ -97,7 +97,8 @@ def _check_plan(st, config: TrainConfig, plan: dict | None) -> None:
     manifest (``metrics.plan_check``)."""
     from kg_ops.train.plan import against_run, describe_check
 
-    check = against_run(plan, config.batch_size, config.loss, config.model, st.metrics)
+    check = against_run(plan, config.batch_size, config.loss, config.model, st.metrics,
+                        config.threads)
     if check:
         st.metrics["plan_check"] = check
         log.info("train: %s", describe_check(check))

@@ -322,17 +322,19 @@ def _same_recipe(plan: dict, loss: str, model: str) -> bool:
 
 
 def against_run(plan: dict | None, global_batch: int, loss: str, model: str,
-                metrics: dict) -> dict | None:
+                metrics: dict, threads: int = 1) -> dict | None:
     """The plan rescaled to a run's global batch beside what the run measured (``metrics``:
     the training manifest's): epoch seconds, and the step's compute (what the plan times:
-    it leaves the collectives out) against the planned step. None without a measured plan
+    it leaves the collectives out) against the planned step; ``threads``: the run's torch
+    threads per worker (the plan's are recorded beside them). None without a measured plan
     or a trained epoch."""
     if not plan or not plan.get("workers") or not metrics.get("epoch_s"):
         return None
     w = plan["workers"]
     p = predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
                 [x["data_bytes"] for x in w], global_batch)
-    out = {"same_recipe": _same_recipe(plan, loss, model),
+    out = {"same_recipe": _same_recipe(plan, loss, model), "threads": int(threads),
+           "plan_threads": int(plan["cost"].get("measured_on", {}).get("threads", 1)),
            "predicted_epoch_s": p["epoch_s"], "measured_epoch_s": round(metrics["epoch_s"], 1),
            "measured_over_predicted": round(metrics["epoch_s"] / p["epoch_s"], 3),
            "predicted_step_s": round(p["epoch_s"] / p["steps_per_epoch"], 4)}
@@ -354,6 +356,9 @@ def describe_check(check: dict) -> str:
                  f"{check['measured_collectives_step_s']:.3g} s (not planned)")
     if not check["same_recipe"]:
         line += "; the plan measured another recipe"
+    if check["threads"] != check["plan_threads"]:
+        line += (f"; the plan measured {check['plan_threads']} thread(s) per worker, this run "
+                 f"has {check['threads']}")
     return line
 
 

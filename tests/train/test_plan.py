@@ -71,13 +71,15 @@ def test_a_run_is_checked_against_the_plan_at_its_own_batch():
                                                              abs=1e-3)
     assert check["measured_compute_step_s"] == 0.17
     assert check["measured_collectives_step_s"] == pytest.approx(0.02)
-    assert check["same_recipe"]
+    assert check["same_recipe"] and check["threads"] == check["plan_threads"] == 1
     line = describe_check(check)
     assert line.startswith("epoch 4 s against the plan's 3 s (x1.38)")
     assert "compute of the slowest worker 0.17 s against the planned 0.16 s" in line
-    other = against_run(plan, 200, "softmax", "rgcn", {"epoch_s": 4.4})
+    assert "thread" not in line
+    other = against_run(plan, 200, "softmax", "rgcn", {"epoch_s": 4.4}, threads=2)
     assert not other["same_recipe"] and "measured_compute_step_s" not in other
-    assert describe_check(other).endswith("the plan measured another recipe")
+    assert describe_check(other).endswith("the plan measured another recipe; the plan "
+                                          "measured 1 thread(s) per worker, this run has 2")
     assert against_run({"fits": False, "reason": "x"}, 200, "1vsall", "rgcn",
                        {"epoch_s": 4.4}) is None
 
