@@ -43,9 +43,6 @@ def cpu_seconds() -> dict[int, tuple[str, float]]:
 
 def _spin(config: dict) -> None:
     """A Ray Train worker that keeps one core busy for ``config["seconds"]``."""
-    import torch
-
-    torch.set_num_threads(1)
     end = time.monotonic() + config["seconds"]
     x = 0
     while time.monotonic() < end:

@@ -40,25 +40,23 @@ class Collectives:
         if self.world > 1:
             self._dist().all_reduce(t)
 
-    def all_gather_mask(self, mask: np.ndarray) -> np.ndarray:
+    def _all_gather(self, values: np.ndarray) -> np.ndarray:
+        """``[world, n]``: every worker's ``n`` values (the same ``n`` and dtype everywhere)."""
         import torch
 
-        if self.world == 1:
-            return mask[None, :]
-        out = [torch.zeros(len(mask), dtype=torch.uint8) for _ in range(self.world)]
-        self._dist().all_gather(out, torch.from_numpy(mask.astype(np.uint8)))
-        return np.stack([o.numpy().astype(bool) for o in out])
-
-    def all_gather_values(self, values: np.ndarray) -> np.ndarray:
-        """``[world, n]``: every worker's ``n`` float64 values (the same ``n`` everywhere)."""
-        import torch
-
-        values = np.asarray(values, dtype=np.float64)
         if self.world == 1:
             return values[None, :]
-        out = [torch.zeros(len(values), dtype=torch.float64) for _ in range(self.world)]
+        out = [torch.empty(len(values), dtype=torch.from_numpy(values).dtype)
+               for _ in range(self.world)]
         self._dist().all_gather(out, torch.from_numpy(values))
         return np.stack([o.numpy() for o in out])
+
+    def all_gather_mask(self, mask: np.ndarray) -> np.ndarray:
+        return self._all_gather(np.ascontiguousarray(mask, dtype=np.uint8)).astype(bool)
+
+    def all_gather_values(self, values) -> np.ndarray:
+        """``[world, n]``: every worker's ``n`` float64 values."""
+        return self._all_gather(np.asarray(values, dtype=np.float64))
 
     def average_gradients(self, model) -> None:
         """Average every gradient across workers: dense ones with one flat all-reduce

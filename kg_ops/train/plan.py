@@ -306,14 +306,19 @@ def for_run(plan: dict, global_batch: int, loss: str, model: str) -> str:
     when the run's recipe differs from the measured one."""
     if not plan.get("workers"):
         return describe(plan)
-    w = plan["workers"]
-    line = describe(predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
-                            [x["data_bytes"] for x in w], global_batch))
+    line = describe(_rescaled(plan, global_batch))
     if not _same_recipe(plan, loss, model):
         r = plan.get("recipe", {})
         line += (f"; measured with {r.get('model', {}).get('model')}/{r.get('loss')}, this "
                  f"run is {model}/{loss}: a rough guide only")
     return line
+
+
+def _rescaled(plan: dict, global_batch: int) -> dict:
+    """The measured plan predicted again at another global batch."""
+    w = plan["workers"]
+    return predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
+                   [x["data_bytes"] for x in w], global_batch)
 
 
 def _same_recipe(plan: dict, loss: str, model: str) -> bool:
@@ -330,9 +335,7 @@ def against_run(plan: dict | None, global_batch: int, loss: str, model: str,
     or a trained epoch."""
     if not plan or not plan.get("workers") or not metrics.get("epoch_s"):
         return None
-    w = plan["workers"]
-    p = predict(StepCost.from_dict(plan["cost"]), [x["core_edges"] for x in w],
-                [x["data_bytes"] for x in w], global_batch)
+    p = _rescaled(plan, global_batch)
     out = {"same_recipe": _same_recipe(plan, loss, model), "threads": int(threads),
            "plan_threads": int(plan["cost"].get("measured_on", {}).get("threads", 1)),
            "predicted_epoch_s": p["epoch_s"], "measured_epoch_s": round(metrics["epoch_s"], 1),

@@ -28,6 +28,10 @@ PHASES = ("batch", "compute", "collectives", "optimizer")
 # The keys of an epoch's history row that are wall-clock measurements: they differ between
 # otherwise identical runs (a resumed run repeats everything else exactly).
 TIMED = ("epoch_s", "edges_per_s", "step_s")
+# What an epoch reports per step (StepTimes.summary), with its label in the log line.
+KEYS = (("compute", "compute"), ("slowest_compute", "slowest worker's compute"),
+        ("collectives", "collectives"), ("imbalance", "of which waiting for the slowest worker"),
+        ("optimizer", "optimizer"), ("batch", "waiting for batches"))
 
 
 class StepTimes:
@@ -85,11 +89,9 @@ class StepTimes:
         per-step compute (its row ``rank`` is this worker's), for ``imbalance``."""
         steps = max(len(self.compute), 1)
         out = {k: v / steps for k, v in self.total.items()}
-        if all_compute.size:
-            out["imbalance"] = float((all_compute.max(axis=0) - all_compute[rank]).sum()) / steps
-            out["slowest_compute"] = float(all_compute.max(axis=0).sum()) / steps
-        else:
-            out["imbalance"] = out["slowest_compute"] = 0.0
+        slowest = all_compute.max(axis=0)
+        out["slowest_compute"] = float(slowest.sum()) / steps
+        out["imbalance"] = float((slowest - all_compute[rank]).sum()) / steps
         return out
 
 
@@ -105,7 +107,3 @@ def describe(per_worker: np.ndarray, steps: int) -> str:
         parts.append(text)
     return f"time per step (mean of {steps} steps): " + ", ".join(parts)
 
-
-KEYS = (("compute", "compute"), ("slowest_compute", "slowest worker's compute"),
-        ("collectives", "collectives"), ("imbalance", "of which waiting for the slowest worker"),
-        ("optimizer", "optimizer"), ("batch", "waiting for batches"))
