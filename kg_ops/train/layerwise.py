@@ -57,6 +57,9 @@ class LayerwiseEncoding:
         self.keep = None if real.all() else torch.from_numpy(np.flatnonzero(real))
         self.rows = np.full(num_nodes, -1, dtype=np.int64)
         self.rows[self.gid.numpy()[real]] = np.arange(int(real.sum()))
+        # This worker's rows of the table: the real rows of the blocks before its own.
+        self.num_rows = int(real.sum())
+        self.offset = int(real[:shards.rank * shards.slots].sum())
         gathered = np.full(num_nodes, -1, dtype=np.int64)      # ... and its gathered row
         gathered[self.gid.numpy()[real]] = np.flatnonzero(real)
         self.tail_ok, self.head_ok = _type_masks(self.ntype[torch.from_numpy(real)], shards)
@@ -93,8 +96,9 @@ class LayerwiseEncoding:
                              "repartition")
         return rows
 
-    def encode(self, model, features=None) -> torch.Tensor:
-        """``[P * slots, d]``: every worker's owned entities' embeddings (zero padding rows)."""
+    def encode_own(self, model, features=None) -> torch.Tensor:
+        """``[m, d]``: the final embeddings of this worker's owned entities (the layers
+        before the last are gathered: each needs every entity's previous layer)."""
         x = model.inputs(torch.from_numpy(self.inputs), torch.from_numpy(self.input_gid),
                          features)
         own_x = x[:self.owned]
@@ -103,8 +107,11 @@ class LayerwiseEncoding:
             h_own = model.encoder.layer(i, h_src, h_own, edge_index, edge_type)
             if i < len(self.layers) - 1:
                 h_src = self.shards.gather_rows(h_own)
-        z = model.skip(h_own, own_x) if self.layers else own_x
-        return self.shards.gather_rows(z)
+        return model.skip(h_own, own_x) if self.layers else own_x
+
+    def encode(self, model, features=None) -> torch.Tensor:
+        """``[P * slots, d]``: every worker's owned entities' embeddings (zero padding rows)."""
+        return self.shards.gather_rows(self.encode_own(model, features))
 
     def table(self, model, features=None) -> torch.Tensor:
         """``[N, d]``: the 1-vs-all table, every entity once (:meth:`encode` without the
@@ -114,7 +121,10 @@ class LayerwiseEncoding:
 
     def loss(self, model, batch, features=None) -> torch.Tensor:
         """The 1vsall loss of this worker's positives (``batch.triples``: rows of the table)
-        against every entity."""
+        against every entity: on several workers scored where the entities live
+        (:mod:`kg_ops.train.owner_scoring`), on one against the table."""
+        if self.shards.world > 1:
+            return self._owner_loss(model, batch, features)
         table = self.table(model, features)
         if batch.size == 0:      # still part of the collectives, contributes nothing
             return table.sum() * 0.0
@@ -122,6 +132,18 @@ class LayerwiseEncoding:
         return model.table_loss(table, batch.triples,
                                 None if self.tail_ok is None else self.tail_ok[rel],
                                 None if self.head_ok is None else self.head_ok[rel])
+
+    def _owner_loss(self, model, batch, features=None) -> torch.Tensor:
+        from kg_ops.train.owner_scoring import gather_positives, owner_table_loss
+
+        drop = model.training and model.decoder.drop.p > 0
+        seed = int(torch.randint(2 ** 62, ())) if drop else 0
+        times, rank = self.shards.times, self.shards.rank
+        triples, starts, seed = gather_positives(batch.triples, times, seed)
+        return owner_table_loss(model, self.encode_own(model, features), self.offset,
+                                self.num_rows, triples, slice(starts[rank], starts[rank + 1]),
+                                self.tail_ok, self.head_ok, times, self.shards.wire,
+                                seed if drop else None)
 
 
 def _type_masks(types: torch.Tensor, shards: CandidateShards
