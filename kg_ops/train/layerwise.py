@@ -9,9 +9,13 @@ and the epoch went only 1.32x faster on 2 workers.
 Here each worker computes GNN layer ``l`` for the entities it owns
 (:func:`~kg_ops.train.candidates.balanced_owners`) and one all-gather of the layer's output
 gives every worker every entity's representation as layer ``l + 1``'s input (the halo exchange
-of distributed full-graph GNN training): every layer's work is 1/P of the whole. The final
-layer's gathered output is the candidate table; the positives are rows of it. Backward sums
-each gathered block's gradient on its owner (:meth:`~kg_ops.train.candidates.CandidateShards.gather_rows`).
+of distributed full-graph GNN training): every layer's work is 1/P of the whole. Backward
+sums each gathered block's gradient on its owner
+(:meth:`~kg_ops.train.candidates.CandidateShards.gather_rows`). The final layer is not
+gathered: each worker scores every worker's queries against the entities it owns
+(:mod:`kg_ops.train.owner_scoring`). The positives are rows of the table the final layer's
+blocks make in rank order; on one process (the cost planner) that table is gathered and
+scored whole.
 
 The messages are the ones the 1-worker computation graph samples: the sampler is globally
 deterministic (:mod:`kg_ops.sampling`) and a partition holds its core nodes' sampled messages,

@@ -21,22 +21,30 @@ NUM_RELATIONS = 2
 
 # The objective's terms besides the cross-entropy, as the default recipe and beyond it uses
 # them: each is split differently between the workers when they score where the entities
-# live (kg_ops.train.owner_scoring).
-PENALTIES = {"n3": 0.05, "label_smoothing": 0.5, "regularization": 0.02, "init_scale": 0.5}
+# live (kg_ops.train.owner_scoring). "relation_dropout": trained with relation dropout, the
+# one random draw every worker must make alike (no other dropout, so the run is comparable).
+VARIANTS = {
+    "plain": {"regularization": 0.0},
+    "penalties": {"n3": 0.05, "label_smoothing": 0.5, "regularization": 0.02,
+                  "init_scale": 0.5, "reciprocal": True},
+    "relation_dropout": {"regularization": 0.0, "relation_dropout": 0.5, "dropout": 0.0,
+                         "init_scale": 0.5},
+}
+DRAW_SEED = 100     # torch's seed on rank 0 before the loss: it draws the dropout's seed
 
 
-def _model(num_nodes: int, model: str, penalties: bool = False) -> LinkPredictor:
+def _model(num_nodes: int, model: str, variant: str = "plain") -> LinkPredictor:
     torch.manual_seed(0)
-    extra = PENALTIES if penalties else {"regularization": 0.0}
+    extra = VARIANTS[variant]
     m = LinkPredictor(ModelConfig(model=model, num_nodes=num_nodes,
                                   num_relations=NUM_RELATIONS, embedding_dim=8, hidden_dim=6,
                                   out_dim=8, decoder="complex", residual=model != "complex",
-                                  residual_gate=model != "complex", reciprocal=penalties,
-                                  **extra))
+                                  residual_gate=model != "complex", **extra))
     if m.gate is not None:
         with torch.no_grad():
             m.gate.fill_(0.7)     # the encoder's share counts (it starts at 0 in training)
-    return m.eval()               # no dropout: both sides compute the same function
+    # No dropout (but the relation dropout of that variant): both sides compute alike.
+    return m.train() if variant == "relation_dropout" else m.eval()
 
 
 def _positives(part, rank: int) -> np.ndarray:
@@ -47,7 +55,7 @@ def _positives(part, rank: int) -> np.ndarray:
     return np.stack([part.global_ids[core[:, 0]], core[:, 1], part.global_ids[core[:, 2]]], 1)
 
 
-def _layerwise(rank: int, world: int, parts_uri: str, model_name: str, penalties: bool):
+def _layerwise(rank: int, world: int, parts_uri: str, model_name: str, variant: str):
     import torch.distributed as dist
 
     from kg_ops.partition.io import load_partition
@@ -68,7 +76,7 @@ def _layerwise(rank: int, world: int, parts_uri: str, model_name: str, penalties
     mine = balanced_owners(torch.stack(helds).numpy())[csr.to_global(ids)] == rank
     slots = torch.tensor([float(mine.sum())])
     dist.all_reduce(slots, op=dist.ReduceOp.MAX)
-    model = _model(part.num_global_nodes, model_name, penalties)
+    model = _model(part.num_global_nodes, model_name, variant)
     fanouts = [] if model.encoder is None else part.sampling["fanouts"]
     shards = CandidateShards(world, rank, int(slots), torch.from_numpy(sampler.head_type),
                              torch.from_numpy(sampler.tail_type))
@@ -81,7 +89,9 @@ def _layerwise(rank: int, world: int, parts_uri: str, model_name: str, penalties
     local = np.stack([[to_local[h], r, to_local[t]] for h, r, t in pos.tolist()])
     builder = BatchBuilder(csr, sampler, fanouts, part.sampling["seed"], "1vsall", 0,
                            layerwise=enc)
-    loss = enc.loss(model, builder.build(local, np.random.default_rng(0)))
+    batch = builder.build(local, np.random.default_rng(0))
+    torch.manual_seed(DRAW_SEED + rank)      # the workers' generators differ
+    loss = enc.loss(model, batch)
     loss.backward()
     grads = {}
     for name, p in model.named_parameters():
@@ -91,8 +101,7 @@ def _layerwise(rank: int, world: int, parts_uri: str, model_name: str, penalties
     return table, enc.gid, float(loss.detach()), grads, pos
 
 
-def _reference(planted: dict, model_name: str, penalties: bool,
-               positives: list[np.ndarray]):
+def _reference(planted: dict, model_name: str, variant: str, positives: list[np.ndarray]):
     """One process, the whole graph, as one worker trains: every entity a seed of one
     sampled computation graph, each worker's positives ranked against every entity of the
     expected type. Returns ``(embedding of every global id, losses, gradients, entities)``."""
@@ -101,7 +110,7 @@ def _reference(planted: dict, model_name: str, penalties: bool,
 
     part = load_partition(planted["parts"][2], 0)
     n, seed = part.num_global_nodes, part.sampling["seed"]
-    model = _model(n, model_name, penalties)
+    model = _model(n, model_name, variant)
     train = np.unique(load_edges(planted["graph"], "train"), axis=0)   # as partitioned
     csr = CSRGraph.from_edges(train, n, NUM_RELATIONS, seed=seed)
     entities = np.unique(train[:, [0, 2]])
@@ -114,7 +123,9 @@ def _reference(planted: dict, model_name: str, penalties: bool,
     head_type, tail_type = torch.tensor([0, 0]), torch.tensor([0, 1])
     ct, gid = torch.from_numpy(node_type[entities]), torch.from_numpy(entities)
     losses = []
-    for pos in positives:
+    if variant == "relation_dropout":
+        losses = _dropped_losses(model, z, at, ct, gid, positives, head_type, tail_type)
+    for pos in positives if variant != "relation_dropout" else []:
         p = torch.from_numpy(pos)
         tail_ok = (ct[None] == tail_type[p[:, 1]][:, None]) & (gid[None] != p[:, 2:3])
         head_ok = (ct[None] == head_type[p[:, 1]][:, None]) & (gid[None] != p[:, 0:1])
@@ -129,14 +140,40 @@ def _reference(planted: dict, model_name: str, penalties: bool,
     return full, [float(x.detach()) for x in losses], grads, entities
 
 
-@pytest.mark.parametrize("graph,model_name,penalties", [
-    ("planted", "rgcn", False), ("crossed", "rgcn", False), ("crossed", "complex", False),
-    ("crossed", "rgcn", True)])
-def test_layerwise_1vsall_equals_the_whole_graph_on_one_process(graph, model_name, penalties,
+def _dropped_losses(model, z, at, ct, gid, positives, head_type, tail_type) -> list:
+    """Each worker's loss when every query's relation vector is dropped with the mask one
+    generator draws from rank 0's seed, the tail queries of all workers' positives (in rank
+    order) first, then their head queries: what every worker must draw alike."""
+    from kg_ops.models.objective import candidate_cross_entropy
+
+    torch.manual_seed(DRAW_SEED)
+    seed = int(torch.randint(2 ** 62, ()))
+    pos = torch.from_numpy(np.concatenate(positives))
+    h, rel, t = torch.from_numpy(at[pos[:, 0]]), pos[:, 1], torch.from_numpy(at[pos[:, 2]])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        queries = (model.decoder.query(z[h], rel, True), model.decoder.query(z[t], rel, False))
+    oks = ((ct[None] == tail_type[rel][:, None]) & (gid[None] != pos[:, 2:3]),
+           (ct[None] == head_type[rel][:, None]) & (gid[None] != pos[:, 0:1]))
+    losses, start = [], 0
+    for block in (slice(start, start := start + len(p)) for p in positives):
+        loss = 0.0
+        for q, answer, ok in zip(queries, (t, h), oks, strict=True):
+            q = q[block]
+            loss = loss + candidate_cross_entropy((q * z[answer[block]]).sum(-1), q @ z.t(),
+                                                  ok[block])
+        losses.append(loss / 2)
+    return losses
+
+
+@pytest.mark.parametrize("graph,model_name,variant", [
+    ("planted", "rgcn", "plain"), ("crossed", "rgcn", "plain"), ("crossed", "complex", "plain"),
+    ("crossed", "rgcn", "penalties"), ("crossed", "rgcn", "relation_dropout")])
+def test_layerwise_1vsall_equals_the_whole_graph_on_one_process(graph, model_name, variant,
                                                                  request, tmp_path):
     planted = request.getfixturevalue(graph)
-    results = run_gloo(_layerwise, 2, tmp_path, planted["parts"][2], model_name, penalties)
-    z, losses, grads, entities = _reference(planted, model_name, penalties,
+    results = run_gloo(_layerwise, 2, tmp_path, planted["parts"][2], model_name, variant)
+    z, losses, grads, entities = _reference(planted, model_name, variant,
                                             [r[4] for r in results])
     for table, gid, *_ in results:
         real = gid >= 0
