@@ -9,6 +9,7 @@ the result.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import tempfile
@@ -280,13 +281,39 @@ def _fit(config: TrainConfig, run, workers: int, worker_env: dict[str, str] | No
             logging_config=ray.train.LoggingConfig(log_level="WARNING"), callbacks=callbacks,
             worker_runtime_env={"env_vars": step_env(worker_env)}))
     try:
-        result = trainer.fit()
+        with _ray_train_env():
+            result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface a user error's own message
         cause = root_cause(exc)
         if isinstance(cause, KGOpsError):
             raise KGOpsError(f"training worker failed: {cause}") from exc
         raise
     raise_reported(result)       # a deterministic error the workers settled without retries
+
+
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextlib.contextmanager
+def _ray_train_env():
+    """Ray Train's settings for one fit. Its preemption watcher (an actor that watches for
+    nodes being drained, so a run can move off them) keeps 4-5 % of a core busy whatever its
+    poll interval (``benchmarks/bench_ray_overhead.py``); on a one-node cluster there is no
+    node to move to, so there it is off unless the environment sets it. Ray Train reads the
+    variable when ``fit`` starts its controller."""
+    import ray
+
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if PREEMPTION_WATCHER in os.environ or alive != 1:
+        yield
+        return
+    log.info("one-node Ray cluster: Ray Train's preemption watcher is off (set %s=1 to keep "
+             "it)", PREEMPTION_WATCHER)
+    os.environ[PREEMPTION_WATCHER] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(PREEMPTION_WATCHER, None)
 
 
 def _fanouts(text: str | None, partition_fanouts: list[int], num_layers: int,
