@@ -184,8 +184,10 @@ class _Worker:
         from kg_ops.train.memory import available_bytes, check_fits, footprint, local_batch
 
         cfg = self.config
+        sharded = cfg.candidates == "sharded" and self.comm.world > 1
         terms = footprint(self.run.model_config, cfg.loss, cfg.optimizer,
-                          local_batch(cfg.batch_size, self.comm.world))
+                          local_batch(cfg.batch_size, self.comm.world),
+                          self.comm.world if sharded else 1)
         check_fits(terms, available_bytes(), self.node_workers,
                    where=f"worker {self.rank}'s node")
 

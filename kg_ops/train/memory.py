@@ -4,7 +4,7 @@ The default recipe (1-vs-all, 1000 dimensions) suits graphs like CoDEx-M (17k en
 least 0.34 GiB per worker at P=2, 1.3 GiB measured). Its memory grows with the entity count:
 the entity table and its optimiser state, the encoded table of every entity that 1-vs-all
 ranks against, and each query's scores against all of them. On the published system's
-2.8M-entity graph that is at least 44 GiB per worker at P=8; allocated blindly, the run (or the partition stage's cost calibration)
+2.8M-entity graph that is at least 26 GiB per worker at P=8; allocated blindly, the run (or the partition stage's cost calibration)
 would swap or be killed by the kernel with no word of why. So the worker, and the planner,
 add up these terms from the recipe's shapes first (the model is built on PyTorch's ``meta``
 device: shapes, no storage) and stop with the terms, the memory this node has and what to
@@ -66,12 +66,16 @@ def _cgroup_room() -> int | None:
     return None
 
 
-def footprint(model_config: dict, loss: str, optimizer: str, batch: int) -> dict[str, int]:
+def footprint(model_config: dict, loss: str, optimizer: str, batch: int,
+              workers: int = 1) -> dict[str, int]:
     """Bytes a worker holds for the recipe, by term (float32 throughout): parameters, their
     optimiser state (the table and relation vectors by ``optimizer``: Adagrad keeps one
     value per parameter, Adam two; the GNN weights by Adam) and the dense gradients; with
-    ``1vsall``, the encoded table of every entity and its gradient, and the ``batch``
-    queries' scores against every entity, for tail and head (kept for the backward)."""
+    ``1vsall``, the encoded entities and their gradient, and the queries' scores against
+    them, for tail and head (kept for the backward). ``batch`` is a worker's share of the
+    global batch; on one worker it ranks its queries against every entity, on ``workers``
+    > 1 (sharded 1vsall, :mod:`kg_ops.train.owner_scoring`) every worker's queries against
+    its own share of the entities, and holds the global batch's anchors and query vectors."""
     import torch
 
     from kg_ops.models.link_predictor import LinkPredictor, ModelConfig
@@ -92,10 +96,19 @@ def footprint(model_config: dict, loss: str, optimizer: str, batch: int) -> dict
     }
     if loss == "1vsall":
         dim = cfg.out_dim if not cfg.shallow else cfg.embedding_dim
-        terms[f"1vsall: every entity encoded, and its gradient ({cfg.num_nodes:,} x {dim})"] \
-            = 2 * 4 * cfg.num_nodes * dim
-        terms[f"1vsall: scores of {batch:,} queries against every entity, tail and head"] \
-            = 2 * 4 * int(batch) * cfg.num_nodes
+        if workers > 1:
+            own, queries = math.ceil(cfg.num_nodes / workers), int(batch) * workers
+            terms[f"1vsall: this worker's share of the entities encoded, and its gradient "
+                  f"({own:,} x {dim})"] = 2 * 4 * own * dim
+            terms[f"1vsall: scores of every worker's {queries:,} queries against them, tail "
+                  "and head"] = 2 * 4 * queries * own
+            terms[f"1vsall: those queries' anchors and vectors, and their gradients "
+                  f"(2 x {queries:,} x {dim})"] = 4 * 4 * 2 * queries * dim
+        else:
+            terms[f"1vsall: every entity encoded, and its gradient ({cfg.num_nodes:,} x "
+                  f"{dim})"] = 2 * 4 * cfg.num_nodes * dim
+            terms[f"1vsall: scores of {batch:,} queries against every entity, tail and head"] \
+                = 2 * 4 * int(batch) * cfg.num_nodes
     return {k: v for k, v in terms.items() if v}
 
 
