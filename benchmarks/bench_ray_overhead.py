@@ -8,7 +8,12 @@ here is ``kgops train``'s Ray Train path in miniature: a ``TorchTrainer`` with o
 Every process's CPU time is read from ``/proc`` before and after ``--seconds`` of training;
 the workers' own share is reported apart.
 
-Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_ray_overhead.py`` (~1 min).
+Ray Train's preemption watcher (an actor that polls for nodes being drained) is measured on
+and off (``--watcher``): it alone keeps 4-5 % of a core busy, which is why ``kgops train``
+turns it off on a one-node cluster.
+
+Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_ray_overhead.py --workers 2
+--repeats 2`` (~2 min per run).
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
+
 from benchmarks.common import read_results, start_local_ray, write_results  # noqa: E402
+from kg_ops.train.cli import PREEMPTION_WATCHER  # noqa: E402
 
 
 def cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -81,14 +89,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--watcher", default="on,off",
+                    help="Ray Train's preemption watcher in the runs: on, off, or both, "
+                         "measured in turn (kgops train turns it off on a one-node cluster)")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each --watcher setting")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     start_local_ray()
-    result = measure(args.workers, args.seconds)
-    print(f"{args.workers} spinning worker(s): {result['workers_cores']:.2f} cores; every "
-          f"other process together: {result['other_processes_cores'] * 100:.1f} % of one core")
+    settings = args.watcher.split(",")
+    runs: dict[str, list[dict]] = {s: [] for s in settings}
+    for _ in range(args.repeats):
+        for setting in settings:           # alternated: the machine's drift hits both
+            os.environ[PREEMPTION_WATCHER] = "1" if setting == "on" else "0"
+            runs[setting].append(measure(args.workers, args.seconds))
+            r = runs[setting][-1]
+            print(f"{args.workers} spinning worker(s), preemption watcher {setting}: "
+                  f"{r['workers_cores']:.2f} cores; every other process together: "
+                  f"{r['other_processes_cores'] * 100:.1f} % of one core")
     results = read_results("bench_ray_overhead")["results"]
-    results[f"local ray, {args.workers} worker(s)"] = result
+    for setting, measured in runs.items():
+        results[f"local ray, {args.workers} worker(s), preemption watcher {setting}"] = {
+            "workers_cores": round(float(np.mean([r["workers_cores"] for r in measured])), 3),
+            "other_processes_cores": round(float(np.mean([r["other_processes_cores"]
+                                                           for r in measured])), 3),
+            "runs": measured}
     write_results("bench_ray_overhead", results)
 
 
