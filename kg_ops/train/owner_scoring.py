@@ -148,13 +148,20 @@ def _seeded(seed: int | None):
 def _allowed(tail_ok: torch.Tensor | None, head_ok: torch.Tensor | None, rel: torch.Tensor,
              cols: slice, num_rows: int) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(which owned columns each query may rank [2B, m] or None for all, how many columns
-    of the whole table each may rank [2B])``: tail queries first, then head queries."""
+    of the whole table each may rank [2B])``: tail queries first, then head queries. Only
+    the owned columns of each relation's mask are gathered per query; the counts are per
+    relation."""
     if tail_ok is None and head_ok is None:
         return None, torch.full((2 * len(rel),), float(num_rows))
-    masks = [torch.ones(len(rel), num_rows, dtype=torch.bool) if ok is None else ok[rel]
-             for ok in (tail_ok, head_ok)]
-    full = torch.cat(masks)
-    return full[:, cols], full.sum(1).float()
+    masks, counts = [], []
+    for ok in (tail_ok, head_ok):
+        if ok is None:
+            masks.append(torch.ones(len(rel), cols.stop - cols.start, dtype=torch.bool))
+            counts.append(torch.full((len(rel),), float(num_rows)))
+        else:
+            masks.append(ok[:, cols][rel])
+            counts.append(ok.sum(1).float()[rel])
+    return torch.cat(masks), torch.cat(counts)
 
 
 def _distributed_terms(scores: torch.Tensor, answer_cols: torch.Tensor,
