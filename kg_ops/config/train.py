@@ -70,6 +70,10 @@ class TrainConfig(StageConfig):
     workers: int | None = option(None, minimum=1, help="Ray Train workers; must equal the "
                                  "number of partitions (default: the number of partitions)")
     epochs: int = option(40, minimum=1, help="maximum epochs")
+    limit_steps: int = option(0, minimum=0, help="train each epoch on its first N steps only "
+                              "(0 = the whole epoch): a quick check of a recipe, or of its "
+                              "throughput on a large graph; the epoch's edges/s and step times "
+                              "are those of the steps it ran")
     resume: str | None = option(None, help="checkpoint (.pt URI) or earlier training output "
                                 "to continue from; training continues up to --epochs in total")
     init_from: str | None = option(

@@ -383,6 +383,7 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
             "final_loss": float(trained[-1]["loss"]) if trained else None,
             "epoch_s": float(np.mean(epoch_s)) if epoch_s else None,
             "edges_per_s": float(np.mean(eps)) if eps else None,
+            "steps": trained[-1].get("steps") if trained else None,   # per epoch, as run
             "step_s": _mean_step_times(trained),
             "workers": inputs.parts, "stopped_early": bool(last["stopped_early"]),
             "precision": trained[-1].get("precision") if trained else None}

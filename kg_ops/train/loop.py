@@ -21,6 +21,7 @@ so a resumed run repeats exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -198,6 +199,10 @@ class _Worker:
         self.comm.broadcast_parameters(self.model)
         self.total_edges = int(self.comm.all_reduce([float(len(self.edges))])[0])
         self.steps = max(1, math.ceil(self.total_edges / self.config.batch_size))
+        self.run_steps = min(self.steps, self.config.limit_steps or self.steps)
+        if self.run_steps < self.steps and self.rank == 0:
+            log.info("--limit-steps %d: each epoch trains its first %d of %d steps",
+                     self.config.limit_steps, self.run_steps, self.steps)
         self.precision = self._precision()
         self.comm.wire = wire_dtype(self.precision)
         self._build_batches()
@@ -430,10 +435,12 @@ class _Worker:
         t0 = time.perf_counter()
         loss_sum, seen = 0.0, 0
         progress = Progress(f"train epoch {epoch}/{self.config.epochs} worker {self.rank}",
-                            total=len(self.edges), unit="edges", every_s=self.run.log_every_s)
+                            total=_first_parts(len(self.edges), self.steps, self.run_steps),
+                            unit="edges", every_s=self.run.log_every_s)
         times = self.comm.times
         times.reset()
-        batches = self.builder.epoch(self.edges, self.steps, rng)
+        batches = itertools.islice(self.builder.epoch(self.edges, self.steps, rng),
+                                   self.run_steps)
         for batch in times.batches(prefetch(batches, self.config.prefetch)):
             with times.phase("optimizer"):
                 self.opt.zero_grad()
@@ -452,7 +459,8 @@ class _Worker:
         loss_total, seen_total = self.comm.all_reduce([loss_sum, float(seen)])
         epoch_s = self.comm.all_reduce([time.perf_counter() - t0], op="max")[0]
         return {"epoch": epoch, "loss": loss_total / max(seen_total, 1),
-                "edges_per_s": self.total_edges / max(epoch_s, 1e-9), "epoch_s": epoch_s,
+                "edges_per_s": seen_total / max(epoch_s, 1e-9), "epoch_s": epoch_s,
+                "steps": self.run_steps, "steps_per_epoch": self.steps,
                 "precision": self.precision, "step_s": self._step_times(epoch)}
 
     def _step_times(self, epoch: int) -> dict[str, float]:
@@ -487,3 +495,9 @@ class _Worker:
                 keep_last=self.config.keep_checkpoints)
         _report({**row, "best_valid_mrr": p.best, "best_epoch": p.best_epoch,
                  "stopped_early": stop}, pointer)
+
+
+def _first_parts(n: int, parts: int, first: int) -> int:
+    """How many of ``n`` items the first ``first`` of ``np.array_split``'s ``parts`` parts
+    hold (the larger parts come first)."""
+    return first * (n // parts) + min(first, n % parts)

@@ -331,16 +331,22 @@ def against_run(plan: dict | None, global_batch: int, loss: str, model: str,
     """The plan rescaled to a run's global batch beside what the run measured (``metrics``:
     the training manifest's): epoch seconds, and the step's compute (what the plan times:
     it leaves the collectives out) against the planned step; ``threads``: the run's torch
-    threads per worker (the plan's are recorded beside them). None without a measured plan
-    or a trained epoch."""
+    threads per worker (the plan's are recorded beside them). An epoch cut short by
+    ``--limit-steps`` is checked against the plan's time for the steps it ran. None without
+    a measured plan or a trained epoch."""
     if not plan or not plan.get("workers") or not metrics.get("epoch_s"):
         return None
     p = _rescaled(plan, global_batch)
+    step_s = p["epoch_s"] / p["steps_per_epoch"]
+    steps = min(metrics.get("steps") or p["steps_per_epoch"], p["steps_per_epoch"])
+    predicted = float(f"{step_s * steps:.4g}")
     out = {"same_recipe": _same_recipe(plan, loss, model), "threads": int(threads),
            "plan_threads": int(plan["cost"].get("measured_on", {}).get("threads", 1)),
-           "predicted_epoch_s": p["epoch_s"], "measured_epoch_s": round(metrics["epoch_s"], 1),
-           "measured_over_predicted": round(metrics["epoch_s"] / p["epoch_s"], 3),
-           "predicted_step_s": round(p["epoch_s"] / p["steps_per_epoch"], 4)}
+           "predicted_epoch_s": predicted, "measured_epoch_s": round(metrics["epoch_s"], 1),
+           "measured_over_predicted": round(metrics["epoch_s"] / predicted, 3),
+           "predicted_step_s": round(step_s, 4)}
+    if steps < p["steps_per_epoch"]:
+        out["steps"] = int(steps)
     step = metrics.get("step_s")
     if step:
         out["measured_compute_step_s"] = round(step["slowest_compute"], 4)
@@ -352,6 +358,8 @@ def describe_check(check: dict) -> str:
     """:func:`against_run` as one log line."""
     line = (f"epoch {check['measured_epoch_s']:.0f} s against the plan's "
             f"{check['predicted_epoch_s']:.0f} s (x{check['measured_over_predicted']:.2f})")
+    if "steps" in check:
+        line += f" for the {check['steps']} steps it ran (--limit-steps)"
     if "measured_compute_step_s" in check:
         line += (f"; per step: compute of the slowest worker "
                  f"{check['measured_compute_step_s']:.3g} s against the planned "

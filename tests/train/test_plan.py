@@ -89,6 +89,11 @@ def test_a_run_is_checked_against_the_plan_at_its_own_batch():
                                           "measured 1 thread(s) per worker, this run has 2")
     assert against_run({"fits": False, "reason": "x"}, 200, "1vsall", "rgcn",
                        {"epoch_s": 4.4}) is None
+    cut = against_run(plan, 200, "1vsall", "rgcn", {"epoch_s": 1.0, "steps": 5})  # 5 of 20
+    assert cut["predicted_epoch_s"] == pytest.approx(5 * planned_step)
+    assert cut["steps"] == 5 and "steps" not in check
+    assert describe_check(cut).startswith("epoch 1 s against the plan's 1 s (x1.25) for the "
+                                          "5 steps it ran (--limit-steps)")
 
 
 def test_calibration_measures_real_steps_on_a_partition(planted):

@@ -151,6 +151,26 @@ def test_two_worker_1vsall_ranks_against_the_whole_graph(graph, request, ray_loc
         assert one - local > 0.4, (one, local)
 
 
+def test_limit_steps_trains_only_the_first_steps_of_each_epoch(planted, ray_local, tmp_path):
+    """``--limit-steps 2`` on 2 workers: every epoch runs 2 of its steps, and its edges/s
+    counts the edges of those steps only: each worker's first 2 parts of its core edges cut
+    into the epoch's steps (counted here from the partitions themselves)."""
+    from kg_ops.partition.io import load_partition
+
+    m = train(TrainConfig(partitions=planted["parts"][2], out=str(tmp_path / "limited"),
+                          model="complex", epochs=2, batch_size=16, limit_steps=2, patience=0,
+                          embedding_dim=8, valid_triples=0))
+    core = [len(load_partition(planted["parts"][2], r).core_edges) for r in (0, 1)]
+    steps = -(-sum(core) // 16)
+    trained = sum(len(p) for n in core for p in np.array_split(np.arange(n), steps)[:2])
+    assert steps > 2 and trained < sum(core) / 2
+    history = load_trained(m["uri"]).history
+    assert [(h["steps"], h["steps_per_epoch"]) for h in history] == [(2, steps)] * 2
+    for h in history:
+        assert h["edges_per_s"] * h["epoch_s"] == pytest.approx(trained)
+    assert m["metrics"]["steps"] == 2 and m["config"]["limit_steps"] == 2
+
+
 def test_dead_worker_is_restarted_from_the_last_checkpoint(runs):
     assert runs["marker"].exists()          # the worker really died after epoch 2
     hist = load_trained(runs["one"]["uri"]).history
