@@ -30,6 +30,13 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
   threads: the fair single-process reference on 2 cores) and 2 workers (1 thread each), same
   recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)| (``--m-runs``: a
   subset, ``--m-key``: the results key).
+* ``codex-m-spans``: the same configurations side by side in time: ``--rounds`` rounds, each
+  running every configuration of ``--m-runs`` for two epochs of ``--span-steps`` steps
+  (``kgops train --limit-steps``; the first warms up, the second is timed), in alternating
+  order (A B C, C B A, ...). The ratios are taken per round from the spans' seconds per
+  step, so a machine whose speed drifts over the hour (this one has a slow state it enters
+  and leaves within minutes) shifts both sides of a ratio alike; the JSON keeps every span.
+  No test MRR (a span trains a few steps); the full epochs of ``codex-m`` give it.
 
 Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_scaleout.py --sections ...``
 (creates the synth graph and partitions under ``--work`` when missing: ~15 min).
@@ -43,6 +50,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -489,6 +497,57 @@ def section_codex_m(args) -> None:
 M_RUNS = {"1w-1t": (1, 1, 1), "1w-2t": (1, 1, 2), "2w-1t": (2, 2, 1)}   # parts, workers, threads
 
 
+def section_codex_m_spans(args) -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from benchmarks.bench_train import prepare, run_train
+    from kg_ops.store import get_store, join
+
+    start_local_ray()
+    work = Path(args.work) / "codex"
+    work.mkdir(parents=True, exist_ok=True)
+    m = prepare(work, "m", (1, 2))
+    # Two epochs of --span-steps steps: the first warms the workers up (allocator, caches:
+    # its first steps are up to twice as slow), the second is timed. Validation is the cheap
+    # sampled one: it is outside the timed steps anyway.
+    kw = {"model": "rgcn", "epochs": 2, "patience": 0, "limit_steps": args.span_steps,
+          "valid_ranking": "sampled", "valid_triples": 100, **json.loads(args.m_recipe)}
+    names, key = args.m_runs.split(","), f"{args.m_key}, alternating spans"
+    spans: list[dict] = []
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            parts, workers, threads = M_RUNS[name]
+            out = f"span-{name}-{r}"
+            shutil.rmtree(work / out, ignore_errors=True)      # a rerun trains again
+            started = time.strftime("%H:%M:%S")
+            res = run_train(out, m[parts], work, workers=workers, threads=threads, **kw)
+            timed = get_store(res["uri"]).read_json(join(res["uri"], "history.json"))[-1]
+            span = {"round": r, "run": name, "started": started,
+                    "step_s": round(timed["epoch_s"] / timed["steps"], 3),
+                    "edges_per_s": round(timed["edges_per_s"], 1),
+                    "split": {k: round(v, 4) for k, v in timed["step_s"].items()}}
+            spans.append(span)
+            log.info("codex-m span %s", span)
+            RESULTS[key] = {"recipe": kw, "spans": spans} | _span_ratios(spans, names)
+            write_results("bench_scaleout", RESULTS)
+    log.info("codex-m spans: %s", {k: v for k, v in RESULTS[key].items() if k != "spans"})
+
+
+def _span_ratios(spans: list[dict], names: list[str]) -> dict:
+    """Per round, each other configuration's seconds per step over 2w-1t's (its speed-up):
+    the median over the rounds, and every round's."""
+    out = {}
+    for one in (n for n in names if n != "2w-1t" and "2w-1t" in names):
+        per_round = []
+        for r in sorted({s["round"] for s in spans}):
+            t = {s["run"]: s["step_s"] for s in spans if s["round"] == r}
+            if one in t and "2w-1t" in t:
+                per_round.append(round(t[one] / t["2w-1t"], 3))
+        if per_round:
+            out[f"speedup_2w_vs_{one}"] = {"median": round(float(np.median(per_round)), 3),
+                                           "rounds": per_round}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sections", default="profile,simulate,memory,epoch,codex-m")
@@ -512,6 +571,9 @@ def main() -> None:
                     help="which CoDEx-M runs, in order (a 1-thread worker's epoch on a slow "
                          "CPU can take most of the hour)")
     ap.add_argument("--m-key", default="codex-m", help="results key of the CoDEx-M runs")
+    ap.add_argument("--rounds", type=int, default=4, help="codex-m-spans: rounds")
+    ap.add_argument("--span-steps", type=int, default=10,
+                    help="codex-m-spans: steps per epoch of a span (2 epochs: warm-up, timed)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     unknown = set(args.m_runs.split(",")) - set(M_RUNS)
@@ -549,6 +611,8 @@ def main() -> None:
         section_codex_m_step(args)
     if "codex-m" in sections:
         section_codex_m(args)
+    if "codex-m-spans" in sections:
+        section_codex_m_spans(args)
     RESULTS["peak_rss_mib"] = peak_rss_mib()
     write_results("bench_scaleout", RESULTS)
 
