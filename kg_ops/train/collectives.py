@@ -103,3 +103,19 @@ class Collectives:
             return
         for p in model.state_dict().values():
             self._dist().broadcast(p, src=0)
+
+
+def all_gather_blocks(x, counts: list[int]):
+    """Every worker's block of rows, concatenated in rank order (``counts[w]``: worker
+    ``w``'s row count, ``x``: this worker's block): one all-gather of the blocks padded with
+    zeros to the largest, trimmed after."""
+    import torch
+    import torch.distributed as dist
+
+    width = max(counts)
+    padded = x.new_zeros(width, *x.shape[1:])
+    padded[:len(x)] = x
+    blocks = [torch.empty_like(padded) for _ in counts]
+    if width:
+        dist.all_gather(blocks, padded)
+    return torch.cat([b[:k] for b, k in zip(blocks, counts, strict=True)])

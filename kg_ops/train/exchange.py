@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kg_ops.train.collectives import all_gather_blocks
+
 MODES = ("auto", "gather", "dense")
 
 
@@ -75,27 +77,16 @@ def sparse_mean(grad: torch.Tensor, world: int, mode: str = "auto",
     if picked == "dense":
         total = _dense_sum(rows, vals, grad.shape, wire)
     else:
-        total = _gather_sum(rows, vals, grad.shape, world, n, wire)
+        total = _gather_sum(rows, vals, grad.shape, n, wire)
     return torch.sparse_coo_tensor(total.indices(), total.values() / world, grad.shape,
                                    is_coalesced=True), info
 
 
-def _gather_sum(rows, vals, shape, world: int, counts: list[int], wire: torch.dtype
-                ) -> torch.Tensor:
+def _gather_sum(rows, vals, shape, counts: list[int], wire: torch.dtype) -> torch.Tensor:
     """The sum over workers of their ``(rows, vals)``, coalesced: one all-gather of the row
     ids and one of the values (as ``wire``), summed in ``vals``' dtype."""
-    import torch.distributed as dist
-
-    width = max(counts)
-    pad_rows = torch.zeros(width, dtype=torch.long)
-    pad_vals = torch.zeros(width, *vals.shape[1:], dtype=wire)
-    pad_rows[:len(rows)], pad_vals[:len(rows)] = rows, vals
-    all_rows = [torch.empty_like(pad_rows) for _ in range(world)]
-    all_vals = [torch.empty_like(pad_vals) for _ in range(world)]
-    dist.all_gather(all_rows, pad_rows)
-    dist.all_gather(all_vals, pad_vals)
-    rows = torch.cat([r[:k] for r, k in zip(all_rows, counts, strict=True)])
-    sent = torch.cat([v[:k] for v, k in zip(all_vals, counts, strict=True)]).to(vals.dtype)
+    rows = all_gather_blocks(rows, counts)
+    sent = all_gather_blocks(vals.to(wire), counts).to(vals.dtype)
     return torch.sparse_coo_tensor(rows.unsqueeze(0), sent, shape).coalesce()
 
 

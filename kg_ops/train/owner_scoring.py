@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kg_ops.train.collectives import all_gather_blocks
 from kg_ops.train.steptime import StepTimes
 
 
@@ -80,15 +81,8 @@ def gather_positives(triples: torch.Tensor, times: StepTimes, seed: int = 0
     with times.collective():
         dist.all_gather(heads, head)
         sizes = [int(h[0]) for h in heads]
-        cap = max(sizes)
-        padded = torch.zeros(cap, 3, dtype=torch.long)
-        padded[:len(triples)] = triples
-        blocks = [torch.empty_like(padded) for _ in range(world)]
-        if cap:
-            dist.all_gather(blocks, padded)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    triples = torch.cat([b[:n] for b, n in zip(blocks, sizes, strict=True)])
-    return triples, starts, int(heads[0][1])
+        triples = all_gather_blocks(triples, sizes)
+    return triples, np.concatenate([[0], np.cumsum(sizes)]), int(heads[0][1])
 
 
 def owner_table_loss(model, z_own: torch.Tensor, offset: int, num_rows: int,
