@@ -465,14 +465,22 @@ def section_codex_m_step(args) -> None:
     write_results("bench_scaleout", RESULTS)
 
 
-def section_codex_m(args) -> None:
+def _codex_m(args) -> tuple[Path, dict]:
+    """A local Ray instance, and CoDEx-M imported and cut into 1 and 2 partitions under
+    ``--work`` (reused when there)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from benchmarks.bench_train import evaluate, prepare, run_train
+    from benchmarks.bench_train import prepare
 
     start_local_ray()
     work = Path(args.work) / "codex"
     work.mkdir(parents=True, exist_ok=True)
-    m = prepare(work, "m", (1, 2))
+    return work, prepare(work, "m", (1, 2))
+
+
+def section_codex_m(args) -> None:
+    from benchmarks.bench_train import evaluate, run_train
+
+    work, m = _codex_m(args)
     kw = {"model": "rgcn", "epochs": args.m_epochs, "patience": 0, **json.loads(args.m_recipe)}
     runs, key = {}, args.m_key
     for name in args.m_runs.split(","):
@@ -498,14 +506,10 @@ M_RUNS = {"1w-1t": (1, 1, 1), "1w-2t": (1, 1, 2), "2w-1t": (2, 2, 1)}   # parts,
 
 
 def section_codex_m_spans(args) -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from benchmarks.bench_train import prepare, run_train
+    from benchmarks.bench_train import run_train
     from kg_ops.store import get_store, join
 
-    start_local_ray()
-    work = Path(args.work) / "codex"
-    work.mkdir(parents=True, exist_ok=True)
-    m = prepare(work, "m", (1, 2))
+    work, m = _codex_m(args)
     # Two epochs of --span-steps steps: the first warms the workers up (allocator, caches:
     # its first steps are up to twice as slow), the second is timed. Validation is the cheap
     # sampled one: it is outside the timed steps anyway.
