@@ -37,6 +37,14 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
   step, so a machine whose speed drifts over the hour (this one has a slow state it enters
   and leaves within minutes) shifts both sides of a ratio alike; the JSON keeps every span.
   No test MRR (a span trains a few steps); the full epochs of ``codex-m`` give it.
+* ``codex-m-contention``: what the machine itself allows two 1-thread workers. The default
+  recipe's 1-worker CoDEx-M step (1 thread, the whole graph, the global batch: the ``1w-1t``
+  run's step, without Ray) is timed in a fresh process alone, and in two identical processes
+  at once, in alternating order (alone, pair; pair, alone; ...). Two processes that share
+  nothing but the machine (its caches and memory bandwidth), with the work divided perfectly
+  and no communication, would run a 2-worker step in ``pair / 2``: ``2 * alone / pair`` per
+  round is the most any code can gain from a second worker on this machine, to read next to
+  the measured ``codex-m-spans`` speed-up.
 
 Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_scaleout.py --sections ...``
 (creates the synth graph and partitions under ``--work`` when missing: ~15 min).
@@ -179,8 +187,10 @@ class Worker:
         self.dense_bytes = sum(p.numel() * 4 for p in self.model.parameters()
                                if p is not self.table)
 
-    def time_steps(self, batch: int, steps: int, warmup: int = 2, depth: int = 1) -> dict:
-        """Steps as the loop runs them (prefetched batches), median seconds and touched rows."""
+    def time_steps(self, batch: int, steps: int, warmup: int = 2, depth: int = 1,
+                   count_rows: bool = True) -> dict:
+        """Steps as the loop runs them (prefetched batches), median seconds and touched rows
+        (``count_rows=False``: not counted, a step exactly as the loop's)."""
         from kg_ops.train.batches import batch_loss, prefetch
 
         rng = np.random.default_rng(0)
@@ -192,14 +202,16 @@ class Worker:
                                        depth)):
             self.opt.zero_grad()
             batch_loss(self.model, b).backward()
-            rows.append(int(self.table.grad.coalesce().indices().shape[1]))
+            if count_rows:
+                rows.append(int(self.table.grad.coalesce().indices().shape[1]))
             self.opt.step()
             now = time.perf_counter()
             if i >= warmup:
                 times.append(now - t)
             t = now
         return {"step_s": float(np.median(times)), "step_s_mean": float(np.mean(times)),
-                "touched_rows": float(np.mean(rows[warmup:])), "local_batch": batch}
+                "touched_rows": float(np.mean(rows[warmup:])) if count_rows else None,
+                "local_batch": batch}
 
 
 def sync_estimate(p: int, dense_bytes: int, rows: float, num_rows: int, dim: int,
@@ -309,15 +321,38 @@ def section_simulate(inputs: dict, args) -> None:
         write_results("bench_scaleout", RESULTS)
 
 
-def run_child(spec: dict) -> dict:
-    """``child_run(spec)`` in a fresh process; its result and its own peak memory."""
+def start_child(spec: dict) -> subprocess.Popen:
+    """``child_run(spec)`` started in a fresh process (the workers' allocator settings)."""
     from kg_ops.train.allocator import step_env
 
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True, env=step_env(os.environ))
+    return subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=step_env(os.environ))
+
+
+def finish_child(proc: subprocess.Popen) -> dict:
+    """A started child's result (and its own peak memory); its stderr if it failed."""
+    out, err = proc.communicate()
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(err[-3000:])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_child(spec: dict) -> dict:
+    """``child_run(spec)`` in a fresh process; its result and its own peak memory."""
+    return finish_child(start_child(spec))
+
+
+def _codex_m_step_child(spec: dict) -> dict:
+    """The default recipe's steps on one partition at the global batch, as one worker runs
+    them (1 thread, prefetched batches), timed after ``warmup`` steps."""
+    from kg_ops.train.plan import peak_rss_bytes
+
+    cfg, w = default_worker(spec["parts"], 0)
+    step = w.time_steps(cfg.batch_size, spec["steps"], spec["warmup"], cfg.prefetch,
+                        count_rows=False)
+    return {k: step[k] for k in ("step_s", "step_s_mean")} | {
+        "started": spec["started"], "peak_rss_bytes": peak_rss_bytes()}
 
 
 def child_run(spec: dict) -> dict:
@@ -329,6 +364,8 @@ def child_run(spec: dict) -> dict:
     from kg_ops.train.plan import peak_rss_bytes
 
     torch.set_num_threads(1)
+    if spec.get("kind") == "codex-m-step":
+        return _codex_m_step_child(spec)
     t0 = time.perf_counter()
     if spec["parts"].startswith("whole:"):
         part = whole_graph(spec["parts"][len("whole:"):], spec["recipe"]["sampling"])
@@ -410,25 +447,31 @@ def _product_conv(conv, x_src, x_dst, edge_index, edge_type):
     return conv((x_src, x_dst), edge_index, edge_type)
 
 
+def default_worker(parts: str, part_id: int):
+    """``(resolved TrainConfig, Worker)``: ``kgops train``'s default recipe on one partition."""
+    from kg_ops.config import TrainConfig
+    from kg_ops.partition.io import load_partition
+    from kg_ops.train.cli import _model_config, _TrainInputs
+
+    cfg = TrainConfig(partitions=parts, out="unused").resolved()
+    part = load_partition(parts, part_id)
+    recipe = {"model": _model_config(cfg, _TrainInputs.load(cfg)).to_dict(),
+              "fanouts": [int(f) for f in part.sampling["fanouts"]]}
+    return cfg, Worker(part, recipe, cfg.loss, cfg.negatives,
+                       {"lr": cfg.lr, "optimizer": cfg.optimizer, "dense_lr": cfg.dense_lr})
+
+
 def section_codex_m_step(args) -> None:
     import torch
 
     from benchmarks.bench_train import prepare
-    from kg_ops.config import TrainConfig
-    from kg_ops.partition.io import load_partition
-    from kg_ops.train.cli import _model_config, _TrainInputs
     from kg_ops.train.profile import profile_steps
 
     work = Path(args.work) / "codex"
     work.mkdir(parents=True, exist_ok=True)
     parts = prepare(work, "m", (2,))[2]
-    cfg = TrainConfig(partitions=parts, out=str(work / "unused")).resolved()
-    part = load_partition(parts, 0)
-    recipe = {"model": _model_config(cfg, _TrainInputs.load(cfg)).to_dict(),
-              "fanouts": [int(f) for f in part.sampling["fanouts"]]}
-    w = Worker(part, recipe, cfg.loss, cfg.negatives,
-               {"lr": cfg.lr, "optimizer": cfg.optimizer, "dense_lr": cfg.dense_lr})
-    model, builder = w.model, w.builder
+    cfg, w = default_worker(parts, 0)
+    part, model, builder = w.part, w.model, w.builder
     local = cfg.batch_size // 2
     steps = {}
     for precision in ("fp32", "bf16"):      # side by side: kgops train --precision
@@ -536,6 +579,43 @@ def section_codex_m_spans(args) -> None:
     log.info("codex-m spans: %s", {k: v for k, v in RESULTS[key].items() if k != "spans"})
 
 
+def section_codex_m_contention(args) -> None:
+    from benchmarks.bench_train import prepare
+
+    work = Path(args.work) / "codex"
+    work.mkdir(parents=True, exist_ok=True)
+    parts = prepare(work, "m", (1,))[1]
+    key = f"{args.m_key}, contention ceiling"
+    spec = {"kind": "codex-m-step", "parts": parts, "steps": args.span_steps, "warmup": 3}
+    rounds: list[dict] = []
+    for r in range(args.rounds):
+        row: dict = {"round": r}
+        for kind in ("alone", "pair") if r % 2 == 0 else ("pair", "alone"):
+            started = time.strftime("%H:%M:%S")
+            procs = [start_child(spec | {"started": started})
+                     for _ in range(1 if kind == "alone" else 2)]
+            got = [finish_child(p) for p in procs]
+            row[kind] = [{k: (round(v, 3) if isinstance(v, float) else v)
+                          for k, v in g.items()} for g in got]
+        alone = row["alone"][0]["step_s"]
+        pair = float(np.mean([g["step_s"] for g in row["pair"]]))
+        row["slowdown_in_pair"] = round(pair / alone, 3)
+        row["ceiling_2w_vs_1w_1t"] = round(2 * alone / pair, 3)
+        rounds.append(row)
+        log.info("codex-m contention round %s", row)
+        RESULTS[key] = {
+            "what": "the default recipe's 1-worker step (whole graph, 1 thread, no Ray) in "
+                    "one process alone and in two identical processes at once: 2 * alone / "
+                    "pair is the most a second 1-thread worker can give on this machine",
+            "steps_timed": args.span_steps, "rounds": rounds,
+            "ceiling_2w_vs_1w_1t": {
+                "median": round(float(np.median([x["ceiling_2w_vs_1w_1t"] for x in rounds])),
+                                3),
+                "rounds": [x["ceiling_2w_vs_1w_1t"] for x in rounds]}}
+        write_results("bench_scaleout", RESULTS)
+    log.info("codex-m contention: %s", RESULTS[key]["ceiling_2w_vs_1w_1t"])
+
+
 def _span_ratios(spans: list[dict], names: list[str]) -> dict:
     """Per round, each other configuration's seconds per step over 2w-1t's (its speed-up):
     the median over the rounds, and every round's."""
@@ -575,9 +655,11 @@ def main() -> None:
                     help="which CoDEx-M runs, in order (a 1-thread worker's epoch on a slow "
                          "CPU can take most of the hour)")
     ap.add_argument("--m-key", default="codex-m", help="results key of the CoDEx-M runs")
-    ap.add_argument("--rounds", type=int, default=4, help="codex-m-spans: rounds")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="codex-m-spans and codex-m-contention: rounds")
     ap.add_argument("--span-steps", type=int, default=10,
-                    help="codex-m-spans: steps per epoch of a span (2 epochs: warm-up, timed)")
+                    help="codex-m-spans: steps per epoch of a span (2 epochs: warm-up, "
+                         "timed); codex-m-contention: timed steps (after 3 warm-up steps)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     unknown = set(args.m_runs.split(",")) - set(M_RUNS)
@@ -617,6 +699,8 @@ def main() -> None:
         section_codex_m(args)
     if "codex-m-spans" in sections:
         section_codex_m_spans(args)
+    if "codex-m-contention" in sections:
+        section_codex_m_contention(args)
     RESULTS["peak_rss_mib"] = peak_rss_mib()
     write_results("bench_scaleout", RESULTS)
 
