@@ -18,7 +18,26 @@ noisy: a ratio is measured side by side), under the training workers' allocator
 every rep and the faults, not the bytes, dominate). Prints and writes
 ``benchmarks/results/bench_collectives.json``.
 
-Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_collectives.py`` (~1 min).
+``--sections halo`` measures instead the lever the note of issue 13 proposes for the input
+table, side by side with what the loop does today, per step, float32:
+
+* ``dense``: today's exchange (:func:`~kg_ops.train.exchange.sparse_mean`: at CoDEx-M sizes
+  the all-reduce of a dense ``[N, d + 1]`` table) of each worker's gradient, which touches its
+  owned rows and its halo (the rows of other workers' entities that its first layer reads),
+  then :class:`~kg_ops.train.optim.RowAdagrad` on every row some worker touched, as both
+  workers do now;
+* ``halo``: each row updated by its owner only. Each worker sends its halo rows' gradient to
+  their owners (one ``all_to_all_single``), the owner adds it to its own rows' gradient and
+  runs RowAdagrad on its rows only, then sends the updated rows back to the workers that read
+  them (a second ``all_to_all_single``). The rows a worker reads are fixed for a run (the
+  layer-wise encoding samples its messages once), so both lists are built once.
+
+Both give every worker the same values for the rows it reads (checked here, against each
+other, after the timed reps). Sizes: ``--halo`` rows per worker (CoDEx-M at P=2: 6,629 and
+5,959, from each worker's 15,154 and 14,484 touched rows less its 8,525 owned ones).
+
+Run: ``flock /tmp/kgops-cpu.lock .venv/bin/python benchmarks/bench_collectives.py`` (~1 min),
+``... --sections halo`` (~1 min).
 """
 
 from __future__ import annotations
@@ -90,6 +109,108 @@ def _worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+def _halo_lists(rank: int, world: int, args) -> tuple[list, list]:
+    """Per peer: the global rows this worker reads that the peer owns (its halo, as the
+    peer's rows), and the rows it owns that the peer reads. Worker ``r`` owns rows
+    ``[r * slots, (r + 1) * slots)``; each worker's halo is drawn, with a fixed seed, from the
+    other workers' rows, so the two lists agree across workers."""
+    import torch
+
+    reads = []
+    for w in range(world):
+        others = torch.cat([torch.arange(o * args.slots, (o + 1) * args.slots)
+                            for o in range(world) if o != w])
+        g = torch.Generator().manual_seed(1000 + w)
+        reads.append(torch.sort(others[torch.randperm(len(others), generator=g)
+                                       [:args.halo[w]]]).values)
+    owner = lambda rows: rows // args.slots  # noqa: E731
+    mine_from = [reads[rank][owner(reads[rank]) == p] for p in range(world)]
+    theirs = [reads[p][owner(reads[p]) == rank] if p != rank else reads[p][:0]
+              for p in range(world)]
+    return mine_from, theirs
+
+
+def _halo_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from kg_ops.train.exchange import sparse_mean
+    from kg_ops.train.optim import RowAdagrad
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    n, d = world * args.slots, args.dim
+    halo_from, readers = _halo_lists(rank, world, args)
+    own = torch.arange(rank * args.slots, (rank + 1) * args.slots)
+    halo = torch.cat(halo_from)
+    send_grad = [len(h) for h in halo_from]          # my halo's gradient, by owner
+    recv_grad = [len(r) for r in readers]            # my rows' gradient from each reader
+    send_rows = torch.cat(readers)                   # my updated rows, by reader
+    touched = torch.cat([own, halo])
+    g = torch.Generator().manual_seed(7)
+    start = torch.randn(n, d, generator=g) * 0.1     # the same table on every worker
+    steps = [torch.randn(world, len(touched), d, generator=g) for _ in range(3)]
+
+    def tables():
+        dense = torch.nn.Parameter(start.clone())
+        mine = torch.nn.Parameter(start.clone())
+        return dense, RowAdagrad([dense], lr=0.1), mine, RowAdagrad([mine], lr=0.1)
+
+    def dense_step(p, opt, vals):
+        grad = torch.sparse_coo_tensor(touched[None], vals, (n, d))
+        p.grad, _ = sparse_mean(grad, world, "dense")
+        opt.step()
+
+    def halo_step(p, opt, vals):
+        local = vals[:len(own)].clone()
+        got = torch.empty(sum(recv_grad), d)
+        dist.all_to_all_single(got, vals[len(own):].contiguous(), recv_grad, send_grad)
+        local.index_add_(0, torch.cat(readers) - rank * args.slots, got)
+        p.grad = torch.sparse_coo_tensor(own[None], local / world, (n, d), is_coalesced=True)
+        opt.step()
+        fresh = torch.empty(len(halo), d)
+        dist.all_to_all_single(fresh, p.detach().index_select(0, send_rows), send_grad,
+                               recv_grad)
+        p.data.index_copy_(0, halo, fresh)
+
+    times: dict[str, list[float]] = {"dense": [], "halo": []}
+    dense, dense_opt, mine, mine_opt = tables()
+    for rep in range(args.reps + 1):
+        vals = steps[rep % len(steps)][rank]
+        order = (("dense", dense_step, dense, dense_opt), ("halo", halo_step, mine, mine_opt))
+        for name, fn, p, opt in (order if rep % 2 else order[::-1]):
+            t = _timed(lambda: fn(p, opt, vals))  # noqa: B023
+            if rep:
+                times[name].append(t)
+    gap = float((dense.detach()[touched] - mine.detach()[touched]).abs().max())
+    if rank == 0:
+        torch.save({"times": times, "max_abs_diff": gap}, os.path.join(out_dir, "times.pt"))
+    dist.destroy_process_group()
+
+
+def _halo_main(args, tmp: str) -> None:
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_halo_worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
+    got = torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
+    ms = {k: round(1000 * statistics.median(v), 1) for k, v in got["times"].items()}
+    print(f"table exchange + optimiser per step: dense {ms['dense']} ms, owner-updated (halo) "
+          f"{ms['halo']} ms, ratio {ms['dense'] / ms['halo']:.2f}; rows read by both ways "
+          f"differ by at most {got['max_abs_diff']:.2e}")
+    key = f"codex-m p{args.world} d{args.dim}, table exchange and optimiser"
+    previous = read_results("bench_collectives")["results"]
+    previous[key] = {"sizes": {"world": args.world, "nodes": args.world * args.slots,
+                               "owned": args.slots, "dim": args.dim, "halo": args.halo,
+                               "reps": args.reps},
+                     "median_ms": ms, "ratio": round(ms["dense"] / ms["halo"], 2),
+                     "max_abs_diff": got["max_abs_diff"],
+                     "runs": {k: [round(1000 * t, 1) for t in v]
+                              for k, v in got["times"].items()}}
+    write_results("bench_collectives", previous)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--world", type=int, default=2)
@@ -101,7 +222,14 @@ def main() -> None:
                     help="table rows a worker's step touches (CoDEx-M at P=2: ~11k)")
     ap.add_argument("--layers", type=int, default=2, help="gathers per step (RGCN layers)")
     ap.add_argument("--reps", type=int, default=12)
+    ap.add_argument("--sections", default="wire", help="wire (float32 against bfloat16) or "
+                    "halo (the table's dense exchange against owner-updated rows)")
+    ap.add_argument("--halo", default="6629,5959",
+                    help="halo: rows each worker reads that another worker owns")
     args = ap.parse_args()
+    args.halo = [int(x) for x in args.halo.split(",")]
+    if len(args.halo) != args.world:
+        ap.error(f"--halo: one count per worker ({args.world})")
     if "KGOPS_BENCH_ALLOCATOR" not in os.environ:     # as the training workers run
         from kg_ops.train.allocator import step_env
 
@@ -110,6 +238,10 @@ def main() -> None:
     import torch
     import torch.multiprocessing as mp
 
+    if args.sections == "halo":
+        with tempfile.TemporaryDirectory() as tmp:
+            _halo_main(args, tmp)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
         times = torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
