@@ -18,19 +18,18 @@ noisy: a ratio is measured side by side), under the training workers' allocator
 every rep and the faults, not the bytes, dominate). Prints and writes
 ``benchmarks/results/bench_collectives.json``.
 
-``--sections halo`` measures instead the lever the note of issue 13 proposes for the input
-table, side by side with what the loop does today, per step, float32:
+``--sections halo`` measures the input table's two exchanges side by side, per step,
+float32:
 
-* ``dense``: today's exchange (:func:`~kg_ops.train.exchange.sparse_mean`: at CoDEx-M sizes
-  the all-reduce of a dense ``[N, d + 1]`` table) of each worker's gradient, which touches its
-  owned rows and its halo (the rows of other workers' entities that its first layer reads),
-  then :class:`~kg_ops.train.optim.RowAdagrad` on every row some worker touched, as both
-  workers do now;
-* ``halo``: each row updated by its owner only. Each worker sends its halo rows' gradient to
-  their owners (one ``all_to_all_single``), the owner adds it to its own rows' gradient and
-  runs RowAdagrad on its rows only, then sends the updated rows back to the workers that read
-  them (a second ``all_to_all_single``). The rows a worker reads are fixed for a run (the
-  layer-wise encoding samples its messages once), so both lists are built once.
+* ``dense``: the exchange of the whole table (:func:`~kg_ops.train.exchange.sparse_mean`:
+  at CoDEx-M sizes the all-reduce of a dense ``[N, d + 1]`` table) of each worker's
+  gradient, which touches its owned rows and its halo (the rows of other workers' entities that its first layer reads),
+  then :class:`~kg_ops.train.optim.RowAdagrad` on every row some worker touched, on both
+  workers (what sharded 1vsall did before owner-updated rows, and ``--exchange dense`` does);
+* ``halo``: each row updated by its owner only (:mod:`kg_ops.train.owner_rows`). Each worker
+  sends its halo rows' gradient to their owners (one ``all_to_all_single``), the owner adds
+  it to its own rows' gradient and runs RowAdagrad on its rows only, then sends the updated
+  rows back to the workers that read them (a second ``all_to_all_single``).
 
 Both give every worker the same values for the rows it reads (checked here, against each
 other, after the timed reps). Sizes: ``--halo`` rows per worker (CoDEx-M at P=2: 6,629 and
@@ -109,25 +108,17 @@ def _worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
-def _halo_lists(rank: int, world: int, args) -> tuple[list, list]:
-    """Per peer: the global rows this worker reads that the peer owns (its halo, as the
-    peer's rows), and the rows it owns that the peer reads. Worker ``r`` owns rows
-    ``[r * slots, (r + 1) * slots)``; each worker's halo is drawn, with a fixed seed, from the
-    other workers' rows, so the two lists agree across workers."""
+def _halo_rows(rank: int, world: int, args):
+    """The rows this worker reads, its owned ones first: worker ``r`` owns rows
+    ``[r * slots, (r + 1) * slots)``; its halo is drawn, with a fixed seed, from the other
+    workers' rows."""
     import torch
 
-    reads = []
-    for w in range(world):
-        others = torch.cat([torch.arange(o * args.slots, (o + 1) * args.slots)
-                            for o in range(world) if o != w])
-        g = torch.Generator().manual_seed(1000 + w)
-        reads.append(torch.sort(others[torch.randperm(len(others), generator=g)
-                                       [:args.halo[w]]]).values)
-    owner = lambda rows: rows // args.slots  # noqa: E731
-    mine_from = [reads[rank][owner(reads[rank]) == p] for p in range(world)]
-    theirs = [reads[p][owner(reads[p]) == rank] if p != rank else reads[p][:0]
-              for p in range(world)]
-    return mine_from, theirs
+    others = torch.cat([torch.arange(o * args.slots, (o + 1) * args.slots)
+                        for o in range(world) if o != rank])
+    g = torch.Generator().manual_seed(1000 + rank)
+    halo = others[torch.randperm(len(others), generator=g)[:args.halo[rank]]]
+    return torch.cat([torch.arange(rank * args.slots, (rank + 1) * args.slots), halo])
 
 
 def _halo_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
@@ -136,51 +127,38 @@ def _halo_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
 
     from kg_ops.train.exchange import sparse_mean
     from kg_ops.train.optim import RowAdagrad
+    from kg_ops.train.owner_rows import OwnerRows
+    from kg_ops.train.steptime import StepTimes
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     n, d = world * args.slots, args.dim
-    halo_from, readers = _halo_lists(rank, world, args)
-    own = torch.arange(rank * args.slots, (rank + 1) * args.slots)
-    halo = torch.cat(halo_from)
-    send_grad = [len(h) for h in halo_from]          # my halo's gradient, by owner
-    recv_grad = [len(r) for r in readers]            # my rows' gradient from each reader
-    send_rows = torch.cat(readers)                   # my updated rows, by reader
-    touched = torch.cat([own, halo])
+    touched = _halo_rows(rank, world, args)
     g = torch.Generator().manual_seed(7)
     start = torch.randn(n, d, generator=g) * 0.1     # the same table on every worker
     steps = [torch.randn(world, len(touched), d, generator=g) for _ in range(3)]
+    dense, mine = (torch.nn.Parameter(start.clone()) for _ in range(2))
+    dense_opt, mine_opt = RowAdagrad([dense], lr=0.1), RowAdagrad([mine], lr=0.1)
+    rows = OwnerRows(mine, touched.numpy(), args.slots, rank, world, StepTimes())
 
-    def tables():
-        dense = torch.nn.Parameter(start.clone())
-        mine = torch.nn.Parameter(start.clone())
-        return dense, RowAdagrad([dense], lr=0.1), mine, RowAdagrad([mine], lr=0.1)
-
-    def dense_step(p, opt, vals):
+    def dense_step(vals):
         grad = torch.sparse_coo_tensor(touched[None], vals, (n, d))
-        p.grad, _ = sparse_mean(grad, world, "dense")
-        opt.step()
+        dense.grad, _ = sparse_mean(grad, world, "dense")
+        dense_opt.step()
 
-    def halo_step(p, opt, vals):
-        local = vals[:len(own)].clone()
-        got = torch.empty(sum(recv_grad), d)
-        dist.all_to_all_single(got, vals[len(own):].contiguous(), recv_grad, send_grad)
-        local.index_add_(0, torch.cat(readers) - rank * args.slots, got)
-        p.grad = torch.sparse_coo_tensor(own[None], local / world, (n, d), is_coalesced=True)
-        opt.step()
-        fresh = torch.empty(len(halo), d)
-        dist.all_to_all_single(fresh, p.detach().index_select(0, send_rows), send_grad,
-                               recv_grad)
-        p.data.index_copy_(0, halo, fresh)
+    def halo_step(vals):
+        mine.grad = torch.sparse_coo_tensor(touched[None], vals, (n, d))
+        rows.reduce_gradient()
+        mine_opt.step()
+        rows.refresh()
 
     times: dict[str, list[float]] = {"dense": [], "halo": []}
-    dense, dense_opt, mine, mine_opt = tables()
-    for rep in range(args.reps + 1):
+    for rep in range(args.reps + 1):          # rep 0 warms up
         vals = steps[rep % len(steps)][rank]
-        order = (("dense", dense_step, dense, dense_opt), ("halo", halo_step, mine, mine_opt))
-        for name, fn, p, opt in (order if rep % 2 else order[::-1]):
-            t = _timed(lambda: fn(p, opt, vals))  # noqa: B023
+        order = (("dense", dense_step), ("halo", halo_step))
+        for name, fn in (order if rep % 2 else order[::-1]):
+            t = _timed(lambda: fn(vals))  # noqa: B023
             if rep:
                 times[name].append(t)
     gap = float((dense.detach()[touched] - mine.detach()[touched]).abs().max())

@@ -19,6 +19,7 @@ class Collectives:
         self.wire = torch.float32     # what embedding gradients travel as (batches.wire_dtype)
         self.last_exchange = None
         self.times = StepTimes()      # the training loop's split of each step
+        self.owner_rows = None        # OwnerRows: the input table updated by its rows' owners
 
     def _dist(self):
         import torch.distributed as dist
@@ -62,7 +63,9 @@ class Collectives:
         """Average every gradient across workers: dense ones with one flat all-reduce
         (float32), sparse ones (embedding rows) by the cheaper of a gather of each worker's
         touched rows and a dense all-reduce of the table (:mod:`kg_ops.train.exchange`),
-        sent as ``self.wire``. Timed as ``collectives`` in ``self.times``."""
+        sent as ``self.wire``; with ``owner_rows``, its table's gradient becomes its owned
+        rows' mean (:mod:`kg_ops.train.owner_rows`). Timed as ``collectives`` in
+        ``self.times``."""
         import torch
 
         from kg_ops.train.optim import sparse_parameters
@@ -94,9 +97,22 @@ class Collectives:
             p.grad.copy_(flat[offset:offset + n].view_as(p))
             offset += n
         for p in params:
-            if id(p) in sparse:
+            if self.owner_rows is not None and p is self.owner_rows.table:
+                self.owner_rows.reduce_gradient()
+            elif id(p) in sparse:
                 p.grad, self.last_exchange = sparse_mean(p.grad, self.world, self.exchange,
                                                          self.wire)
+
+    def after_step(self) -> None:
+        """After the optimiser step: the owner-updated rows to the workers that read them."""
+        if self.owner_rows is not None:
+            self.owner_rows.refresh()
+
+    def synchronize_rows(self, optimizer) -> None:
+        """Before anything reads the whole table (validation, a checkpoint): every owner's
+        rows and their optimiser state to every worker (a no-op without ``owner_rows``)."""
+        if self.owner_rows is not None:
+            self.owner_rows.synchronize(optimizer)
 
     def broadcast_parameters(self, model) -> None:
         if self.world == 1:

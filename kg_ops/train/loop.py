@@ -230,6 +230,8 @@ class _Worker:
 
         cfg = self.config
         shard, self.shards = self._candidate_shards()
+        if isinstance(self.shards, LayerwiseEncoding):
+            self.comm.owner_rows = self._owner_rows(self.shards)
         self.builder = BatchBuilder(
             self.csr, self.sampler, self.fanouts, self.run.sample_seed, cfg.loss,
             candidates_per_type(cfg.loss, cfg.negatives, self.sampler), shard=shard,
@@ -267,6 +269,30 @@ class _Worker:
             CandidateShards(world, self.rank, slots, head, tail, self.comm.wire,
                             self.comm.times),
             self.mcfg.num_nodes)
+
+    def _owner_rows(self, layerwise):
+        """With sharded 1vsall and ``--exchange auto``: the input table's rows updated by
+        their owners, the layer-wise encoding's (:mod:`kg_ops.train.owner_rows`); ``None``
+        keeps the exchange of the whole table's gradient."""
+        from kg_ops.train.optim import sparse_parameters
+        from kg_ops.train.owner_rows import NoOwner, OwnerRows
+
+        table = sparse_parameters(self.model)
+        if self.config.exchange != "auto" or len(table) != 1:
+            return None
+        try:
+            rows = OwnerRows(table[0], layerwise.input_gid, layerwise.owned, self.rank,
+                             self.comm.world, self.comm.times, self.comm.wire)
+        except NoOwner as exc:
+            if self.rank == 0:
+                log.info("input table: %s; each step exchanges the whole table's gradient",
+                         exc)
+            return None
+        if self.rank == 0:
+            log.info("input table: each worker updates the rows of the entities it owns "
+                     "(worker 0: %d) and exchanges its halo (%d rows it reads, %d of its rows "
+                     "others read)", len(rows.own), len(rows.halo), len(rows.readers))
+        return rows
 
     def _owned_pool(self) -> tuple[np.ndarray, np.ndarray]:
         """This worker's share of the entities for sharded 1vsall: ``(local ids, node
@@ -372,7 +398,10 @@ class _Worker:
         return self.config.warm_patience if self.run.init_state else self.config.patience
 
     def _validate(self) -> tuple[float, int]:
-        """The validation MRR of the current weights and how many queries it ranked."""
+        """The validation MRR of the current weights and how many queries it ranked (first
+        the owner-updated table rows to every worker: validation and the checkpoint that
+        follows read the whole table)."""
+        self.comm.synchronize_rows(self.opt.parts.get("table"))
         rr, n = self.comm.all_reduce(list(self.validation.reciprocal_ranks(
             self.model, self.csr, self.fanouts, self.run.sample_seed, self.features)))
         return (rr / n if n else float("nan")), int(n)
@@ -455,6 +484,7 @@ class _Worker:
             self.comm.average_gradients(self.model)
             with times.phase("optimizer"):
                 self.opt.step()
+            self.comm.after_step()
             progress.update(size, loss=loss_sum / max(seen, 1), **times.running())
         loss_total, seen_total = self.comm.all_reduce([loss_sum, float(seen)])
         epoch_s = self.comm.all_reduce([time.perf_counter() - t0], op="max")[0]
