@@ -29,7 +29,9 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
 * ``codex-m``: ``kgops train`` on CoDEx-M with 1 worker (1 torch thread), 1 worker (2 torch
   threads: the fair single-process reference on 2 cores) and 2 workers (1 thread each), same
   recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)| (``--m-runs``: a
-  subset, ``--m-key``: the results key).
+  subset, ``--m-key``: the results key). ``2w-1t-dense`` is the 2-worker run with
+  ``--exchange dense``: the input table's whole gradient all-reduced, as before
+  owner-updated rows (:mod:`kg_ops.train.owner_rows`).
 * ``codex-m-spans``: the same configurations side by side in time: ``--rounds`` rounds, each
   running every configuration of ``--m-runs`` for two epochs of ``--span-steps`` steps
   (``kgops train --limit-steps``; the first warms up, the second is timed), in alternating
@@ -527,8 +529,9 @@ def section_codex_m(args) -> None:
     kw = {"model": "rgcn", "epochs": args.m_epochs, "patience": 0, **json.loads(args.m_recipe)}
     runs, key = {}, args.m_key
     for name in args.m_runs.split(","):
-        parts, workers, threads = M_RUNS[name]
-        r = run_train(f"m-{name}", m[parts], work, workers=workers, threads=threads, **kw)
+        parts, workers, threads, extra = M_RUNS[name]
+        r = run_train(f"m-{name}", m[parts], work, workers=workers, threads=threads,
+                      **kw | extra)
         r["test"] = evaluate(r["uri"], m["graph"], str(work / f"m-{name}-eval"))
         runs[name] = r
         log.info("codex-m %s: %s", name, r)
@@ -545,7 +548,10 @@ def section_codex_m(args) -> None:
     write_results("bench_scaleout", RESULTS)
 
 
-M_RUNS = {"1w-1t": (1, 1, 1), "1w-2t": (1, 1, 2), "2w-1t": (2, 2, 1)}   # parts, workers, threads
+# name: (parts, workers, threads, options besides the recipe). 2w-1t-dense: the input table's
+# whole gradient all-reduced (--exchange dense), as before owner-updated rows.
+M_RUNS = {"1w-1t": (1, 1, 1, {}), "1w-2t": (1, 1, 2, {}), "2w-1t": (2, 2, 1, {}),
+          "2w-1t-dense": (2, 2, 1, {"exchange": "dense"})}
 
 
 def section_codex_m_spans(args) -> None:
@@ -562,11 +568,12 @@ def section_codex_m_spans(args) -> None:
     spans: list[dict] = []
     for r in range(args.rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            parts, workers, threads = M_RUNS[name]
+            parts, workers, threads, extra = M_RUNS[name]
             out = f"span-{name}-{r}"
             shutil.rmtree(work / out, ignore_errors=True)      # a rerun trains again
             started = time.strftime("%H:%M:%S")
-            res = run_train(out, m[parts], work, workers=workers, threads=threads, **kw)
+            res = run_train(out, m[parts], work, workers=workers, threads=threads,
+                            **kw | extra)
             timed = get_store(res["uri"]).read_json(join(res["uri"], "history.json"))[-1]
             span = {"round": r, "run": name, "started": started,
                     "step_s": round(timed["epoch_s"] / timed["steps"], 3),
@@ -617,18 +624,24 @@ def section_codex_m_contention(args) -> None:
 
 
 def _span_ratios(spans: list[dict], names: list[str]) -> dict:
-    """Per round, each other configuration's seconds per step over 2w-1t's (its speed-up):
-    the median over the rounds, and every round's."""
+    """Per round, each 1-worker configuration's seconds per step over each 2-worker one's
+    (its speed-up), and 2w-1t-dense's over 2w-1t's: the median over the rounds, and every
+    round's. Keys: ``speedup_2w_vs_<one>`` for 2w-1t, ``speedup_<two>_vs_<one>`` else."""
+    pairs = [(two, one) for two in names if two.startswith("2w") for one in names
+             if one.startswith("1w")]
+    if "2w-1t" in names and "2w-1t-dense" in names:
+        pairs.append(("2w-1t", "2w-1t-dense"))
     out = {}
-    for one in (n for n in names if n != "2w-1t" and "2w-1t" in names):
+    for two, one in pairs:
         per_round = []
         for r in sorted({s["round"] for s in spans}):
             t = {s["run"]: s["step_s"] for s in spans if s["round"] == r}
-            if one in t and "2w-1t" in t:
-                per_round.append(round(t[one] / t["2w-1t"], 3))
+            if one in t and two in t:
+                per_round.append(round(t[one] / t[two], 3))
         if per_round:
-            out[f"speedup_2w_vs_{one}"] = {"median": round(float(np.median(per_round)), 3),
-                                           "rounds": per_round}
+            label = "2w" if two == "2w-1t" else two
+            out[f"speedup_{label}_vs_{one}"] = {"median": round(float(np.median(per_round)), 3),
+                                                "rounds": per_round}
     return out
 
 

@@ -198,7 +198,9 @@ class TrainConfig(StageConfig):
     exchange: str = option("auto", choices=("auto", "gather", "dense"), recorded=False,
                            help="how the embedding table's sparse gradient is averaged across "
                                 "workers: gather the touched rows, all-reduce the dense table, "
-                                "or auto (the one moving fewer bytes; same result)")
+                                "or auto (with sharded 1vsall each row is updated by the "
+                                "worker that owns it and sent to the workers that read it; "
+                                "else the one moving fewer bytes; same result)")
     candidates: str = option("sharded", choices=("sharded", "local"),
                              help="softmax / 1vsall on several workers: sharded = each "
                                   "worker draws 1/P of the candidates (1vsall: encodes its 1/P "

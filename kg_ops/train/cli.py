@@ -386,7 +386,8 @@ def _finish(st, config: TrainConfig, mcfg, inputs: _TrainInputs, recorded: dict,
             "steps": trained[-1].get("steps") if trained else None,   # per epoch, as run
             "step_s": _mean_step_times(trained),
             "workers": inputs.parts, "stopped_early": bool(last["stopped_early"]),
-            "precision": trained[-1].get("precision") if trained else None}
+            "precision": trained[-1].get("precision") if trained else None,
+            "table_exchange": trained[-1].get("table_exchange") if trained else None}
 
 
 def _mean_step_times(trained: list[dict]) -> dict[str, float] | None:

@@ -103,6 +103,14 @@ class Collectives:
                 p.grad, self.last_exchange = sparse_mean(p.grad, self.world, self.exchange,
                                                          self.wire)
 
+    @property
+    def table_exchange(self) -> str | None:
+        """How the last step averaged the embedding table's gradient: ``owner rows``,
+        ``dense``, ``gather``, or ``None`` (one worker, or no table)."""
+        if self.owner_rows is not None:
+            return "owner rows"
+        return self.last_exchange.mode if self.last_exchange is not None else None
+
     def after_step(self) -> None:
         """After the optimiser step: the owner-updated rows to the workers that read them."""
         if self.owner_rows is not None:

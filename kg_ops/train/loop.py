@@ -491,7 +491,8 @@ class _Worker:
         return {"epoch": epoch, "loss": loss_total / max(seen_total, 1),
                 "edges_per_s": seen_total / max(epoch_s, 1e-9), "epoch_s": epoch_s,
                 "steps": self.run_steps, "steps_per_epoch": self.steps,
-                "precision": self.precision, "step_s": self._step_times(epoch)}
+                "precision": self.precision, "table_exchange": self.comm.table_exchange,
+                "step_s": self._step_times(epoch)}
 
     def _step_times(self, epoch: int) -> dict[str, float]:
         """Where this epoch's steps went, the workers' mean seconds per step
