@@ -5,8 +5,9 @@ With sharded 1vsall (:mod:`kg_ops.train.layerwise`) a worker's step reads a fixe
 input rows: its owned entities and its *halo*, the other workers' entities its first layer
 receives messages from (the messages are sampled once per run). Averaging the table's sparse
 gradient (:mod:`kg_ops.train.exchange`) then moves the whole table: on CoDEx-M at P=2 a step
-touches 15k of the 17k rows, so the exchange all-reduces a dense 68 MB table, and every worker
-runs the optimiser on every row.
+touches about 10k of the 17k rows (its 8,525 entities and a halo of 1,713 or 2,371), too many
+for the gather, so the exchange all-reduces a dense 68 MB table, and every worker runs the
+optimiser on every row.
 
 Here, per step (the halo exchange of distributed GNN training, as DGL's ``DistEmbedding``):
 
@@ -20,8 +21,8 @@ Here, per step (the halo exchange of distributed GNN training, as DGL's ``DistEm
 Rows a worker neither owns nor reads go stale on it, and so does its optimiser state of the
 rows it does not own; :meth:`OwnerRows.synchronize` gathers every owner's rows (and their
 optimiser state) to every worker before anything reads the whole table (validation,
-checkpoints). ``benchmarks/bench_collectives.py --sections halo``: 348 against 171 ms per step
-for exchange and optimiser at CoDEx-M's P=2 sizes.
+checkpoints). ``benchmarks/bench_collectives.py --sections halo``: exchange and optimiser
+355 ms per step with the dense exchange, 145 ms owner-updated, at CoDEx-M's P=2 sizes.
 """
 
 from __future__ import annotations
