@@ -195,12 +195,14 @@ class TrainConfig(StageConfig):
     prefetch: int = option(1, minimum=0, recorded=False, help="batches built ahead in a "
                            "background thread while the current one trains (0 = off; the "
                            "batches are the same either way)")
-    exchange: str = option("auto", choices=("auto", "gather", "dense"), recorded=False,
+    exchange: str = option("auto", choices=("auto", "gather", "dense", "owner"),
+                           recorded=False,
                            help="how the embedding table's sparse gradient is averaged across "
                                 "workers: gather the touched rows, all-reduce the dense table, "
-                                "or auto (with sharded 1vsall each row is updated by the "
-                                "worker that owns it and sent to the workers that read it; "
-                                "else the one moving fewer bytes; same result)")
+                                "auto (the one moving fewer bytes), or owner (sharded 1vsall: "
+                                "each row updated by the worker that owns it, sent to the "
+                                "workers that read it; its exchange and optimiser are faster, "
+                                "its whole steps not yet measurably); same result")
     candidates: str = option("sharded", choices=("sharded", "local"),
                              help="softmax / 1vsall on several workers: sharded = each "
                                   "worker draws 1/P of the candidates (1vsall: encodes its 1/P "

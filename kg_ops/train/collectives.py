@@ -100,8 +100,8 @@ class Collectives:
             if self.owner_rows is not None and p is self.owner_rows.table:
                 self.owner_rows.reduce_gradient()
             elif id(p) in sparse:
-                p.grad, self.last_exchange = sparse_mean(p.grad, self.world, self.exchange,
-                                                         self.wire)
+                mode = "auto" if self.exchange == "owner" else self.exchange  # no owners
+                p.grad, self.last_exchange = sparse_mean(p.grad, self.world, mode, self.wire)
 
     @property
     def table_exchange(self) -> str | None:

@@ -22,7 +22,9 @@ Rows a worker neither owns nor reads go stale on it, and so does its optimiser s
 rows it does not own; :meth:`OwnerRows.synchronize` gathers every owner's rows (and their
 optimiser state) to every worker before anything reads the whole table (validation,
 checkpoints). ``benchmarks/bench_collectives.py --sections halo``: exchange and optimiser
-355 ms per step with the dense exchange, 145 ms owner-updated, at CoDEx-M's P=2 sizes.
+355 ms per step with the dense exchange, 145 ms owner-updated, at CoDEx-M's P=2 sizes; whole
+CoDEx-M steps were not faster (median 0.96 over 7 alternating rounds), so it is opt-in:
+``--exchange owner``.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def test_two_workers_train_the_same_model_with_owner_rows_as_with_the_dense_exch
         crossed, ray_local, tmp_path):
     """End to end on real Ray Train, 2 workers, a 2-layer RGCN with sharded 1vsall on the
     crossed graph (the partitions' pools overlap, so ownership and halos are not just the
-    partitions): the default exchange updates the table by its owners and ends with the
+    partitions): ``--exchange owner`` updates the table by its owners and ends with the
     model, validation history and optimiser state of ``--exchange dense``, which all-reduces
     the whole table's gradient."""
     from kg_ops.config import TrainConfig
@@ -127,15 +127,15 @@ def test_two_workers_train_the_same_model_with_owner_rows_as_with_the_dense_exch
             "embedding_dim": 16, "hidden_dim": 8, "out_dim": 16}
     runs = {mode: train(TrainConfig(partitions=crossed["parts"][2],
                                     out=str(tmp_path / mode), exchange=mode, **opts))
-            for mode in ("auto", "dense")}
-    assert runs["auto"]["metrics"]["table_exchange"] == "owner rows"
+            for mode in ("owner", "dense")}
+    assert runs["owner"]["metrics"]["table_exchange"] == "owner rows"
     assert runs["dense"]["metrics"]["table_exchange"] == "dense"
     last = {mode: load_checkpoint(checkpoint_uri(str(tmp_path / mode), 2)) for mode in runs}
     for name, value in last["dense"]["model"].items():
-        torch.testing.assert_close(last["auto"]["model"][name], value, msg=name)
+        torch.testing.assert_close(last["owner"]["model"][name], value, msg=name)
     table = last["dense"]["optimizer"]["parts"]["table"]["state"][0]["sum"]
-    torch.testing.assert_close(last["auto"]["optimizer"]["parts"]["table"]["state"][0]["sum"],
+    torch.testing.assert_close(last["owner"]["optimizer"]["parts"]["table"]["state"][0]["sum"],
                                table)
     assert table.abs().sum() > 0            # the table trained: the comparison has content
     mrr = {mode: [h["valid_mrr_sampled"] for h in last[mode]["history"]] for mode in last}
-    assert mrr["auto"] == pytest.approx(mrr["dense"])
+    assert mrr["owner"] == pytest.approx(mrr["dense"])
