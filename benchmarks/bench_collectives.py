@@ -23,8 +23,8 @@ float32:
 
 * ``dense``: the exchange of the whole table (:func:`~kg_ops.train.exchange.sparse_mean`:
   at CoDEx-M sizes the all-reduce of a dense ``[N, d + 1]`` table) of each worker's
-  gradient, which touches its owned rows and its halo (the rows of other workers' entities that its first layer reads),
-  then :class:`~kg_ops.train.optim.RowAdagrad` on every row some worker touched, on both
+  gradient, which touches its owned rows and its halo (the rows of other workers' entities
+  that its first layer reads), then :class:`~kg_ops.train.optim.RowAdagrad` on every row some worker touched, on both
   workers (what sharded 1vsall did before owner-updated rows, and ``--exchange dense`` does);
 * ``halo``: each row updated by its owner only (:mod:`kg_ops.train.owner_rows`). Each worker
   sends its halo rows' gradient to their owners (one ``all_to_all_single``), the owner adds

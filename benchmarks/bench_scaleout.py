@@ -353,7 +353,7 @@ def _codex_m_step_child(spec: dict) -> dict:
     step = w.time_steps(cfg.batch_size, spec["steps"], spec["warmup"], cfg.prefetch,
                         count_rows=False)
     return {k: step[k] for k in ("step_s", "step_s_mean")} | {
-        "started": spec["started"], "peak_rss_bytes": peak_rss_bytes()}
+        "peak_rss_bytes": peak_rss_bytes()}
 
 
 def child_run(spec: dict) -> dict:
@@ -599,11 +599,10 @@ def section_codex_m_contention(args) -> None:
         row: dict = {"round": r}
         for kind in ("alone", "pair") if r % 2 == 0 else ("pair", "alone"):
             started = time.strftime("%H:%M:%S")
-            procs = [start_child(spec | {"started": started})
-                     for _ in range(1 if kind == "alone" else 2)]
+            procs = [start_child(spec) for _ in range(1 if kind == "alone" else 2)]
             got = [finish_child(p) for p in procs]
             row[kind] = [{k: (round(v, 3) if isinstance(v, float) else v)
-                          for k, v in g.items()} for g in got]
+                          for k, v in g.items()} | {"started": started} for g in got]
         alone = row["alone"][0]["step_s"]
         pair = float(np.mean([g["step_s"] for g in row["pair"]]))
         row["slowdown_in_pair"] = round(pair / alone, 3)
