@@ -43,8 +43,9 @@ def shard_size(k: int, world: int) -> int:
 class _GatherRows(torch.autograd.Function):
     """All-gather of equally shaped ``[m, d]`` row blocks, differentiable: the backward sums
     every worker's gradient of the gathered rows and hands each worker its own block. Both
-    travel as ``wire`` (bfloat16 halves the bytes when the workers compute in bf16) and come
-    back as float32. Both are timed as ``collectives`` in ``times``."""
+    travel as ``wire`` (bfloat16 halves the bytes when the workers compute in bf16); the rows
+    come back as float32, the gradient in the rows' own dtype. Both are timed as
+    ``collectives`` in ``times``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, world: int, rank: int, wire: torch.dtype,
@@ -52,6 +53,7 @@ class _GatherRows(torch.autograd.Function):
         import torch.distributed as dist
 
         ctx.rank, ctx.m, ctx.wire, ctx.times = rank, x.shape[0], wire, times
+        ctx.dtype = x.dtype
         with times.collective():
             out = x.new_empty((world * x.shape[0], *x.shape[1:]), dtype=wire)
             dist.all_gather_single(out, x.to(wire).contiguous())
@@ -64,7 +66,7 @@ class _GatherRows(torch.autograd.Function):
         with ctx.times.collective():
             grad = grad.to(ctx.wire, copy=True).contiguous()
             dist.all_reduce(grad)
-            mine = grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m].float()
+            mine = grad[ctx.rank * ctx.m:(ctx.rank + 1) * ctx.m].to(ctx.dtype)
         return mine, None, None, None, None
 
 
@@ -158,15 +160,15 @@ class CandidateShards:
     def gather_rows(self, emb: torch.Tensor) -> torch.Tensor:
         """Every worker's ``[m, d]`` rows, each block padded with zeros to ``slots``
         (differentiable: :class:`_GatherRows`), as float32; on one worker its own padded
-        block."""
-        emb = emb.float()        # bfloat16 under --precision bf16
+        block. Rows computed in bfloat16 (``--precision bf16``) go on the wire as they are
+        when the wire is bfloat16 too: one cast, to float32 on arrival."""
         m = emb.shape[0]
         if m > self.slots:
             raise ValueError(f"{m} candidates exceed the {self.slots} slots of a shard")
         if m < self.slots:
             emb = torch.cat([emb, emb.new_zeros(self.slots - m, emb.shape[1])])
         if self.world == 1:
-            return emb
+            return emb.float()
         return _GatherRows.apply(emb, self.world, self.rank, self.wire, self.times)
 
     def masks(self, rel: torch.Tensor, head_gid: torch.Tensor, tail_gid: torch.Tensor,

@@ -65,7 +65,7 @@ def train(config: TrainConfig, *, worker_env: dict[str, str] | None = None,
             from kg_ops.train.plan import for_run
 
             log.info("train: %s", for_run(inputs.plan, config.batch_size, config.loss,
-                                          config.model))
+                                          config.model, config.limit_steps))
         run_id = uuid.uuid4().hex[:12]
         run_fp = fingerprint(recorded, st.inputs)
         start = continue_from(config.out, run_fp, config.resume, st.force)

@@ -301,12 +301,18 @@ def _too_large(model: dict, loss: str, optimizer: str, local: int,
     return None
 
 
-def for_run(plan: dict, global_batch: int, loss: str, model: str) -> str:
+def for_run(plan: dict, global_batch: int, loss: str, model: str,
+            limit_steps: int = 0) -> str:
     """The partition stage's plan rescaled to a run's global batch, as a log line that says
-    when the run's recipe differs from the measured one."""
+    when the run's recipe differs from the measured one, and what an epoch cut short by
+    ``--limit-steps`` should take."""
     if not plan.get("workers"):
         return describe(plan)
-    line = describe(_rescaled(plan, global_batch))
+    p = _rescaled(plan, global_batch)
+    line = describe(p)
+    if 0 < limit_steps < p["steps_per_epoch"]:
+        line += (f"; this run trains the first {limit_steps} of them per epoch "
+                 f"(--limit-steps): ~{p['epoch_s'] * limit_steps / p['steps_per_epoch']:.0f} s")
     if not _same_recipe(plan, loss, model):
         r = plan.get("recipe", {})
         line += (f"; measured with {r.get('model', {}).get('model')}/{r.get('loss')}, this "

@@ -87,11 +87,12 @@ def test_sharded_candidates_give_the_unsharded_loss_and_gradient(tmp_path, shard
     assert abs(alone - results[0][0]) > 1e-3
 
 
-def _gather_bf16(rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _gather_bf16(rank: int, world: int, computed_in: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.nn.Parameter(_rows(rank))
     shards = CandidateShards(world, rank, slots=4, head_type=HEAD_TYPE, tail_type=TAIL_TYPE,
                              wire=torch.bfloat16)
-    c = shards.gather_rows(x)
+    c = shards.gather_rows(x.to(getattr(torch, computed_in)))   # bfloat16 under autocast
     (c * _weights()).sum().backward()
     return c.detach(), x.grad
 
@@ -105,11 +106,13 @@ def _weights() -> torch.Tensor:
     return torch.randn(8, 5, generator=torch.Generator().manual_seed(7)) / 7
 
 
-def test_bfloat16_wire_gathers_rounded_rows_and_sums_rounded_gradients(tmp_path):
+@pytest.mark.parametrize("computed_in", ["float32", "bfloat16"])
+def test_bfloat16_wire_gathers_rounded_rows_and_sums_rounded_gradients(tmp_path, computed_in):
     """With ``wire=bfloat16`` the rows and their gradient travel rounded to bfloat16 and come
     back as float32: every worker sees each block (zero-padded to the slots) rounded, and each
-    worker's own block gets the rounded sum of both workers' gradients."""
-    results = run_gloo(_gather_bf16, 2, tmp_path)
+    worker's own block gets the rounded sum of both workers' gradients; the same whether the
+    rows were computed in float32 or already in bfloat16 (sent as they are)."""
+    results = run_gloo(_gather_bf16, 2, tmp_path, computed_in)
     blocks = [torch.cat([_rows(r), torch.zeros(1, 5)]) for r in (0, 1)]
     want = torch.cat(blocks).bfloat16().float()
     summed = (2 * _weights().bfloat16().float()).bfloat16().float()

@@ -20,6 +20,7 @@ from kg_ops.train.plan import (
     calibrate_in_child,
     describe,
     describe_check,
+    for_run,
     predict,
     rss_bytes,
 )
@@ -94,6 +95,21 @@ def test_a_run_is_checked_against_the_plan_at_its_own_batch():
     assert cut["steps"] == 5 and "steps" not in check
     assert describe_check(cut).startswith("epoch 1 s against the plan's 1 s (x1.25) for the "
                                           "5 steps it ran (--limit-steps)")
+
+
+def test_the_line_before_a_run_rescales_the_plan_and_names_a_step_limit():
+    """At global batch 200 the plan of batch 100 has 20 steps of 0.16 s on the slowest
+    partition (3.2 s an epoch); --limit-steps 5 trains a quarter of them."""
+    plan = {**predict(_cost(), [3000, 1000], [120 * 2**20, 80 * 2**20], global_batch=100),
+            "recipe": {"loss": "1vsall", "model": {"model": "rgcn"}}}
+    whole = for_run(plan, 200, "1vsall", "rgcn")
+    assert "20 steps/epoch at global batch 200: epoch ~3 s" in whole
+    assert "limit-steps" not in whole and "rough guide" not in whole
+    cut = for_run(plan, 200, "1vsall", "rgcn", limit_steps=5)
+    assert cut == whole + "; this run trains the first 5 of them per epoch (--limit-steps): ~1 s"
+    assert for_run(plan, 200, "1vsall", "rgcn", limit_steps=20) == whole   # no cut at all
+    assert for_run(plan, 200, "softmax", "rgcn").endswith("this run is rgcn/softmax: a rough "
+                                                          "guide only")
 
 
 def test_calibration_measures_real_steps_on_a_partition(planted):
