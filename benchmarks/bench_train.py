@@ -20,9 +20,10 @@ Sections (``--sections``, comma separated; each writes its results as soon as it
 * Quality with ``kgops train`` defaults (only ``--model`` / ``--workers`` given), each row
   the filtered test MRR / Hits@1/10 (both directions) and wall time:
   ``s-default-1w``, ``s-default-2w`` (the default GNN, 1 and 2 workers), ``s-complex`` (the
-  shallow ComplEx baseline, defaults), ``s-paper`` (``--preset paper``: the published
-  system), and the same four on CoDEx-M (``m-default-1w``, ``m-default-2w``, ``m-complex``,
-  ``m-paper``) with ``|MRR(2w) - MRR(1w)|``. ``--quality-epochs`` caps epochs (default: the
+  shallow ComplEx baseline, defaults; ``s-complex-2w`` on 2 workers), ``s-paper``
+  (``--preset paper``: the published system), and the same on CoDEx-M (``m-default-1w``,
+  ``m-default-2w``, ``m-complex``, ``m-complex-2w``, ``m-paper``) with ``|MRR(2w) -
+  MRR(1w)|``. ``--quality-epochs`` caps epochs (default: the
   config's) so a row fits the time there is.
 
 Results of earlier sections in ``results/bench_train.json`` are kept (merged by section).
@@ -269,7 +270,7 @@ def _dims(d: int) -> dict:
 
 QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the defaults)
     "default-1w": (1, {}), "default-2w": (2, {}), "complex": (1, {"model": "complex"}),
-    "paper": (1, {"preset": "paper"}),
+    "paper": (1, {"preset": "paper"}), "complex-2w": (2, {"model": "complex"}),
     # exploration: the shallow baseline at LibKGE's CoDEx width
     "complex-512": (1, {"model": "complex", "embedding_dim": 512, "out_dim": 512}),
     # exploration: the regularisation of kgops tune's best Adagrad trial (bench_tune.json,
