@@ -29,8 +29,9 @@ Sections (``--sections``, comma separated; results of earlier runs are kept, mer
 * ``codex-m``: ``kgops train`` on CoDEx-M with 1 worker (1 torch thread), 1 worker (2 torch
   threads: the fair single-process reference on 2 cores) and 2 workers (1 thread each), same
   recipe, then filtered test MRR: epoch speed-ups and |MRR(2w) - MRR(1w)| (``--m-runs``: a
-  subset, ``--m-key``: the results key). ``2w-1t-owner`` is the 2-worker run with
-  ``--exchange owner`` (:mod:`kg_ops.train.owner_rows`).
+  subset, ``--m-key``: the results key). ``2w-1t-dense`` is the 2-worker run with
+  ``--exchange dense`` (the input table's whole gradient all-reduced, instead of the default's
+  rows updated by their owners, :mod:`kg_ops.train.owner_rows`).
 * ``codex-m-spans``: the same configurations side by side in time: ``--rounds`` rounds, each
   running every configuration of ``--m-runs`` for two epochs of ``--span-steps`` steps
   (``kgops train --limit-steps``; the first warms up, the second is timed), in alternating
@@ -547,11 +548,12 @@ def section_codex_m(args) -> None:
     write_results("bench_scaleout", RESULTS)
 
 
-# name: (parts, workers, threads, options besides the recipe). 2w-1t-owner: the input table
-# updated by its rows' owners (--exchange owner). Results of 2026-12-05 07:03-08:39 were taken
-# when that was the default: their "2w-1t" is owner rows, their "2w-1t-dense" the dense one.
+# name: (parts, workers, threads, options besides the recipe). 2w-1t-dense: the input table's
+# whole gradient all-reduced (--exchange dense) instead of the default's rows updated by their
+# owners. Names of earlier results: 2026-12-05 07:03-08:39 as today; 08:42-10:50, when owner
+# rows were opt-in, "2w-1t" was the dense exchange and "2w-1t-owner" owner rows.
 M_RUNS = {"1w-1t": (1, 1, 1, {}), "1w-2t": (1, 1, 2, {}), "2w-1t": (2, 2, 1, {}),
-          "2w-1t-owner": (2, 2, 1, {"exchange": "owner"})}
+          "2w-1t-dense": (2, 2, 1, {"exchange": "dense"})}
 
 
 def section_codex_m_spans(args) -> None:
@@ -624,12 +626,12 @@ def section_codex_m_contention(args) -> None:
 
 def _span_ratios(spans: list[dict], names: list[str]) -> dict:
     """Per round, each 1-worker configuration's seconds per step over each 2-worker one's
-    (its speed-up), and 2w-1t's over 2w-1t-owner's: the median over the rounds, and every
+    (its speed-up), and 2w-1t-dense's over 2w-1t's: the median over the rounds, and every
     round's. Keys: ``speedup_2w_vs_<one>`` for 2w-1t, ``speedup_<two>_vs_<one>`` else."""
     pairs = [(two, one) for two in names if two.startswith("2w") for one in names
              if one.startswith("1w")]
-    if "2w-1t" in names and "2w-1t-owner" in names:
-        pairs.append(("2w-1t-owner", "2w-1t"))
+    if "2w-1t" in names and "2w-1t-dense" in names:
+        pairs.append(("2w-1t", "2w-1t-dense"))
     out = {}
     for two, one in pairs:
         per_round = []

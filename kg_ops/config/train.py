@@ -199,10 +199,10 @@ class TrainConfig(StageConfig):
                            recorded=False,
                            help="how the embedding table's sparse gradient is averaged across "
                                 "workers: gather the touched rows, all-reduce the dense table, "
-                                "auto (the one moving fewer bytes), or owner (sharded 1vsall: "
-                                "each row updated by the worker that owns it, sent to the "
-                                "workers that read it; its exchange and optimiser are faster, "
-                                "its whole steps not yet measurably); same result")
+                                "owner (sharded 1vsall: each row updated by the worker that "
+                                "owns it and sent to the workers that read it), or auto (owner "
+                                "where it applies, else the one moving fewer bytes); same "
+                                "result")
     candidates: str = option("sharded", choices=("sharded", "local"),
                              help="softmax / 1vsall on several workers: sharded = each "
                                   "worker draws 1/P of the candidates (1vsall: encodes its 1/P "

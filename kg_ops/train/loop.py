@@ -271,14 +271,14 @@ class _Worker:
             self.mcfg.num_nodes)
 
     def _owner_rows(self, layerwise):
-        """With sharded 1vsall and ``--exchange owner``: the input table's rows updated by
-        their owners, the layer-wise encoding's (:mod:`kg_ops.train.owner_rows`); ``None``
-        keeps the exchange of the whole table's gradient."""
+        """With sharded 1vsall and ``--exchange auto`` or ``owner``: the input table's rows
+        updated by their owners, the layer-wise encoding's (:mod:`kg_ops.train.owner_rows`);
+        ``None`` keeps the exchange of the whole table's gradient."""
         from kg_ops.train.optim import sparse_parameters
         from kg_ops.train.owner_rows import NoOwner, OwnerRows
 
         table = sparse_parameters(self.model)
-        if self.config.exchange != "owner" or len(table) != 1:
+        if self.config.exchange not in ("auto", "owner") or len(table) != 1:
             return None
         try:
             rows = OwnerRows(table[0], layerwise.input_gid, layerwise.owned, self.rank,

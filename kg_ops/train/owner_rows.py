@@ -22,9 +22,11 @@ Rows a worker neither owns nor reads go stale on it, and so does its optimiser s
 rows it does not own; :meth:`OwnerRows.synchronize` gathers every owner's rows (and their
 optimiser state) to every worker before anything reads the whole table (validation,
 checkpoints). ``benchmarks/bench_collectives.py --sections halo``: exchange and optimiser
-355 ms per step with the dense exchange, 145 ms owner-updated, at CoDEx-M's P=2 sizes; whole
-CoDEx-M steps were not faster (median 0.96 over 7 alternating rounds), so it is opt-in:
-``--exchange owner``.
+355 ms per step with the dense exchange, 145 ms owner-updated, at CoDEx-M's P=2 sizes. It is
+the default (``--exchange auto``) since whole CoDEx-M steps measured faster with it on a CPU
+whose steps are short enough for the exchange to matter (bf16: 1.08x over 4 alternating
+rounds, ``bench_scaleout.py --sections codex-m-spans``); on a float32-only CPU, with 8 s steps,
+the 0.2 s it saves was within the step's noise.
 """
 
 from __future__ import annotations

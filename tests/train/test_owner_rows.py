@@ -116,18 +116,18 @@ def test_two_workers_train_the_same_model_with_owner_rows_as_with_the_dense_exch
         crossed, ray_local, tmp_path):
     """End to end on real Ray Train, 2 workers, a 2-layer RGCN with sharded 1vsall on the
     crossed graph (the partitions' pools overlap, so ownership and halos are not just the
-    partitions): ``--exchange owner`` updates the table by its owners and ends with the
-    model, validation history and optimiser state of ``--exchange dense``, which all-reduces
-    the whole table's gradient."""
+    partitions): the default exchange (``auto``) updates the table by its owners and ends
+    with the model, validation history and optimiser state of ``--exchange dense``, which
+    all-reduces the whole table's gradient."""
     from kg_ops.config import TrainConfig
     from kg_ops.train.checkpoints import checkpoint_uri, load_checkpoint
     from kg_ops.train.cli import train
 
     opts = {"model": "rgcn", "loss": "1vsall", "epochs": 2, "batch_size": 32, "patience": 0,
             "embedding_dim": 16, "hidden_dim": 8, "out_dim": 16}
-    runs = {mode: train(TrainConfig(partitions=crossed["parts"][2],
-                                    out=str(tmp_path / mode), exchange=mode, **opts))
-            for mode in ("owner", "dense")}
+    runs = {mode: train(TrainConfig(partitions=crossed["parts"][2], out=str(tmp_path / mode),
+                                    **opts | exchange))
+            for mode, exchange in (("owner", {}), ("dense", {"exchange": "dense"}))}
     assert runs["owner"]["metrics"]["table_exchange"] == "owner rows"
     assert runs["dense"]["metrics"]["table_exchange"] == "dense"
     last = {mode: load_checkpoint(checkpoint_uri(str(tmp_path / mode), 2)) for mode in runs}
