@@ -190,9 +190,10 @@ class Worker:
                                if p is not self.table)
 
     def time_steps(self, batch: int, steps: int, warmup: int = 2, depth: int = 1,
-                   count_rows: bool = True) -> dict:
+                   count_rows: bool = True, precision: str = "fp32") -> dict:
         """Steps as the loop runs them (prefetched batches), median seconds and touched rows
-        (``count_rows=False``: not counted, a step exactly as the loop's)."""
+        (``count_rows=False``: not counted, a step exactly as the loop's); ``precision``: as
+        ``kgops train --precision`` (``auto``: bf16 on a CPU with bfloat16 units)."""
         from kg_ops.train.batches import batch_loss, prefetch
 
         rng = np.random.default_rng(0)
@@ -203,7 +204,7 @@ class Worker:
         for i, b in enumerate(prefetch(self.builder.epoch(edges[take], warmup + steps, rng),
                                        depth)):
             self.opt.zero_grad()
-            batch_loss(self.model, b).backward()
+            batch_loss(self.model, b, precision=precision).backward()
             if count_rows:
                 rows.append(int(self.table.grad.coalesce().indices().shape[1]))
             self.opt.step()
@@ -348,13 +349,14 @@ def run_child(spec: dict) -> dict:
 def _codex_m_step_child(spec: dict) -> dict:
     """The default recipe's steps on one partition at the global batch, as one worker runs
     them (1 thread, prefetched batches), timed after ``warmup`` steps."""
+    from kg_ops.train.batches import resolve_precision
     from kg_ops.train.plan import peak_rss_bytes
 
     cfg, w = default_worker(spec["parts"], 0)
     step = w.time_steps(cfg.batch_size, spec["steps"], spec["warmup"], cfg.prefetch,
-                        count_rows=False)
+                        count_rows=False, precision=cfg.precision)
     return {k: step[k] for k in ("step_s", "step_s_mean")} | {
-        "peak_rss_bytes": peak_rss_bytes()}
+        "peak_rss_bytes": peak_rss_bytes(), "precision": resolve_precision(cfg.precision)}
 
 
 def child_run(spec: dict) -> dict:
@@ -612,7 +614,8 @@ def section_codex_m_contention(args) -> None:
         rounds.append(row)
         log.info("codex-m contention round %s", row)
         RESULTS[key] = {
-            "what": "the default recipe's 1-worker step (whole graph, 1 thread, no Ray) in "
+            "what": "the default recipe's 1-worker step (whole graph, 1 thread, no Ray, "
+                    "--precision auto as kgops train) in "
                     "one process alone and in two identical processes at once: 2 * alone / "
                     "pair is the most a second 1-thread worker can give on this machine",
             "steps_timed": args.span_steps, "rounds": rounds,
