@@ -44,7 +44,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "out_dim": 32, "decoder": "distmult", "dropout": 0.2, "residual": False,
     "residual_gate": False, "reciprocal": False, "entity_dropout": 0.0,
     "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0, "init_scale": 0.0,
-    "lr_decay": 1.0,
+    "relation_prediction": 0.0, "lr_decay": 1.0,
     "lr_patience": 0, "patience": 5, "epochs": 20, "attribute_input": "replace",
     "precision": "fp32",
 }
@@ -149,6 +149,10 @@ class TrainConfig(StageConfig):
                        "(softmax and 1vsall losses)")
     label_smoothing: float = option(0.0, minimum=0, maximum=0.99,
                                     help="label smoothing of the softmax and 1vsall losses")
+    relation_prediction: float = option(
+        0.0, minimum=0, help="weight of the relation-prediction term: each training edge's "
+                             "relation ranked against every relation for its head and tail "
+                             "(Chen et al. 2021; their CoDEx runs use 0.125)")
     init_scale: float = option(0.001, minimum=0, help="initial entity embeddings and "
                                "relation vectors uniform in [-s, s] (0: Xavier-uniform)")
     lr_decay: float = option(1.0, minimum=0.01, maximum=1.0,

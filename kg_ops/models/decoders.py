@@ -13,6 +13,10 @@ gets parameters of its own, which tuned KGE baselines rely on.
 
 ``relation_dropout`` drops entries of the relation vectors during training (LibKGE's
 ``relation_embedder.dropout``).
+
+``score_relations(h[B,d], t[B,d]) -> [B,R]`` (``[B,2R]`` with reciprocal relations) scores
+every relation vector for ``(h, ?, t)``: the relation-prediction objective of Chen et al.
+(AKBC 2021).
 """
 
 from __future__ import annotations
@@ -58,6 +62,11 @@ class _Decoder(nn.Module):
     def score_heads(self, t: torch.Tensor, rel: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         return self.head_query(t, rel) @ cand.t()
 
+    def score_relations(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``[B, rows]``: ``score(h, r, t)`` for every row ``r`` of the relation table (the
+        reciprocal vectors included)."""
+        return self._pair_query(h, t) @ self.drop(self.rel).t()
+
 
 class DistMult(_Decoder):
     """``<h, w_r, t>`` (Yang et al. 2015): symmetric in head and tail."""
@@ -66,6 +75,11 @@ class DistMult(_Decoder):
         return h * r
 
     _backward_query = _forward_query
+
+    @staticmethod
+    def _pair_query(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """q with ``score(h, r, t) = <q, w_r>``."""
+        return h * t
 
     @staticmethod
     def magnitudes(x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +112,12 @@ class ComplEx(_Decoder):
         tr, ti = self._split(t)
         rr, ri = self._split(r)
         return torch.cat([rr * tr + ri * ti, rr * ti - ri * tr], dim=-1)
+
+    def _pair_query(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """h * conj(t): score = <q, w_r>."""
+        hr, hi = self._split(h)
+        tr, ti = self._split(t)
+        return torch.cat([hr * tr + hi * ti, hr * ti - hi * tr], dim=-1)
 
     @classmethod
     def magnitudes(cls, x: torch.Tensor) -> torch.Tensor:

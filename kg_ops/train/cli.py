@@ -196,6 +196,7 @@ def _model_config(config: TrainConfig, inputs: _TrainInputs):
             residual_gate=config.residual_gate, reciprocal=config.reciprocal,
             entity_dropout=config.entity_dropout, relation_dropout=config.relation_dropout,
             n3=config.n3, label_smoothing=config.label_smoothing,
+            relation_prediction=config.relation_prediction,
             init_scale=config.init_scale)
     except ValueError as exc:
         raise KGOpsError(f"train: {exc}; see `kgops train --help`") from exc

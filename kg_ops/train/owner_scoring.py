@@ -26,8 +26,9 @@ each owned entity's embedding stays local. Each worker's loss is the loss of its
 positives, as :meth:`~kg_ops.models.link_predictor.LinkPredictor.table_loss` computes it on
 the gathered table: the same value and, once the loop averages gradients, the same gradient
 (``tests/train/test_layerwise.py``), with entity dropout drawn once per entity (by its owner),
-the type masks, label smoothing, N3 and L2 as there. Relation dropout is drawn once per
-step from a seed rank 0 sends with its positives, since every worker computes every query.
+the type masks, label smoothing, N3, L2 and relation prediction as there. Relation dropout
+is drawn once per step from a seed rank 0 sends with its positives, since every worker
+computes every query.
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ def owner_table_loss(model, z_own: torch.Tensor, offset: int, num_rows: int,
     ce_tail, ce_head = ce[:b][mine], ce[b:][mine]
     # A worker without positives still takes part in every collective of the backward.
     loss = (ce_tail.mean() + ce_head.mean()) / 2 if len(ce_tail) else ce.sum() * 0.0
-    return loss + _penalties(model, z_own, anchors[:b][mine], rel[mine], anchors[b:][mine],
-                             num_rows, times)
+    h, t = anchors[:b][mine], anchors[b:][mine]
+    return (loss + _penalties(model, z_own, h, rel[mine], t, num_rows, times)
+            + model.relation_loss(h, rel[mine], t))
 
 
 def _seeded(seed: int | None):

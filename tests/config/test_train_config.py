@@ -97,7 +97,7 @@ def test_default_recipe_is_the_documented_one():
             "hidden_dim": 128, "out_dim": 1000, "residual": True, "residual_gate": True,
             "decoder": "complex", "reciprocal": True, "dropout": 0.2, "entity_dropout": 0.0,
             "relation_dropout": 0.0, "n3": 0.01, "init_scale": 0.001, "label_smoothing": 0.0,
-            "optimizer": "adagrad",
+            "relation_prediction": 0.0, "optimizer": "adagrad",
             "lr": 0.1, "dense_lr": 0.001, "weight_decay": 0.0, "regularization": 0.0, "lr_decay": 1.0, "epochs": 40,
             "patience": 10, "preset": None, "attribute_input": "add"}
     assert {k: getattr(cfg, k) for k in want} == want
@@ -114,7 +114,7 @@ def test_preset_paper_is_the_published_system(model, lr, weight_decay, regulariz
             "hidden_dim": 64, "out_dim": 32, "decoder": "distmult", "dropout": 0.2,
             "residual": False, "residual_gate": False, "reciprocal": False,
             "entity_dropout": 0.0, "relation_dropout": 0.0, "n3": 0.0, "label_smoothing": 0.0,
-            "lr_decay": 1.0, "patience": 5, "epochs": 20, "optimizer": "adam", "lr": lr,
+            "relation_prediction": 0.0, "lr_decay": 1.0, "patience": 5, "epochs": 20, "optimizer": "adam", "lr": lr,
             "dense_lr": lr,
             "weight_decay": weight_decay, "regularization": regularization,
             "attribute_input": "replace", "precision": "fp32"}

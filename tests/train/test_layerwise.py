@@ -26,7 +26,7 @@ NUM_RELATIONS = 2
 VARIANTS = {
     "plain": {"regularization": 0.0},
     "penalties": {"n3": 0.05, "label_smoothing": 0.5, "regularization": 0.02,
-                  "init_scale": 0.5, "reciprocal": True},
+                  "init_scale": 0.5, "reciprocal": True, "relation_prediction": 0.3},
     "relation_dropout": {"regularization": 0.0, "relation_dropout": 0.5, "dropout": 0.0,
                          "init_scale": 0.5},
 }

@@ -1,6 +1,7 @@
 """The tuned-KGE techniques against independent computations on tiny inputs: the 1-vs-all loss
 (with label smoothing, reciprocal relations and N3) one query at a time, reciprocal relations
-ranking like the direct head query, the N3 formula, and the shallow models."""
+ranking like the direct head query, the N3 formula, relation prediction one triple at a time,
+and the shallow models."""
 
 from __future__ import annotations
 
@@ -151,6 +152,41 @@ def test_n3_equals_its_formula(decoder):
         total += mod3(h[i]) + mod3(R[r]) + mod3(t[i])          # (h, r, t)
         total += mod3(t[i]) + mod3(R[r + 2]) + mod3(h[i])      # (t, r^-1, h)
     assert float(model.n3(h, rel, t)) == pytest.approx(total / 6, rel=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["distmult", "complex"])
+@pytest.mark.parametrize("reciprocal", [False, True])
+def test_relation_prediction_equals_per_triple_cross_entropy(decoder, reciprocal):
+    """Each triple's relation against every row of the relation table, scored one at a time
+    with the decoder's pairwise score: ``(h, ?, t)`` answered by ``r`` and, with reciprocal
+    relations, ``(t, ?, h)`` by ``r^-1`` (row ``r + R``), the two averaged; weighted. It adds
+    to the 1-vs-all loss and nothing else changes."""
+    torch.manual_seed(13)
+    n, R, w = 6, 3, 0.4
+    cfg = ModelConfig(model=decoder, num_nodes=n, num_relations=R, embedding_dim=4,
+                      reciprocal=reciprocal, n3=0.0, regularization=0.0)
+    plain = LinkPredictor(cfg)
+    model = LinkPredictor(ModelConfig(**{**cfg.to_dict(), "relation_prediction": w}))
+    model.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        model.decoder.rel.normal_()
+    plain.load_state_dict(model.state_dict())
+    z = torch.randn(n, 4)
+    pos = torch.tensor([[0, 0, 1], [2, 1, 3], [4, 2, 4], [5, 0, 2]])
+    dec, rows = model.decoder, R * (2 if reciprocal else 1)
+
+    def ce(a, r, b, answer):
+        logits = [float(dec.score(z[[a]], torch.tensor([c]), z[[b]])) for c in range(rows)]
+        return _brute_ce(logits[answer], logits[:answer] + logits[answer + 1:], 0.0)
+    terms = []
+    for h, r, t in pos.tolist():
+        terms.append((ce(h, r, t, r) + ce(t, r, h, r + R)) / 2 if reciprocal
+                     else ce(h, r, t, r))
+    want = w * sum(terms) / len(terms)
+    got = model.relation_loss(z[pos[:, 0]], pos[:, 1], z[pos[:, 2]])
+    assert float(got) == pytest.approx(want, abs=1e-5)
+    assert float(model.table_loss(z, pos)) == pytest.approx(
+        float(plain.table_loss(z, pos)) + want, abs=1e-5)
 
 
 def test_n3_and_label_smoothing_enter_the_loss():
