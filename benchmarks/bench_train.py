@@ -104,6 +104,7 @@ def run_train(name: str, parts: str, work: Path, **kw) -> dict:
                                 ("lr", "weight_decay", "regularization", "batch_size",
                                  "fanouts", "negatives", "epochs")}
             | {k: m["config"].get(k) for k in ("preset", "reciprocal", "n3", "label_smoothing",
+                                               "relation_prediction",
                                                "entity_dropout", "relation_dropout",
                                                "lr_decay", "lr_patience", "patience")}
             | {"loss": m["config"].get("loss", "bce"),
@@ -337,6 +338,18 @@ QUALITY_ROWS = {   # section: (dataset, partitions/workers, options besides the 
        for d in (256, 512, 1000, 2000)},
     **{f"kbc-{d}": (1, {**_dims(d), **KBC}) for d in (256, 512, 1000)},
     "kbc-1000-2w": (2, {**_dims(1000), **KBC}),
+    # exploration: Chen et al.'s (AKBC 2021) relation-prediction term at the weight of their
+    # best CoDEx-S and CoDEx-M runs, shallow and GNN
+    "complex-rp": (1, {"model": "complex", "relation_prediction": 0.125}),
+    "complex-rp-2w": (2, {"model": "complex", "relation_prediction": 0.125}),
+    "rp-1w": (1, {"relation_prediction": 0.125}), "rp-2w": (2, {"relation_prediction": 0.125}),
+    # exploration: the best epoch picked on every validation triple instead of a 1,000 subset
+    "vall-1w": (1, {"valid_triples": 0}), "vall-2w": (2, {"valid_triples": 0}),
+    # exploration: one knob at a time away from the default recipe, the GNN on 2 workers
+    "b512-2w": (2, {"batch_size": 512}), "nodrop-2w": (2, {"dropout": 0.0}),
+    "dlr3-2w": (2, {"dense_lr": 0.003}), "n3005-2w": (2, {"n3": 0.005}),
+    "complex-s1": (1, {"model": "complex", "seed": 1}),
+    "complex-rp-s1": (1, {"model": "complex", "relation_prediction": 0.125, "seed": 1}),
     "512-bf16": (1, {"embedding_dim": 512, "out_dim": 512, "precision": "bf16"}),
     "1024-n3-ls-bf16": (1, {"embedding_dim": 1024, "out_dim": 1024, "n3": 0.01,
                             "label_smoothing": 0.1, "precision": "bf16"})}
