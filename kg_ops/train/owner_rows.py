@@ -11,22 +11,37 @@ optimiser on every row.
 
 Here, per step (the halo exchange of distributed GNN training, as DGL's ``DistEmbedding``):
 
-1. each worker sends its halo rows' gradient to their owners (one ``all_to_all_single``);
+1. each worker sends its halo rows' gradient to their owners, with a marker of the rows its
+   step touched (one ``all_to_all_single``; the marker is one more column of it when the rows
+   travel as bfloat16, a second small one when they travel as float32, as they are);
 2. the owner adds them to its own rows' gradient and divides by the workers: the table's
    gradient is its owned rows' mean gradient, so the optimiser updates those rows only, with
    the arithmetic the dense exchange would give them;
 3. each owner sends the updated rows to the workers that read them (a second
    ``all_to_all_single``), so every worker reads the same values as after a dense exchange.
 
+The step's gradient is its input lookup's: every row it reads, once, in the order the
+layer-wise encoding reads them (its owned entities, then the halo), the same every step. Its
+values are the exchange's buffer: the halo's rows are sent from them, and the received rows
+added to the owned ones and the mean taken in place, so nothing the size of the rows read is
+zeroed or summed into. Before (issue #13), a zeroed buffer of every row read (41 MB at
+CoDEx-M's sizes), the ``index_add_`` of the gradient into it and the division over it took
+more of the exchange's time than its two ``all_to_all_single``: ``bench_collectives.py
+--sections owner`` (steps 1 and 2 per call, at CoDEx-M's P=2 sizes, on the 2-core Xeon)
+25.3 ms before and 14.1 ms after with float32 on the wire, 25.6 and 10.3 ms with bfloat16;
+17.5 ms when the lookup reads the owned rows out of id order (one more pass gathers them into
+it). Any other gradient (repeated rows, a subset, none) is summed into such a buffer first.
+
 Rows a worker neither owns nor reads go stale on it, and so does its optimiser state of the
 rows it does not own; :meth:`OwnerRows.synchronize` gathers every owner's rows (and their
 optimiser state) to every worker before anything reads the whole table (validation,
 checkpoints). ``benchmarks/bench_collectives.py --sections halo``: exchange and optimiser
-355 ms per step with the dense exchange, 145 ms owner-updated, at CoDEx-M's P=2 sizes. It is
-the default (``--exchange auto``) since whole CoDEx-M steps measured faster with it on a CPU
-whose steps are short enough for the exchange to matter (bf16: 1.08x over 4 alternating
-rounds, ``bench_scaleout.py --sections codex-m-spans``); on a float32-only CPU, with 8 s steps,
-the 0.2 s it saves was within the step's noise.
+164 ms per step with the dense exchange, 60 ms owner-updated (69.7 ms with the buffer above,
+the same script back to back), at CoDEx-M's P=2 sizes on the Xeon (355 and 145 ms on the AVX2
+EPYC before issue #13). It is the default (``--exchange auto``) since whole CoDEx-M steps
+measured faster with it on a CPU whose steps are short enough for the exchange to matter
+(bf16: 1.08x over 4 alternating rounds, ``bench_scaleout.py --sections codex-m-spans``); on a
+float32-only CPU, with 8 s steps, the 0.2 s it saves was within the step's noise.
 """
 
 from __future__ import annotations
@@ -47,8 +62,9 @@ class OwnerRows:
 
     ``read``: the global rows this worker's step reads, its ``owned`` ones first (they must
     be disjoint between workers and should cover every worker's reads: else every worker
-    raises :class:`NoOwner`). Constructing it is a collective (the owned and halo rows of
-    every worker are gathered once)."""
+    raises :class:`NoOwner`), in the order the step reads them: a gradient with exactly these
+    rows in this order is used as the exchange's buffer, its values overwritten. Constructing
+    it is a collective (the owned and halo rows of every worker are gathered once)."""
 
     def __init__(self, table: torch.nn.Parameter, read: np.ndarray, owned: int, rank: int,
                  world: int, times: StepTimes, wire: torch.dtype = torch.float32):
@@ -89,17 +105,76 @@ class OwnerRows:
         where[halo] = len(own) + np.arange(len(halo))
         self.where = torch.from_numpy(where)
         self.reader_pos = self.where[self.readers]
+        # The order the step reads the table in (``read``): an embedding lookup's gradient
+        # has its rows in it. Where the [owned; halo] rows sit in that order (``None``:
+        # already in it).
+        self.read = torch.tensor(read)
+        in_read = np.empty(n, dtype=np.int64)
+        in_read[read] = np.arange(len(read))
+        self.own_at = _unless_identity(in_read[own])
+        self.halo_at = _unless_identity(in_read[halo] - len(own))
 
     @torch.no_grad()
     def reduce_gradient(self) -> None:
         """Replace the table's gradient by its owned rows' mean gradient over the workers
         (steps 1 and 2), on the owned rows some worker's step touched: a marker travels with
         the rows, as in the dense exchange (Adam moves a row with a zero gradient, so an
-        untouched row must stay out). A worker without a batch this step sends zeros."""
-        grad, d, n_own = self.table.grad, self.table.shape[1], len(self.own)
-        buf = torch.zeros(n_own + len(self.halo), d)
+        untouched row must stay out). A worker without a batch this step sends zeros.
+
+        The step's gradient is normally the input lookup's: every row the step reads, once,
+        in the order it reads them (``read``). Its values are then the buffer: the owned rows'
+        mean is computed in place on them (gathered into id order first when the lookup reads
+        the owned rows in another order), the halo's rows go on the wire from them, every one
+        marked touched, and no buffer of every row is zeroed and summed into. Any other
+        gradient (repeated rows, a subset) is first summed into such a buffer."""
+        grad, n_own = self.table.grad, len(self.own)
+        if grad is not None and _rows_are(grad, self.read):
+            vals = grad._values().to(self.table.dtype).contiguous()
+            own_at, halo_at, mark = self.own_at, self.halo_at, None
+        else:
+            (vals, mark), own_at, halo_at = self._accumulate(grad), None, None
+        halo = vals[n_own:] if halo_at is None else vals[n_own:].index_select(0, halo_at)
+        got, got_mark = self._send_halo(halo, torch.ones(len(halo)) if mark is None
+                                        else mark[n_own:])
+        own = vals[:n_own] if own_at is None else vals.index_select(0, own_at)
+        own.index_add_(0, self.reader_pos, got)
+        rows, values = self.own, own.div_(self.world)
+        if mark is not None:
+            touched = mark[:n_own].index_add_(0, self.reader_pos, got_mark) > 0
+            if not bool(touched.all()):
+                rows, values = rows[touched], values[touched]
+        self.table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values,
+                                                  self.table.shape, is_coalesced=True)
+
+    def _send_halo(self, rows: torch.Tensor, marks: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 1: the halo's gradient ``rows`` and their touched-row ``marks`` to their
+        owners; returns the ones readers sent this worker (contiguous, in ``rows``' and
+        ``marks``' dtypes). As bfloat16 the rows are copied by the cast anyway, and the marker
+        rides along as one more column (one ``all_to_all_single``); as float32 the rows go as
+        they are and the marker on its own (copying the rows to add the column took longer
+        than the second, small exchange)."""
+        a2a, d = torch.distributed.all_to_all_single, rows.shape[1]
+        if self.wire == rows.dtype:
+            got = torch.empty(sum(self.recv), d, dtype=rows.dtype)
+            got_mark = torch.empty(sum(self.recv), dtype=marks.dtype)
+            a2a(got, rows.contiguous(), self.recv, self.send)
+            a2a(got_mark, marks, self.recv, self.send)
+            return got, got_mark
+        send = torch.empty(len(rows), d + 1, dtype=self.wire)
+        send[:, :d] = rows
+        send[:, d] = marks
+        got = torch.empty(sum(self.recv), d + 1, dtype=self.wire)
+        a2a(got, send, self.recv, self.send)
+        return got[:, :d].to(rows.dtype), got[:, d].to(marks.dtype)
+
+    def _accumulate(self, grad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([owned; halo] rows' summed gradient, 1 where the step touched a row)`` of any
+        sparse gradient over the rows this worker reads (zeros without one)."""
+        buf = torch.zeros(len(self.own) + len(self.halo), self.table.shape[1],
+                          dtype=self.table.dtype)
         mark = torch.zeros(len(buf))
-        if grad is not None:     # embedding backward: uncoalesced; index_add_ sums repeats
+        if grad is not None:     # uncoalesced: index_add_ sums repeats
             rows = grad._indices()[0]
             pos = self.where[rows]
             if bool((pos < 0).any()):
@@ -107,18 +182,7 @@ class OwnerRows:
                                    "neither owned by this worker nor in its halo")
             buf.index_add_(0, pos, grad._values().to(buf.dtype))
             mark[pos] = 1.0
-        got = torch.empty(sum(self.recv), d, dtype=self.wire)
-        got_mark = torch.empty(sum(self.recv))
-        a2a = torch.distributed.all_to_all_single
-        a2a(got, buf[n_own:].to(self.wire), self.recv, self.send)
-        a2a(got_mark, mark[n_own:], self.recv, self.send)
-        own = buf[:n_own].index_add_(0, self.reader_pos, got.to(buf.dtype))
-        touched = mark[:n_own].index_add_(0, self.reader_pos, got_mark) > 0
-        rows, values = self.own, own.div_(self.world)
-        if not bool(touched.all()):
-            rows, values = rows[touched], values[touched]
-        self.table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values,
-                                                  self.table.shape, is_coalesced=True)
+        return buf, mark
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -147,3 +211,13 @@ def _row_state(optimizer: torch.optim.Optimizer | None, table: torch.Tensor
         return []
     return [v for v in optimizer.state[table].values()
             if isinstance(v, torch.Tensor) and v.shape[:1] == table.shape[:1] and v.dim() > 1]
+
+
+def _unless_identity(order: np.ndarray) -> torch.Tensor | None:
+    return None if np.array_equal(order, np.arange(len(order))) else torch.from_numpy(order)
+
+
+def _rows_are(grad: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether sparse ``grad`` has exactly ``rows``, in that order, each once."""
+    idx = grad._indices()
+    return idx.shape[1] == len(rows) and torch.equal(idx[0], rows)

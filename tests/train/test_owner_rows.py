@@ -142,3 +142,128 @@ def test_two_workers_train_the_same_model_with_owner_rows_as_with_the_dense_exch
     assert table.abs().sum() > 0            # the table trained: the comparison has content
     mrr = {mode: [h["valid_mrr_sampled"] for h in last[mode]["history"]] for mode in last}
     assert mrr["owner"] == pytest.approx(mrr["dense"])
+
+
+def _lookup_reads(world: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each worker's ``(owned, halo)`` rows in the order its step reads them, as the
+    layer-wise encoding's input lookup does: row ``v`` is worker ``v % world``'s; worker 0
+    reads its own in id order, the others in a shuffled one; each halo is half the other
+    workers' rows, shuffled (on 3 workers, some rows are read by both others)."""
+    rng = np.random.default_rng(world)
+    reads = []
+    for r in range(world):
+        own = np.arange(r, N, world)
+        others = np.setdiff1d(np.arange(N), own)
+        reads.append((own if r == 0 else rng.permutation(own),
+                      rng.choice(others, size=len(others) // 2, replace=False)))
+    return reads
+
+
+def _lookup_grad(rank: int, world: int, step: int) -> torch.Tensor | None:
+    """Worker ``rank``'s gradient at ``step`` as its input lookup makes it: every row it
+    reads, once, in its order; except worker 0's at steps 1 and 3 and worker 1's at step 3
+    (a subset, with repeated rows: at step 3 only the markers tell the owners which rows
+    some worker touched), and worker 1's at step 2 (no batch)."""
+    if rank == 1 and step == 2:
+        return None
+    own, halo = _lookup_reads(world)[rank]
+    partial = (rank, step) in ((0, 1), (0, 3), (1, 3))
+    rows = (np.concatenate([own[::3], halo[:3], own[:2]]) if partial
+            else np.concatenate([own, halo]))
+    g = torch.Generator().manual_seed(100 * step + 10 * world + rank)
+    return torch.sparse_coo_tensor(torch.from_numpy(rows)[None],
+                                   torch.randn(len(rows), D, generator=g), (N, D))
+
+
+def _train_lookup(rank: int, world: int, name: str) -> dict:
+    own, halo = _lookup_reads(world)[rank]
+    read = np.concatenate([own, halo])
+    table = torch.nn.Parameter(_start())
+    opt = _optimizers(name, [table])
+    rows = OwnerRows(table, read, len(own), rank, world, StepTimes())
+    summed = []           # the steps whose gradient was first summed into a buffer
+    accumulate = rows._accumulate
+    rows._accumulate = lambda grad: summed.append(grad is not None) or accumulate(grad)
+    seen = []
+    for step in range(STEPS):
+        table.grad = _lookup_grad(rank, world, step)
+        rows.reduce_gradient()
+        opt.step()
+        rows.refresh()
+        seen.append(table.detach()[torch.from_numpy(read)].clone())
+    rows.synchronize(opt)
+    return {"seen": seen, "table": table.detach().clone(), "summed": summed,
+            "reordered": (rows.own_at is not None, rows.halo_at is not None)}
+
+
+def _reference_lookup(name: str, world: int) -> list[torch.Tensor]:
+    table = torch.nn.Parameter(_start())
+    opt = (torch.optim.Adagrad([table], lr=0.1) if name == "adagrad"
+           else torch.optim.SparseAdam([table], lr=0.05))
+    tables = []
+    for step in range(STEPS):
+        grads = [g for g in (_lookup_grad(r, world, step) for r in range(world)) if g is not None]
+        table.grad = (sum(g.to_dense() for g in grads) / world).to_sparse()
+        opt.step()
+        tables.append(table.detach().clone())
+    return tables
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("name", ["adagrad", "adam"])
+def test_gradients_in_the_lookup_order_give_the_dense_mean_update(tmp_path, name, world):
+    """The gradient of the step's input lookup (every row it reads, once, in its order) is
+    used as it is; a worker whose gradient is another shape that step (a subset with repeats,
+    or none) sums it into a buffer first, and the touched-row markers it sends keep the rows
+    no worker touched out of the update (Adam would move them). On 3 workers each halo comes
+    from two owners and some owned rows are sent by two readers."""
+    results = run_gloo(_train_lookup, world, tmp_path, name)
+    tables = _reference_lookup(name, world)
+    reads = _lookup_reads(world)
+    for rank, res in enumerate(results):
+        read = torch.from_numpy(np.concatenate(reads[rank]))
+        for step in range(STEPS):
+            torch.testing.assert_close(res["seen"][step], tables[step][read])
+        torch.testing.assert_close(res["table"], tables[-1])
+        # the lookup's gradients were used as they are, the others summed first
+        assert res["summed"] == {0: [True, True], 1: [False, True]}.get(rank, [])
+        assert res["reordered"] == (rank > 0, world > 2)
+    if world == 3:            # owned rows that two readers send
+        halos = [set(h.tolist()) for _, h in reads]
+        assert any(halos[a] & halos[b] & set(range(c, N, 3))
+                   for a, b, c in ((1, 2, 0), (0, 2, 1), (0, 1, 2)))
+
+
+def _reduce_bf16(rank: int, world: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    own, halo = _lookup_reads(world)[rank]
+    table = torch.nn.Parameter(_start())
+    rows = OwnerRows(table, np.concatenate([own, halo]), len(own), rank, world, StepTimes(),
+                     wire=torch.bfloat16)
+    out = []
+    for step in range(STEPS):
+        table.grad = _lookup_grad(rank, world, step)
+        rows.reduce_gradient()
+        g = table.grad
+        assert g.is_coalesced() and g.dtype == torch.float32
+        out.append((g._indices()[0].clone(), g._values().clone()))
+    return out
+
+
+def test_bfloat16_wire_rounds_the_halo_rows_only(tmp_path):
+    """With ``wire=bfloat16`` the halo's gradient rows travel rounded to bfloat16 and the
+    owner's own rows do not: each owned row's gradient is (its owner's + the readers' rounded
+    rows) / P, in id order, on the rows some worker touched."""
+    results = run_gloo(_reduce_bf16, 2, tmp_path)
+    rounded = False
+    for step in range(STEPS):
+        grads = [_lookup_grad(r, 2, step) for r in range(2)]
+        dense = [torch.zeros(N, D) if g is None else g.to_dense() for g in grads]
+        touched = sorted({int(v) for g in grads if g is not None for v in g._indices()[0]})
+        for rank, res in enumerate(results):
+            mine = [v for v in touched if v % 2 == rank]
+            want = (dense[rank] + dense[1 - rank].bfloat16().float()) / 2
+            rows, values = res[step]
+            assert rows.tolist() == mine
+            assert torch.equal(values, want[mine])
+            rounded |= not torch.equal(values, ((dense[0] + dense[1]) / 2)[mine])
+    assert rounded          # the rounding did happen
