@@ -157,3 +157,24 @@ def test_balanced_owners_give_each_held_node_to_one_holder_and_balance_the_busie
                                                      for v in range(n) if held[:, v].any()]))
         got = np.bincount(owner[owner >= 0], minlength=p).max(initial=0)
         assert got == best if p == 2 else best <= got <= best + 1, (held, owner)
+
+
+def _gather_three(rank: int, world: int) -> torch.Tensor:
+    x = torch.nn.Parameter(_rows(rank)[:2 + rank % 2])      # 2 or 3 rows: padded to 4
+    shards = CandidateShards(world, rank, slots=4, head_type=HEAD_TYPE, tail_type=TAIL_TYPE)
+    c = shards.gather_rows(x)
+    (c * _upstream(rank)).sum().backward()
+    return x.grad
+
+
+def _upstream(rank: int) -> torch.Tensor:
+    return torch.randn(12, 5, generator=torch.Generator().manual_seed(20 + rank))
+
+
+def test_gather_backward_sums_each_block_on_its_worker_on_three_workers(tmp_path):
+    """The backward's reduce-scatter: each of 3 workers gets the sum over the workers of
+    the gradient of its own block (its real rows, not the padding)."""
+    results = run_gloo(_gather_three, 3, tmp_path)
+    total = sum(_upstream(r) for r in range(3))
+    for rank, grad in enumerate(results):
+        torch.testing.assert_close(grad, total[rank * 4:rank * 4 + 2 + rank % 2])
