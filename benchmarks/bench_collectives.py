@@ -79,6 +79,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _join(rank: int, world: int, port: int) -> None:
+    """Join the benchmark's gloo group on 127.0.0.1, one thread per worker (as training)."""
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _spawn(worker, args, tmp: str):
+    """Run ``worker`` on ``args.world`` gloo processes; what rank 0 saved to ``times.pt``."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
+    return torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
+
+
 def _timed(fn) -> float:
     import torch.distributed as dist
 
@@ -96,9 +115,7 @@ def _worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     from kg_ops.train.candidates import CandidateShards
     from kg_ops.train.exchange import sparse_mean
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     g = torch.Generator().manual_seed(rank)
     block = torch.randn(args.slots, args.dim, generator=g)
     upstream = torch.randn(world * args.slots, args.dim, generator=g)
@@ -162,9 +179,7 @@ def _halo_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     from kg_ops.train.owner_rows import OwnerRows
     from kg_ops.train.steptime import StepTimes
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     n, d = world * args.slots, args.dim
     touched = _halo_rows(rank, world, args)
     g = torch.Generator().manual_seed(7)
@@ -201,11 +216,7 @@ def _halo_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
 
 
 def _halo_main(args, tmp: str) -> None:
-    import torch
-    import torch.multiprocessing as mp
-
-    mp.spawn(_halo_worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
-    got = torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
+    got = _spawn(_halo_worker, args, tmp)
     ms = {k: round(1000 * statistics.median(v), 1) for k, v in got["times"].items()}
     print(f"table exchange + optimiser per step: dense {ms['dense']} ms, owner-updated (halo) "
           f"{ms['halo']} ms, ratio {ms['dense'] / ms['halo']:.2f}; rows read by both ways "
@@ -255,9 +266,7 @@ def _owner_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     from kg_ops.train.owner_rows import OwnerRows
     from kg_ops.train.steptime import StepTimes
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     n, d = world * args.slots, args.dim
     read = _halo_rows(rank, world, args)
     shuffled = read.clone()
@@ -303,11 +312,7 @@ def _owner_worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
 
 
 def _owner_main(args, tmp: str) -> None:
-    import torch
-    import torch.multiprocessing as mp
-
-    mp.spawn(_owner_worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
-    got = torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
+    got = _spawn(_owner_worker, args, tmp)
     ms = {w: {k: round(1000 * statistics.median(v), 1) for k, v in got[w].items()}
           for w in WIRES}
     names = list(ms[WIRES[0]])
@@ -350,16 +355,12 @@ def main() -> None:
 
         env = step_env({**os.environ, "KGOPS_BENCH_ALLOCATOR": "1"})
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
-    import torch
-    import torch.multiprocessing as mp
-
     if args.sections in ("halo", "owner"):
         with tempfile.TemporaryDirectory() as tmp:
             (_halo_main if args.sections == "halo" else _owner_main)(args, tmp)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(args.world, _free_port(), args, tmp), nprocs=args.world)
-        times = torch.load(os.path.join(tmp, "times.pt"), weights_only=True)
+        times = _spawn(_worker, args, tmp)
     per_op = {w: {op: round(1000 * statistics.median(ts), 1) for op, ts in times[w].items()}
               for w in WIRES}
     step = {w: round(args.layers * (per_op[w]["gather"] + per_op[w]["gather_backward"])
